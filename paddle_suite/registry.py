@@ -1,0 +1,69 @@
+"""Name -> builder registries, so configs select tasks, architectures and datasets by name.
+
+Capabilities register themselves when their package is imported; ``load_capabilities`` imports
+them all. A capability never imports another one: only this core module is shared.
+"""
+import difflib
+import importlib
+
+# Capability packages whose import registers their tasks/archs/datasets.
+CAPABILITIES = ("paddle_suite.kge", "paddle_suite.ads")
+
+
+class Registry:
+    """A named mapping of builders with helpful errors for unknown names."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._items = {}
+
+    def register(self, name=None):
+        """Decorator: ``@ARCHS.register()`` registers under the object's ``__name__``."""
+
+        def wrap(obj):
+            key = name or obj.__name__
+            if key in self._items and self._items[key] is not obj:
+                raise KeyError(f"{self.kind} '{key}' is registered twice")
+            self._items[key] = obj
+            return obj
+
+        return wrap
+
+    def get(self, name):
+        if name not in self._items:
+            load_capabilities()
+        if name not in self._items:
+            close = difflib.get_close_matches(str(name), self._items, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise KeyError(
+                f"unknown {self.kind} '{name}'.{hint} Known: {', '.join(sorted(self._items)) or '(none)'}"
+            )
+        return self._items[name]
+
+    def names(self):
+        load_capabilities()
+        return sorted(self._items)
+
+    def __contains__(self, name):
+        load_capabilities()
+        return name in self._items
+
+
+TASKS = Registry("task")
+ARCHS = Registry("architecture")
+
+_loaded = False
+
+
+def load_capabilities():
+    """Import every capability package that is present (each registers itself on import)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in CAPABILITIES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:  # a real missing dependency inside the capability
+                raise

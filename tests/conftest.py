@@ -1,0 +1,23 @@
+import os
+import sys
+
+import pytest
+
+import paddle_suite  # noqa: F401  (sets MKL_DEBUG_CPU_TYPE before paddle loads)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "engine"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs (still part of CI)")
+
+
+@pytest.fixture
+def shared_data():
+    from paddle_suite.data import shared_data_dir
+
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data is absent: real-data tests need the shared data folder beside the checkout")
+    return path

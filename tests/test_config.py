@@ -1,0 +1,131 @@
+import pytest
+import toy_task  # noqa: F401  (registers toy_regression / ToyMLP)
+
+from paddle_suite.config import ConfigError, Field, load_config, parse_override, save_config
+from paddle_suite.registry import Registry
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BASE = """
+Global:
+  task: toy_regression
+  epochs: 4
+Arch:
+  name: ToyMLP
+  hidden: 32
+Optimizer:
+  lr: 0.01
+  schedule: {name: cosine, warmup_steps: 5}
+"""
+
+
+def test_defaults_filled_and_run_name_from_file(tmp_path):
+    cfg = load_config(write(tmp_path, "exp1.yaml", BASE))
+    assert cfg["Global"]["epochs"] == 4
+    assert cfg["Global"]["seed"] == 42  # core default
+    assert cfg["Global"]["run_name"] == "exp1"
+    assert cfg["Arch"] == {"name": "ToyMLP", "hidden": 32, "dropout": 0.1}
+    assert cfg["DataLoader"]["batch_size"] == 8  # task schema default
+    assert cfg["Optimizer"]["schedule"]["gamma"] == 0.1
+
+
+def test_base_include_and_nested_merge(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    child = write(sub, "child.yaml", "_BASE_: ../base.yaml\nOptimizer:\n  schedule: {warmup_steps: 0}\n")
+    cfg = load_config(child)
+    assert cfg["Optimizer"]["schedule"] == {**cfg["Optimizer"]["schedule"], "name": "cosine", "warmup_steps": 0}
+    assert cfg["Optimizer"]["lr"] == 0.01 and cfg["Arch"]["hidden"] == 32
+
+
+def test_overrides_are_typed(tmp_path):
+    path = write(tmp_path, "a.yaml", BASE)
+    cfg = load_config(path, ["Global.epochs=7", "Optimizer.lr=1e-3", "Global.amp=false", "Arch.hidden=8"])
+    assert cfg["Global"]["epochs"] == 7 and isinstance(cfg["Global"]["epochs"], int)
+    assert cfg["Optimizer"]["lr"] == pytest.approx(1e-3) and isinstance(cfg["Optimizer"]["lr"], float)
+    assert cfg["Global"]["amp"] is False
+    assert parse_override("Metric.splits=[valid, test]") == (["Metric", "splits"], ["valid", "test"])
+
+
+def test_int_accepted_for_float_and_yaml11_exponent(tmp_path):
+    cfg = load_config(write(tmp_path, "a.yaml", BASE.replace("lr: 0.01", "lr: 1e-2")), ["Optimizer.weight_decay=0"])
+    assert cfg["Optimizer"]["lr"] == 0.01 and cfg["Optimizer"]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["Global.epoch=3"], r"command line \(-o Global.epoch=3\): Global.epoch: unknown key. Did you mean 'Global.epochs'"),
+        (["Optimizer.shedule.name=step"], r"Optimizer.shedule: unknown key. Did you mean 'Optimizer.schedule'"),
+        (["Global.epochs=ten"], r"Global.epochs: expected int, got str 'ten'"),
+        (["Global.amp=1"], r"Global.amp: expected bool, got int 1"),
+        (["Optimizer.name=Adamm"], r"'Adamm' is not one of .* Did you mean 'Adam'"),
+        (["Arch.hiden=3"], r"Arch.hiden: unknown key. Did you mean 'Arch.hidden'"),
+        (["Arch.in_dim=3"], r"Arch.in_dim: is set by the task from the data"),
+        (["Arch.name=ToyMPL"], r"unknown architecture 'ToyMPL'. Did you mean 'ToyMLP'"),
+        (["Global.task=toy_regresion"], r"unknown task 'toy_regresion'. Did you mean 'toy_regression'"),
+        (["Global.epochs"], r"must look like Section.key=value"),
+        (["epochs=3"], r"must name a section and a key"),
+        (["Globall.seed=3"], r"Globall: unknown key. Did you mean 'Global'"),
+    ],
+)
+def test_override_errors_name_key_source_and_suggestion(tmp_path, overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(write(tmp_path, "a.yaml", BASE), overrides)
+
+
+def test_error_names_the_file_that_set_the_key(tmp_path):
+    base = write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "_BASE_: base.yaml\nDataLoader:\n  batchsize: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(child)
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / "child.yaml"))
+    assert "DataLoader.batchsize: unknown key. Did you mean 'DataLoader.batch_size'" in message
+    assert base  # the base is fine; the child introduced the error
+
+
+def test_missing_required_keys(tmp_path):
+    with pytest.raises(ConfigError, match="Global.task is missing"):
+        load_config(write(tmp_path, "a.yaml", "Global: {epochs: 1}\n"))
+    with pytest.raises(ConfigError, match="Arch.name is missing"):
+        load_config(write(tmp_path, "b.yaml", "Global: {task: toy_regression}\n"))
+    with pytest.raises(ConfigError, match="Global.task: is required and cannot be null"):
+        load_config(write(tmp_path, "c.yaml", BASE), ["Global.task=null"])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path, "bad.yaml", "Global: {task: [\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "list.yaml", "- 1\n- 2\n"))
+    write(tmp_path, "x.yaml", "_BASE_: y.yaml\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(write(tmp_path, "y.yaml", "_BASE_: x.yaml\n"))
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing.yaml \(included from"):
+        load_config(write(tmp_path, "z.yaml", "_BASE_: missing.yaml\n"))
+    with pytest.raises(ConfigError, match="Global: must be a mapping"):
+        load_config(write(tmp_path, "w.yaml", "Global: 3\n"))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, "a.yaml", BASE), ["Global.seed=3"])
+    save_config(cfg, tmp_path / "saved.yaml")
+    again = load_config(str(tmp_path / "saved.yaml"))
+    assert {k: v for k, v in again.items() if k != "_source"} == {k: v for k, v in cfg.items() if k != "_source"}
+
+
+def test_field_and_registry_basics():
+    assert Field(0.5).type is float and Field([1]).type is list and Field().required
+    reg = Registry("widget")
+    reg.register("a")(object)
+    with pytest.raises(KeyError, match="registered twice"):
+        reg.register("a")(int)
