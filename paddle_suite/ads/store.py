@@ -1,0 +1,803 @@
+"""The HBM / MEM / SSD hierarchical parameter store (Zhao et al. 2020, arXiv:2003.05622).
+
+A *row* is one sparse feature's parameters: ``dim`` embedding values followed by ``state_dim``
+optimizer values (e.g. Adagrad accumulators), float32, so optimizer state travels with the row
+through every tier. Rows are addressed by uint64 feature keys (``paddle_suite.ads.data``).
+
+Tiers
+-----
+* **SSD**: every row that was ever committed, in an LMDB database on disk (the ``lmdb`` PyPI
+  package: an embedded, memory-mapped, copy-on-write B+tree with ACID transactions; chosen over
+  RocksDB because its Python binding installs as a small wheel everywhere, and one LMDB write
+  transaction gives the atomic "rows + pass id" commit that crash consistency needs). Keys are
+  stored big-endian so LMDB's order is numeric order and the sorted batches we read and write
+  walk the tree sequentially. Rows never committed are not stored: they are initialised
+  deterministically from ``(seed, key)`` (counter-based hashing + Box-Muller, ``init_std``
+  normal embeddings, optimizer state = ``state_init``), so values never depend on placement.
+* **MEM**: a bounded in-RAM cache of rows, at most ``mem_cap_mb`` MiB including its index and
+  bookkeeping (``mem_bytes_per_row`` bytes a row). Policy: **LFU with exponential aging**:
+  each cached row has a score that decays by ``lfu_decay`` per working-set request and gains 1
+  each time a working set uses the row; when room is needed, the lowest-scoring rows are
+  evicted (one vectorised ``argpartition`` per commit; the rows being committed are never
+  victims). Under the power-law key frequencies of ads data this keeps the hot head resident.
+  It is a **write-back** cache: committed rows are written to MEM and marked dirty; a dirty
+  row reaches the SSD tables when evicted or at a checkpoint.
+* **HBM**: the working set of one pass: the sorted distinct keys of the pass and one dense
+  float32 array ``rows`` [n, dim + state_dim] (numpy here; the trainer moves it to its device
+  and indexes it densely with ``ws.index(keys)``).
+
+Pass workflow: ``ws = store.load_working_set(pass_keys)`` (SSD -> MEM -> HBM), train on
+``ws.rows``, ``store.commit_pass(ws, pass_id)``. ``store.prefetch(next_keys)`` loads the next
+working set in a background thread while the current pass trains.
+
+Durability and crash consistency
+--------------------------------
+``commit_pass`` writes, in bounded LMDB transactions (each commits atomically and fsyncs): (1) a
+redo-log record of the whole pass (all keys and rows of the working set, as sequential 16 MiB
+blobs); (2) the dirty rows evicted from MEM to make room (values of earlier, committed passes);
+(3) the commit point: one small transaction setting ``last_pass``; (4) the rows that did not fit
+in MEM into the SSD table. Records of a pass above ``last_pass`` are ignored and dropped when
+reopening, so a crash before (3) leaves the previous pass, and after ``commit_pass`` returns a
+crash loses nothing of the pass. The redo log is what lets MEM stay write-back: on reopening,
+log records are replayed in pass order into the SSD table (a row's value in the SSD table is
+always one it had at some commit no later than the last log record containing it, so replaying
+in order ends at the latest committed value; replaying twice is harmless). When the log exceeds
+``log_cap_mb``, a checkpoint writes all dirty MEM rows to the SSD table and then drops the log.
+No transaction holds more than ``_TXN_ROWS`` rows, so LMDB's dirty pages (kept in RAM until a
+transaction commits) stay small whatever the pass size.
+
+Prefetch rule: a working set reflects every pass committed before it was loaded
+(``ws.base_pass``). Every working set that is loaded and not yet committed is *open*; when a
+pass commits, the committed rows of keys that an open working set also holds are copied into
+it (its ``base_pass`` advances). So the prefetched set for pass i+1 sees pass i's updates for
+overlapping keys, whether the prefetch read before or after the commit. Consequently training
+on a working set must start only after the previous pass was committed (the patch overwrites
+overlapping rows); ``commit_pass`` refuses a working set whose ``base_pass`` is not
+``last_pass``. ``store.discard(ws)`` closes a working set that will not be committed (eval).
+
+Hit rates (``stats()``) are fractions of the distinct keys requested by working-set loads,
+counted in this order: ``hbm`` = key was in the previous working set (already on the device in
+the paper's design; here it is still read from MEM/SSD and patched), ``mem`` = found in the MEM
+cache, ``ssd`` = read from the SSD table, ``new`` = never committed, initialised.
+
+Across Fleet servers and workers
+--------------------------------
+The key space is sharded by ``shard_of(keys, num_shards)`` (a splitmix64 hash of the key, so
+shards are balanced whatever the key structure). Each parameter server owns one shard: its own
+MEM cache and SSD database (``HierarchicalStore`` at ``<path>/shard-<i>-of-<S>``). A worker
+collects the distinct keys of its next pass, asks each server for its shard's rows, and holds
+the assembled working set as its HBM table; at the end of the pass it sends the updated rows
+back to the owning servers. ``ShardedStore`` is that protocol in one process (used for tests
+and single-machine runs). A pass commits on all shards with a two-phase commit: every shard
+first durably logs the pass and then marks it *prepared* (``prepare_pass``), then each applies
+it (``finish_pass``, whose commit point also clears the mark). On reopening, a pass that every shard prepared or finished is rolled
+forward everywhere, otherwise the prepared records are dropped, so all shards are at the same
+pass.
+
+Throughput: ``python -m paddle_suite.ads.store --keys 1e6 --mem-cap-mb 20`` (see ``benchmark``).
+"""
+import json
+import os
+import struct
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from paddle_suite.ads.data import splitmix64
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_LOG_CHUNK_BYTES = 16 << 20
+_IO_BATCH = 1 << 16  # keys per LMDB getmulti/putmulti call: bounds the per-key Python objects alive at once
+_TXN_ROWS = 1 << 18  # rows per write transaction: bounds LMDB's in-memory dirty pages
+_FORMAT_VERSION = 1
+
+
+def shard_of(keys, num_shards):
+    """Owning shard (int64 in [0, num_shards)) of each uint64 key."""
+    keys = np.asarray(keys).astype(np.uint64, copy=False)
+    return (splitmix64(keys ^ np.uint64(0x5BD1E9955BD1E995)) % np.uint64(num_shards)).astype(np.int64)
+
+
+def init_rows(keys, dim, state_dim, init_std, seed, state_init=0.0):
+    """Deterministic initial rows for ``keys``: N(0, init_std^2) embeddings, constant state."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    if keys.size > _IO_BATCH:  # bound the float64 temporaries
+        return np.concatenate([init_rows(keys[i:i + _IO_BATCH], dim, state_dim, init_std, seed, state_init)
+                               for i in range(0, keys.size, _IO_BATCH)]).reshape(keys.size, dim + state_dim)
+    pairs = (dim + 1) // 2
+    with np.errstate(over="ignore"):
+        base = splitmix64(keys ^ splitmix64(np.uint64(seed) + _GOLDEN))
+        counters = base[:, None] + np.arange(1, pairs + 1, dtype=np.uint64)[None, :] * _GOLDEN
+        h1 = splitmix64(counters)
+        h2 = splitmix64(h1 ^ _GOLDEN)
+    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0 ** -53  # (0, 1]
+    u2 = (h2 >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    radius = np.sqrt(-2.0 * np.log(u1))
+    normals = np.stack([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=-1)
+    rows = np.empty((keys.size, dim + state_dim), dtype=np.float32)
+    rows[:, :dim] = init_std * normals.reshape(keys.size, 2 * pairs)[:, :dim]
+    rows[:, dim:] = state_init
+    return rows
+
+
+def sorted_unique(values):
+    """Sorted distinct values. (``np.unique`` takes ~2 s per million uint64 in numpy 2.4: it hashes
+    first; sorting then dropping repeats is ~100x faster.)"""
+    values = np.sort(np.asarray(values).ravel())
+    if values.size < 2:
+        return values
+    return values[np.concatenate([[True], values[1:] != values[:-1]])]
+
+
+def _as_keys(keys):
+    keys = np.asarray(keys)
+    if keys.dtype.kind not in "iu":
+        raise TypeError(f"keys must be an integer array (uint64 feature keys), got dtype {keys.dtype}")
+    return keys.astype(np.uint64, copy=False).ravel()
+
+
+class WorkingSet:
+    """The HBM tier of one pass: sorted unique ``keys`` and their ``rows`` [n, dim + state_dim]."""
+
+    def __init__(self, keys, rows, dim, base_pass):
+        self.keys = keys
+        self.rows = rows
+        self.dim = dim
+        self.base_pass = base_pass  # last committed pass these rows reflect
+
+    def __len__(self):
+        return self.keys.size
+
+    @property
+    def embeddings(self):
+        return self.rows[:, : self.dim]
+
+    @property
+    def state(self):
+        return self.rows[:, self.dim:]
+
+    def index(self, keys):
+        """Positions (int64, same shape as ``keys``) of keys in this working set."""
+        query = np.asarray(keys)
+        flat = query.astype(np.uint64, copy=False).ravel()
+        pos = np.searchsorted(self.keys, flat)
+        pos_clipped = np.minimum(pos, max(self.keys.size - 1, 0))
+        found = (pos < self.keys.size) & (self.keys[pos_clipped] == flat) if self.keys.size else pos < 0
+        if not found.all():
+            missing = flat[~found]
+            raise KeyError(f"{missing.size} key(s) are not in this working set, e.g. {int(missing[0])}; "
+                           "load the pass's working set from all of the pass's keys")
+        return pos.astype(np.int64).reshape(query.shape)
+
+
+class _MemCache:
+    """Fixed-capacity row cache with a sorted key index and LFU-with-aging scores (vectorised)."""
+
+    def __init__(self, capacity, row_dim, decay):
+        self.capacity = capacity
+        self.decay = decay
+        self.keys = np.zeros(capacity, dtype=np.uint64)
+        self.rows = np.zeros((capacity, row_dim), dtype=np.float32)
+        self.score = np.zeros(capacity, dtype=np.float32)
+        self.tick = np.zeros(capacity, dtype=np.int64)
+        self.dirty = np.zeros(capacity, dtype=bool)
+        self.size = 0
+        self.index_keys = np.zeros(0, dtype=np.uint64)  # sorted keys of used slots
+        self.index_slot = np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def bytes_per_row(row_dim):
+        # rows + key + score + tick + dirty + index (key + slot)
+        return 4 * row_dim + 8 + 4 + 8 + 1 + 8 + 8
+
+    def lookup(self, keys):
+        """(slot, hit) for sorted or unsorted uint64 ``keys``."""
+        if self.size == 0:
+            return np.zeros(keys.size, dtype=np.int64), np.zeros(keys.size, dtype=bool)
+        pos = np.searchsorted(self.index_keys, keys)
+        pos = np.minimum(pos, self.size - 1)
+        hit = self.index_keys[pos] == keys
+        return self.index_slot[pos], hit
+
+    def effective_score(self, slots, now):
+        return self.score[slots] * np.float32(self.decay) ** (now - self.tick[slots]).astype(np.float32)
+
+    def touch(self, slots, now):
+        self.score[slots] = self.effective_score(slots, now) + 1.0
+        self.tick[slots] = now
+
+    def plan_room(self, count, protected, now):
+        """Slots to place ``count`` new rows: free ones first, then LFU victims (not ``protected``)."""
+        free = min(count, self.capacity - self.size)
+        free_slots = np.arange(self.size, self.size + free)
+        need = min(count - free, self.size - protected.size)
+        if need <= 0:
+            return free_slots, np.zeros(0, dtype=np.int64)
+        score = self.effective_score(np.arange(self.size), now)
+        score[protected] = np.inf
+        victims = np.argpartition(score, need - 1)[:need] if need < self.size else np.arange(self.size)
+        return free_slots, victims[np.isfinite(score[victims])]
+
+    def place(self, slots, keys, rows, now, dirty):
+        """Put rows into ``slots`` (free or victims), replacing the index entries of victims."""
+        old = slots[slots < self.size]
+        if old.size:
+            keep = ~np.isin(self.index_slot, old)
+            self.index_keys, self.index_slot = self.index_keys[keep], self.index_slot[keep]
+        self.size = max(self.size, int(slots.max()) + 1) if slots.size else self.size
+        self.keys[slots] = keys
+        self.rows[slots] = rows
+        self.score[slots] = 1.0
+        self.tick[slots] = now
+        self.dirty[slots] = dirty
+        order = np.argsort(keys, kind="stable")
+        at = np.searchsorted(self.index_keys, keys[order])
+        self.index_keys = np.insert(self.index_keys, at, keys[order])
+        self.index_slot = np.insert(self.index_slot, at, slots[order])
+
+    def nbytes(self):
+        return self.size * self.bytes_per_row(self.rows.shape[1])
+
+
+class HierarchicalStore:
+    """HBM / MEM / SSD parameter rows with pass-level commits (see the module docstring)."""
+
+    def __init__(self, path, dim, state_dim=0, mem_cap_mb=256, init_std=0.01, seed=0, state_init=0.0,
+                 lfu_decay=0.5, log_cap_mb=None, map_size_gb=1024, defer_prepared=False):
+        import lmdb
+
+        if dim <= 0 or state_dim < 0:
+            raise ValueError(f"dim must be > 0 and state_dim >= 0, got dim={dim}, state_dim={state_dim}")
+        self.path = os.fspath(path)
+        self.dim, self.state_dim = int(dim), int(state_dim)
+        self.row_dim = self.dim + self.state_dim
+        self.row_bytes = 4 * self.row_dim
+        self.init_std, self.seed, self.state_init = float(init_std), int(seed), float(state_init)
+        self.mem_cap_mb = float(mem_cap_mb)
+        self.mem_bytes_per_row = _MemCache.bytes_per_row(self.row_dim)
+        capacity = int(self.mem_cap_mb * 2 ** 20) // self.mem_bytes_per_row
+        self.log_cap_bytes = int((log_cap_mb if log_cap_mb is not None else max(self.mem_cap_mb, 64)) * 2 ** 20)
+        os.makedirs(self.path, exist_ok=True)
+        self.env = lmdb.open(self.path, map_size=int(map_size_gb * 2 ** 30), max_dbs=4, readahead=False,
+                             max_readers=64)
+        self.rows_db = self.env.open_db(b"rows")
+        self.log_db = self.env.open_db(b"log")
+        self.meta_db = self.env.open_db(b"meta")
+        self._check_config()
+        self.mem = _MemCache(capacity, self.row_dim, lfu_decay)
+        self._lock = threading.RLock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch")
+        self._open_sets = weakref.WeakSet()
+        self._previous_keys = np.zeros(0, dtype=np.uint64)
+        self._clock = 0
+        self._counts = {"hbm": 0, "mem": 0, "ssd": 0, "new": 0}
+        self._counters = {"evictions": 0, "writebacks": 0, "checkpoints": 0, "load_s": 0.0, "commit_s": 0.0,
+                          "loads": 0, "commits": 0}
+        self.prepared_pass = None
+        self.last_pass = self._read_meta(b"last_pass", -1)
+        self._log_bytes = self._recover(defer_prepared)
+
+    # ------------------------------------------------------------------ opening / recovery
+    def _config(self):
+        return {"dim": self.dim, "state_dim": self.state_dim, "init_std": self.init_std, "seed": self.seed,
+                "state_init": self.state_init, "format_version": _FORMAT_VERSION}
+
+    def _check_config(self):
+        with self.env.begin(write=True, db=self.meta_db) as txn:
+            stored = txn.get(b"config")
+            if stored is None:
+                txn.put(b"config", json.dumps(self._config()).encode())
+                return
+        stored = json.loads(stored)
+        if stored != self._config():
+            self.env.close()
+            self.env = None
+            diff = {k: (stored.get(k), v) for k, v in self._config().items() if stored.get(k) != v}
+            raise ValueError(f"store at {self.path} was created with different settings (stored, requested): "
+                             f"{diff}; open it with the stored settings or use a new path")
+
+    def _read_meta(self, name, default):
+        with self.env.begin(db=self.meta_db) as txn:
+            value = txn.get(name)
+        return default if value is None else json.loads(value)
+
+    def _log_index(self):
+        """[(pass_id, raw record key)] of the redo log in (pass, chunk) order."""
+        with self.env.begin(db=self.log_db) as txn:
+            return [(struct.unpack(">qI", k)[0], k) for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def _read_record(self, raw_key):
+        with self.env.begin(db=self.log_db) as txn:
+            blob = txn.get(raw_key)
+        count = len(blob) // (8 + self.row_bytes)
+        keys = np.frombuffer(blob, dtype="<u8", count=count).astype(np.uint64)
+        rows = np.frombuffer(blob, dtype="<f4", offset=8 * count).reshape(count, self.row_dim)
+        return keys, rows
+
+    def _delete_records(self, raw_keys, meta=None):
+        """Delete log records (and set ``meta`` {name: value or None}) in one small transaction."""
+        with self.env.begin(write=True) as txn:
+            for raw_key in raw_keys:
+                txn.delete(raw_key, db=self.log_db)
+            for name, value in (meta or {}).items():
+                if value is None:
+                    txn.delete(name, db=self.meta_db)
+                else:
+                    txn.put(name, json.dumps(value).encode(), db=self.meta_db)
+
+    def _recover(self, defer_prepared):
+        """Replay committed log records into the SSD table, one record per transaction (replaying is
+        idempotent, so a crash here just replays again); keep a completely prepared pass if
+        ``defer_prepared``, drop partial or undecided records."""
+        index = self._log_index()
+        marker = self._read_meta(b"prepared", None)
+        for pass_id, raw_key in index:
+            if pass_id <= self.last_pass:
+                self._put_rows(*self._read_record(raw_key))
+        keep = marker if (defer_prepared and marker is not None and marker > self.last_pass) else None
+        self._delete_records([k for p, k in index if p != keep], meta={b"prepared": keep})
+        if keep is None:
+            return 0
+        self.prepared_pass = keep
+        return sum(self._read_record(k)[0].size for p, k in index if p == keep) * (8 + self.row_bytes)
+
+    def resolve_prepared(self, commit):
+        """Roll a prepared (logged, not finished) pass forward (``commit=True``) or drop it."""
+        with self._lock:
+            if self.prepared_pass is None:
+                return
+            records = [k for p, k in self._log_index() if p == self.prepared_pass]
+            if commit:
+                for raw_key in records:
+                    self._put_rows(*self._read_record(raw_key))
+            self._delete_records(records, meta={b"prepared": None, **(
+                {b"last_pass": self.prepared_pass} if commit else {})})
+            if commit:
+                self.last_pass = self.prepared_pass
+            self.prepared_pass = None
+            self._log_bytes = 0
+
+    # ------------------------------------------------------------------ SSD access
+    def _put_rows(self, keys, rows):
+        """Write rows to the SSD table in transactions of ``_TXN_ROWS`` rows (bounded dirty pages).
+
+        Only values that are already durable (committed, or in the redo log) are written here, so
+        a crash between these transactions leaves a state that recovery completes."""
+        if keys.size == 0:
+            return
+        order = np.argsort(keys, kind="stable")
+        for txn_start in range(0, keys.size, _TXN_ROWS):
+            with self.env.begin(write=True, db=self.rows_db) as txn:
+                cursor = txn.cursor()
+                for start in range(txn_start, min(txn_start + _TXN_ROWS, keys.size), _IO_BATCH):
+                    part = order[start:min(start + _IO_BATCH, txn_start + _TXN_ROWS)]
+                    key_bytes = keys[part].astype(">u8").view("V8").tolist()
+                    row_bytes = np.ascontiguousarray(rows[part], dtype="<f4").view(f"V{self.row_bytes}").ravel()
+                    cursor.putmulti(zip(key_bytes, row_bytes.tolist()))
+
+    def _get_rows(self, keys):
+        """(found mask, rows of the found keys in ``keys`` order) from the SSD table; keys sorted, unique."""
+        found = np.zeros(keys.size, dtype=bool)
+        parts = []
+        with self.env.begin(db=self.rows_db) as txn:
+            cursor = txn.cursor()
+            for start in range(0, keys.size, _IO_BATCH):
+                pairs = cursor.getmulti(keys[start:start + _IO_BATCH].astype(">u8").view("V8").tolist())
+                if not pairs:
+                    continue
+                got_keys = np.frombuffer(b"".join(k for k, _ in pairs), dtype=">u8").astype(np.uint64)
+                found[np.searchsorted(keys, got_keys)] = True
+                parts.append(np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(-1, self.row_dim))
+        rows = np.concatenate(parts) if parts else np.zeros((0, self.row_dim), dtype=np.float32)
+        return found, rows
+
+    def _append_log(self, pass_id, keys, rows):
+        """Write the pass's redo records, one transaction per chunk. They take effect only when a
+        later transaction sets ``last_pass`` (or the ``prepared`` marker) to ``pass_id``."""
+        per_chunk = max(1, _LOG_CHUNK_BYTES // (8 + self.row_bytes))
+        for chunk, start in enumerate(range(0, max(keys.size, 1), per_chunk)):
+            part_keys = keys[start:start + per_chunk].astype("<u8")
+            part_rows = np.ascontiguousarray(rows[start:start + per_chunk], dtype="<f4")
+            with self.env.begin(write=True, db=self.log_db) as txn:
+                txn.put(struct.pack(">qI", pass_id, chunk), part_keys.tobytes() + part_rows.tobytes())
+        return keys.size * (8 + self.row_bytes)
+
+    # ------------------------------------------------------------------ working sets
+    def load_working_set(self, keys):
+        """SSD -> MEM -> HBM: a :class:`WorkingSet` of the distinct ``keys`` (any order, duplicates ok)."""
+        unique = sorted_unique(_as_keys(keys))
+        with self._lock:
+            self._ensure_open()
+            started = time.perf_counter()
+            self._clock += 1
+            rows = np.empty((unique.size, self.row_dim), dtype=np.float32)
+            in_previous = np.isin(unique, self._previous_keys, assume_unique=True)
+            slots, hit = self.mem.lookup(unique)
+            rows[hit] = self.mem.rows[slots[hit]]
+            self.mem.touch(slots[hit], self._clock)
+            miss = np.flatnonzero(~hit)
+            found, ssd_rows = self._get_rows(unique[miss])
+            rows[miss[found]] = ssd_rows
+            fresh = miss[~found]
+            rows[fresh] = init_rows(unique[fresh], self.dim, self.state_dim, self.init_std, self.seed,
+                                    self.state_init)
+            self._counts["hbm"] += int(in_previous.sum())
+            self._counts["mem"] += int((hit & ~in_previous).sum())
+            ssd = np.zeros(unique.size, dtype=bool)
+            ssd[miss[found]] = True
+            self._counts["ssd"] += int((ssd & ~in_previous).sum())
+            new = np.zeros(unique.size, dtype=bool)
+            new[fresh] = True
+            self._counts["new"] += int((new & ~in_previous).sum())
+            self._previous_keys = unique
+            ws = WorkingSet(unique, rows, self.dim, self.last_pass)
+            self._open_sets.add(ws)
+            self._counters["load_s"] += time.perf_counter() - started
+            self._counters["loads"] += 1
+            return ws
+
+    def prefetch(self, keys):
+        """Load a working set in a background thread; ``.result()`` gives the :class:`WorkingSet`."""
+        keys = _as_keys(keys).copy()
+        return self._executor.submit(self.load_working_set, keys)
+
+    def discard(self, ws):
+        """Close a working set that will not be committed (e.g. evaluation)."""
+        with self._lock:
+            self._open_sets.discard(ws)
+
+    def commit_pass(self, ws, pass_id):
+        """Write the pass's updated rows back; durable when this returns.
+
+        Order: redo records of the pass; dirty rows evicted from MEM (committed values) to the SSD
+        table; then the commit point, one small transaction setting ``last_pass``; then rows that
+        did not fit in MEM go to the SSD table (they are in the log already). Each step is a
+        bounded LMDB transaction, so a pass of any size commits without a huge transaction."""
+        with self._lock:
+            self._check_commit(ws, pass_id)
+            started = time.perf_counter()
+            self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
+            self._finish(ws, pass_id, {})
+            self._counters["commit_s"] += time.perf_counter() - started
+
+    def prepare_pass(self, ws, pass_id):
+        """Phase 1 of a multi-shard commit: durably log the pass and mark it prepared, unapplied."""
+        with self._lock:
+            self._check_commit(ws, pass_id)
+            if self.prepared_pass is not None:
+                raise RuntimeError(f"pass {self.prepared_pass} is already prepared in {self.path}")
+            self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
+            self._delete_records([], meta={b"prepared": pass_id})
+            self.prepared_pass = pass_id
+
+    def finish_pass(self, ws, pass_id):
+        """Phase 2 of a multi-shard commit: apply the prepared pass (MEM, evictions, last_pass)."""
+        with self._lock:
+            if self.prepared_pass != pass_id:
+                raise RuntimeError(f"pass {pass_id} was not prepared in {self.path} (prepared: {self.prepared_pass})")
+            started = time.perf_counter()
+            self._finish(ws, pass_id, {b"prepared": None})
+            self.prepared_pass = None
+            self._counters["commit_s"] += time.perf_counter() - started
+
+    def _finish(self, ws, pass_id, meta):
+        plan = self._plan_finish(ws)
+        self._put_rows(*plan["writeback"])  # committed values of earlier passes: safe before the commit point
+        self._delete_records([], meta={**meta, b"last_pass": pass_id})  # the commit point
+        self._put_rows(ws.keys[plan["overflow"]], ws.rows[plan["overflow"]])  # did not fit in MEM
+        self._apply_finish(ws, plan, pass_id)
+
+    def _check_commit(self, ws, pass_id):
+        self._ensure_open()
+        if ws not in self._open_sets:
+            raise ValueError("this working set was not loaded from this store, or was already committed/discarded")
+        if pass_id <= self.last_pass:
+            raise ValueError(f"pass_id {pass_id} must be greater than the last committed pass {self.last_pass}")
+        if ws.base_pass != self.last_pass:
+            raise ValueError(f"stale working set: it reflects pass {ws.base_pass}, the store is at {self.last_pass}")
+        if ws.rows.shape != (ws.keys.size, self.row_dim) or ws.rows.dtype != np.float32:
+            raise ValueError(f"working set rows must be float32 [{ws.keys.size}, {self.row_dim}], "
+                             f"got {ws.rows.dtype} {ws.rows.shape}")
+        if not np.isfinite(ws.rows).all():
+            bad = ws.keys[~np.isfinite(ws.rows).all(axis=1)]
+            raise FloatingPointError(f"{bad.size} row(s) are not finite (e.g. key {int(bad[0])}); refusing to commit")
+
+    def _plan_finish(self, ws):
+        """Decide MEM placement and victims before touching disk (so a failed write changes nothing)."""
+        slots, hit = self.mem.lookup(ws.keys)
+        new = np.flatnonzero(~hit)
+        free_slots, victims = self.mem.plan_room(new.size, sorted_unique(slots[hit]), self._clock)
+        target = np.concatenate([free_slots, victims]).astype(np.int64)
+        placed = new[: target.size]
+        overflow = new[target.size:]  # more new rows than MEM can hold: straight to SSD
+        dirty_victims = victims[self.mem.dirty[victims]]
+        return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
+                "overflow": overflow, "victims": victims,
+                "writeback": (self.mem.keys[dirty_victims].copy(), self.mem.rows[dirty_victims].copy())}
+
+    def _apply_finish(self, ws, plan, pass_id):
+        """After the durable write: update MEM, patch open working sets, maybe checkpoint."""
+        mem = self.mem
+        mem.rows[plan["hit_slots"]] = ws.rows[plan["hit"]]
+        mem.dirty[plan["hit_slots"]] = True
+        mem.place(plan["target"], ws.keys[plan["placed"]], ws.rows[plan["placed"]], self._clock, dirty=True)
+        self._counters["evictions"] += int(plan["victims"].size)
+        self._counters["writebacks"] += int(plan["writeback"][0].size)
+        self._counters["commits"] += 1
+        self.last_pass = pass_id
+        self._open_sets.discard(ws)
+        patch_open_sets(self._open_sets, ws, pass_id)
+        if self._log_bytes > self.log_cap_bytes:
+            self.checkpoint()
+
+    def checkpoint(self):
+        """Write every dirty MEM row to the SSD table, then drop the redo log."""
+        with self._lock:
+            self._ensure_open()
+            if self.prepared_pass is not None:
+                return  # the prepared record must survive until the pass is resolved
+            dirty = np.flatnonzero(self.mem.dirty[: self.mem.size])
+            self._put_rows(self.mem.keys[dirty], self.mem.rows[dirty])
+            self._delete_records([k for _, k in self._log_index()])
+            self.mem.dirty[dirty] = False
+            self._log_bytes = 0
+            self._counters["checkpoints"] += 1
+
+    # ------------------------------------------------------------------ inspection
+    def read_rows(self, keys):
+        """Current committed rows of ``keys`` (MEM, else SSD, else initial), without side effects."""
+        keys = _as_keys(keys)
+        unique = sorted_unique(keys)
+        with self._lock:
+            self._ensure_open()
+            rows = init_rows(unique, self.dim, self.state_dim, self.init_std, self.seed, self.state_init)
+            slots, hit = self.mem.lookup(unique)
+            rows[hit] = self.mem.rows[slots[hit]]
+            miss = np.flatnonzero(~hit)
+            found, got = self._get_rows(unique[miss])
+            rows[miss[found]] = got
+        return rows[np.searchsorted(unique, keys)]
+
+    def stats(self):
+        with self._lock:
+            total = max(sum(self._counts.values()), 1)
+            with self.env.begin(db=self.rows_db) as txn:
+                ssd_rows = txn.stat(self.rows_db)["entries"]
+            return {
+                "hit_rate": {k: v / total for k, v in self._counts.items()},
+                "key_counts": dict(self._counts),
+                "mem_rows": self.mem.size, "mem_cap_rows": self.mem.capacity,
+                "mem_bytes": self.mem.nbytes(), "mem_cap_bytes": self.mem.capacity * self.mem_bytes_per_row,
+                "mem_dirty_rows": int(self.mem.dirty[: self.mem.size].sum()),
+                "ssd_rows": ssd_rows, "log_bytes": self._log_bytes, "last_pass": self.last_pass,
+                "process": process_memory_mb(), **self._counters,
+            }
+
+    def _ensure_open(self):
+        if self.env is None:
+            raise RuntimeError(f"store at {self.path} is closed")
+
+    def close(self):
+        """Wait for prefetches, checkpoint dirty rows, close LMDB. Idempotent."""
+        if self.env is None:
+            return
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            if self.prepared_pass is None:
+                self.checkpoint()
+            self.env.close()
+            self.env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def process_memory_mb():
+    """This process's resident memory in MiB from /proc (Linux): rss, anonymous part, file-backed
+    part (LMDB's memory-mapped pages are file-backed: reclaimable page cache) and peak rss."""
+    fields = {"VmRSS": "rss_mb", "RssAnon": "rss_anon_mb", "RssFile": "rss_file_mb", "VmHWM": "peak_rss_mb"}
+    out = {}
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                name = line.split(":", 1)[0]
+                if name in fields:
+                    out[fields[name]] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def patch_open_sets(open_sets, committed, pass_id):
+    """Copy ``committed``'s rows into every open working set sharing keys; advance their base_pass."""
+    for other in list(open_sets):
+        if other is committed:
+            continue
+        _, mine, theirs = np.intersect1d(committed.keys, other.keys, assume_unique=True, return_indices=True)
+        other.rows[theirs] = committed.rows[mine]
+        other.base_pass = pass_id
+
+
+class ShardedWorkingSet(WorkingSet):
+    """A working set assembled from per-shard working sets (``parts[i]`` holds shard i's keys)."""
+
+    def __init__(self, keys, rows, dim, base_pass, shard_ids, parts):
+        super().__init__(keys, rows, dim, base_pass)
+        self.shard_ids = shard_ids
+        self.parts = parts
+
+    def sync_parts(self):
+        """Copy the (trained) assembled rows back into the per-shard working sets."""
+        for i, part in enumerate(self.parts):
+            part.rows[:] = self.rows[self.shard_ids == i]
+
+
+class ShardedStore:
+    """``num_shards`` :class:`HierarchicalStore` shards by ``shard_of`` key hash, same API.
+
+    Each shard gets ``mem_cap_mb / num_shards``. Commits are two-phase across shards (see the
+    module docstring), so a crash between shards is resolved to one pass when reopening.
+    """
+
+    def __init__(self, path, num_shards, dim, state_dim=0, mem_cap_mb=256, **kwargs):
+        self.path = os.fspath(path)
+        self.num_shards = int(num_shards)
+        self.dim = dim
+        self.shards = [
+            HierarchicalStore(os.path.join(self.path, f"shard-{i}-of-{self.num_shards}"), dim, state_dim,
+                              mem_cap_mb=mem_cap_mb / self.num_shards, defer_prepared=True, **kwargs)
+            for i in range(self.num_shards)
+        ]
+        self._resolve_prepared()
+        self._lock = threading.RLock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharded-prefetch")
+        self._open_sets = weakref.WeakSet()
+
+    def _resolve_prepared(self):
+        """Roll forward a pass every shard prepared or finished; otherwise drop prepared records."""
+        candidates = [s.prepared_pass for s in self.shards if s.prepared_pass is not None]
+        top = max([s.last_pass for s in self.shards] + candidates)
+        forward = all(s.last_pass == top or s.prepared_pass == top for s in self.shards)
+        for shard in self.shards:
+            shard.resolve_prepared(commit=forward and shard.prepared_pass == top)
+        passes = {s.last_pass for s in self.shards}
+        if len(passes) != 1:
+            raise RuntimeError(f"shards of {self.path} are at different passes {sorted(passes)} and no "
+                               "prepared record reconciles them: the store is damaged")
+
+    @property
+    def last_pass(self):
+        return self.shards[0].last_pass
+
+    def load_working_set(self, keys):
+        unique = sorted_unique(_as_keys(keys))
+        shard_ids = shard_of(unique, self.num_shards)
+        with self._lock:
+            parts = [shard.load_working_set(unique[shard_ids == i]) for i, shard in enumerate(self.shards)]
+            rows = np.empty((unique.size, self.shards[0].row_dim), dtype=np.float32)
+            for i, part in enumerate(parts):
+                rows[shard_ids == i] = part.rows
+            ws = ShardedWorkingSet(unique, rows, self.dim, self.last_pass, shard_ids, parts)
+            self._open_sets.add(ws)
+            return ws
+
+    def prefetch(self, keys):
+        keys = _as_keys(keys).copy()
+        return self._executor.submit(self.load_working_set, keys)
+
+    def discard(self, ws):
+        with self._lock:
+            self._open_sets.discard(ws)
+            for shard, part in zip(self.shards, ws.parts):
+                shard.discard(part)
+
+    def commit_pass(self, ws, pass_id):
+        with self._lock:
+            if ws not in self._open_sets:
+                raise ValueError("this working set was not loaded from this store, or was already committed")
+            if ws.base_pass != self.last_pass:
+                raise ValueError(f"stale working set: it reflects pass {ws.base_pass}, "
+                                 f"the store is at {self.last_pass}")
+            ws.sync_parts()
+            for shard, part in zip(self.shards, ws.parts):
+                shard.prepare_pass(part, pass_id)
+            for shard, part in zip(self.shards, ws.parts):
+                shard.finish_pass(part, pass_id)
+            self._open_sets.discard(ws)
+            patch_open_sets(self._open_sets, ws, pass_id)
+
+    def read_rows(self, keys):
+        keys = _as_keys(keys)
+        shard_ids = shard_of(keys, self.num_shards)
+        rows = np.empty((keys.size, self.shards[0].row_dim), dtype=np.float32)
+        for i, shard in enumerate(self.shards):
+            rows[shard_ids == i] = shard.read_rows(keys[shard_ids == i])
+        return rows
+
+    def stats(self):
+        per_shard = [s.stats() for s in self.shards]
+        counts = {k: sum(p["key_counts"][k] for p in per_shard) for k in per_shard[0]["key_counts"]}
+        total = max(sum(counts.values()), 1)
+        summed = {k: sum(p[k] for p in per_shard) for k in per_shard[0] if isinstance(per_shard[0][k], (int, float))}
+        summed.update(hit_rate={k: v / total for k, v in counts.items()}, key_counts=counts,
+                      last_pass=self.last_pass, shards=per_shard)
+        return summed
+
+    def checkpoint(self):
+        for shard in self.shards:
+            shard.checkpoint()
+
+    def close(self):
+        self._executor.shutdown(wait=True)
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def benchmark(keys=10 ** 6, mem_cap_mb=20.0, dim=8, state_dim=1, passes=3, zipf=1.05, path=None, seed=0):
+    """Load/commit throughput: pass 0 creates a ``keys``-row table, then Zipf-drawn passes, then a
+    full-table pass (mostly SSD); returns a list of per-pass result dicts (and prints them)."""
+    import shutil
+    import tempfile
+
+    root = path or tempfile.mkdtemp(prefix="store-bench-")
+    rng = np.random.default_rng(seed)
+    universe = rng.integers(0, 2 ** 63, keys, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    draws = [universe] + [universe[np.minimum(rng.zipf(zipf, 2 * keys), keys) - 1] for _ in range(passes)]
+    draws.append(universe)
+    results = []
+    try:
+        store = HierarchicalStore(root, dim, state_dim, mem_cap_mb=mem_cap_mb, seed=seed)
+        print(f"table {keys:,} rows of {dim}+{state_dim} floats; MEM cap {mem_cap_mb} MiB = "
+              f"{store.mem.capacity:,} rows ({store.mem.capacity / keys:.0%} of the table)")
+        for pass_id, draw in enumerate(draws):
+            started = time.perf_counter()
+            ws = store.load_working_set(draw)
+            load_s = time.perf_counter() - started
+            ws.rows += np.float32(0.01)
+            started = time.perf_counter()
+            store.commit_pass(ws, pass_id)
+            commit_s = time.perf_counter() - started
+            row = {"pass": pass_id, "keys": len(ws), "load_keys_per_s": len(ws) / load_s,
+                   "commit_keys_per_s": len(ws) / commit_s, "load_s": load_s, "commit_s": commit_s}
+            results.append(row)
+            print(f"pass {pass_id}: {len(ws):>9,} keys  load {row['load_keys_per_s']:>11,.0f} keys/s ({load_s:.2f} s)"
+                  f"  commit {row['commit_keys_per_s']:>11,.0f} keys/s ({commit_s:.2f} s)")
+        stats = store.stats()
+        print("hit rates", {k: round(v, 4) for k, v in stats["hit_rate"].items()},
+              f"evictions {stats['evictions']:,} writebacks {stats['writebacks']:,} "
+              f"checkpoints {stats['checkpoints']}; process memory {stats['process']}")
+        store.close()
+    finally:
+        if path is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Benchmark the hierarchical store's load/commit throughput")
+    parser.add_argument("--keys", type=lambda v: int(float(v)), default=10 ** 6)
+    parser.add_argument("--mem-cap-mb", type=float, default=20.0)
+    parser.add_argument("--dim", type=int, default=8)
+    parser.add_argument("--state-dim", type=int, default=1)
+    parser.add_argument("--passes", type=int, default=3, help="Zipf-drawn passes between the two full passes")
+    parser.add_argument("--path", default=None, help="store directory (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    benchmark(args.keys, args.mem_cap_mb, args.dim, args.state_dim, args.passes, path=args.path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Hierarchical store: tiers, eviction/write-back key by key, prefetch ordering, crash consistency."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from paddle_suite.ads.store import HierarchicalStore, ShardedStore, init_rows, shard_of
+
+# The deterministic training stand-in, shared (as source) with the crashing child processes.
+# Each update depends on the row's current value, so a lost or stale update changes every later value.
+PASSES_SRC = textwrap.dedent('''
+    import numpy as np
+
+    UNIVERSE = np.arange(1, 3001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # spread-out keys
+
+    def pass_keys(pass_id, size=400):
+        if pass_id % 5 == 4:  # a tiny pass: the next pass then finds its hot keys in MEM, not HBM
+            return UNIVERSE[:5]
+        rng = np.random.default_rng(1000 + pass_id)
+        ranks = np.minimum(rng.zipf(1.3, size), UNIVERSE.size) - 1  # hot head, long tail: exercises LFU
+        return np.concatenate([UNIVERSE[ranks], rng.choice(UNIVERSE, size // 4)])
+
+    def train(rows, keys, pass_id, dim):
+        """In-place update of a working set's rows: embedding and 'optimizer state' both change."""
+        bump = ((keys % np.uint64(97)).astype(np.float32) / 97.0 + pass_id)[:, None]
+        rows[:, :dim] = rows[:, :dim] * np.float32(0.9) + np.float32(0.01) * bump
+        rows[:, dim:] += np.float32(1.0)
+''')
+exec(PASSES_SRC)  # defines UNIVERSE, pass_keys, train
+
+DIM, STATE = 3, 1
+
+
+def reference_after(num_passes, seed=0):
+    """Rows of every UNIVERSE key after ``num_passes`` passes, computed without any store."""
+    table = init_rows(UNIVERSE, DIM, STATE, 0.01, seed)
+    order = np.argsort(UNIVERSE)
+    for p in range(num_passes):
+        keys = np.unique(pass_keys(p))
+        at = order[np.searchsorted(UNIVERSE[order], keys)]
+        rows = table[at]
+        train(rows, keys, p, DIM)
+        table[at] = rows
+    return table
+
+
+def test_init_is_deterministic_and_normal():
+    keys = np.arange(20000, dtype=np.uint64) * np.uint64(7919)
+    a = init_rows(keys, 8, 2, 0.05, seed=3, state_init=0.1)
+    b = init_rows(keys[::-1], 8, 2, 0.05, seed=3, state_init=0.1)[::-1]
+    assert np.array_equal(a, b)
+    assert not np.allclose(a[:, :8], init_rows(keys, 8, 2, 0.05, seed=4)[:, :8])
+    assert abs(a[:, :8].mean()) < 0.002 and abs(a[:, :8].std() - 0.05) < 0.002
+    assert np.all(a[:, 8:] == np.float32(0.1))
+    assert abs(np.corrcoef(a[:, 0], a[:, 1])[0, 1]) < 0.03
+
+
+def test_eviction_and_writeback_lose_no_update(tmp_path, monkeypatch):
+    import paddle_suite.ads.store as store_module
+
+    monkeypatch.setattr(store_module, "_TXN_ROWS", 50)  # exercise multi-transaction writes
+    monkeypatch.setattr(store_module, "_LOG_CHUNK_BYTES", 2000)
+    # capacity 60 rows for a 3000-key universe; tiny log cap forces checkpoints too
+    cap_mb = 60 * store_row_bytes(DIM + STATE) / 2 ** 20
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=cap_mb, log_cap_mb=0.05)
+    assert store.mem.capacity == 60
+    table = reference_after(0)
+    order = np.argsort(UNIVERSE)
+    for p in range(25):
+        ws = store.load_working_set(pass_keys(p))
+        at = order[np.searchsorted(UNIVERSE[order], ws.keys)]
+        np.testing.assert_array_equal(ws.rows, table[at])  # every tier served the latest value
+        train(ws.rows, ws.keys, p, DIM)
+        table[at] = ws.rows
+        store.commit_pass(ws, p)
+        assert store.last_pass == p
+        assert store.mem.size <= store.mem.capacity
+        np.testing.assert_array_equal(store.read_rows(UNIVERSE), table)  # key by key, all keys
+    stats = store.stats()
+    assert stats["evictions"] > 0 and stats["writebacks"] > 0 and stats["checkpoints"] > 0
+    assert stats["mem_bytes"] <= 60 * store.mem_bytes_per_row
+    assert stats["hit_rate"]["mem"] > 0 and stats["hit_rate"]["ssd"] > 0 and stats["hit_rate"]["hbm"] > 0
+    assert abs(sum(stats["hit_rate"].values()) - 1) < 1e-9
+    store.close()
+    np.testing.assert_array_equal(table, reference_after(25))
+    with HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 24
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), table)
+
+
+def test_lfu_keeps_hot_rows(tmp_path):
+    store = HierarchicalStore(tmp_path / "s", 2, 0, mem_cap_mb=100 * store_row_bytes(2) / 2 ** 20)
+    hot = np.arange(50, dtype=np.uint64)
+    for p in range(10):
+        cold = np.arange(1000 + 100 * p, 1000 + 100 * p + 80, dtype=np.uint64)
+        ws = store.load_working_set(np.concatenate([hot, cold]))
+        store.commit_pass(ws, p)
+    _, hit = store.mem.lookup(hot)
+    assert hit.all()  # used every pass: never evicted by one-off keys
+    store.close()
+
+
+def store_row_bytes(row_dim):
+    from paddle_suite.ads.store import _MemCache
+
+    return _MemCache.bytes_per_row(row_dim)
+
+
+def test_prefetch_sees_previous_pass_and_commit_rules(tmp_path):
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1)
+    ws0 = store.load_working_set(pass_keys(0))
+    future = store.prefetch(pass_keys(1))
+    ws1_early = future.result()  # read before pass 0 commits: overlap is stale until the commit
+    train(ws0.rows, ws0.keys, 0, DIM)
+    late = store.prefetch(pass_keys(1))  # may run before or after the commit below
+    store.commit_pass(ws0, 0)
+    ws1_late = late.result()
+    expected = reference_after(1)
+    order = np.argsort(UNIVERSE)
+    for ws in (ws1_early, ws1_late):
+        assert ws.base_pass == 0
+        at = order[np.searchsorted(UNIVERSE[order], ws.keys)]
+        np.testing.assert_array_equal(ws.rows, expected[at])
+    assert np.intersect1d(ws0.keys, ws1_early.keys).size > 0
+    with pytest.raises(ValueError, match="already committed"):
+        store.commit_pass(ws0, 1)
+    with pytest.raises(ValueError, match="greater than the last committed pass"):
+        store.commit_pass(ws1_late, 0)
+    store.discard(ws1_early)
+    store.commit_pass(ws1_late, 1)
+    with pytest.raises(KeyError, match="not in this working set"):
+        ws1_late.index(np.array([12345], dtype=np.uint64))
+    keys = pass_keys(1)
+    assert np.array_equal(ws1_late.keys[ws1_late.index(keys)], keys)
+    some = keys[[5, 1, 5, 3]]  # unsorted, repeated
+    np.testing.assert_array_equal(store.read_rows(some), ws1_late.rows[ws1_late.index(some)])
+    store.close()
+
+
+def test_reopen_checks_settings(tmp_path):
+    HierarchicalStore(tmp_path / "s", 4, 1).close()
+    with pytest.raises(ValueError, match="different settings"):
+        HierarchicalStore(tmp_path / "s", 8, 1)
+
+
+def test_shard_of_is_balanced_and_stable():
+    keys = np.arange(100000, dtype=np.uint64)  # structured keys: the hash must still balance them
+    shards = shard_of(keys, 4)
+    counts = np.bincount(shards, minlength=4)
+    assert counts.min() > 0.24 * keys.size and counts.max() < 0.26 * keys.size
+    assert np.array_equal(shards, shard_of(keys.view(np.int64), 4))
+
+
+def test_sharded_store_matches_reference(tmp_path):
+    with ShardedStore(tmp_path / "sh", 2, DIM, STATE, mem_cap_mb=2 * 40 * 45 / 2 ** 20) as store:
+        for p in range(6):
+            ws = store.load_working_set(pass_keys(p))
+            train(ws.rows, ws.keys, p, DIM)
+            store.commit_pass(ws, p)
+        np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(6))
+        assert store.stats()["evictions"] > 0
+    with ShardedStore(tmp_path / "sh", 2, DIM, STATE) as store:
+        assert store.last_pass == 5
+        np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(6))
+
+
+CHILD = PASSES_SRC + textwrap.dedent('''
+    import sys
+    import paddle_suite.ads.store as store_module
+    from paddle_suite.ads.store import HierarchicalStore, ShardedStore
+    store_module._TXN_ROWS, store_module._LOG_CHUNK_BYTES = 50, 2000  # many small transactions per commit
+    path, mode, stop_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "single":
+        store = HierarchicalStore(path, {dim}, {state}, mem_cap_mb=60 * 45 / 2 ** 20, log_cap_mb=0.05)
+    else:
+        store = ShardedStore(path, 2, {dim}, {state}, mem_cap_mb=80 * 45 / 2 ** 20, log_cap_mb=0.05)
+    p = store.last_pass + 1
+    while True:
+        ws = store.load_working_set(pass_keys(p))
+        train(ws.rows, ws.keys, p, {dim})
+        if p == stop_after:  # killed here, mid-pass (or inside a half-done two-phase commit)
+            if mode != "single":
+                ws.sync_parts()
+            if mode == "prepare_one":
+                store.shards[0].prepare_pass(ws.parts[0], p)
+            elif mode == "finish_one":
+                for shard, part in zip(store.shards, ws.parts):
+                    shard.prepare_pass(part, p)
+                store.shards[0].finish_pass(ws.parts[0], p)
+            print("MIDPASS", p, flush=True)
+            sys.stdin.read()  # wait for SIGKILL
+        store.commit_pass(ws, p)
+        print("COMMITTED", p, flush=True)
+        p += 1
+''').format(dim=DIM, state=STATE)
+
+
+def run_child(path, mode, stop_after, kill_after_s=None):
+    """Start the child; SIGKILL it at MIDPASS, or ``kill_after_s`` after its first commit.
+
+    Returns the last pass the child reported as committed (-1 if none)."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), mode, str(stop_after)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    committed = -1
+    try:
+        for line in proc.stdout:
+            if line.startswith("COMMITTED"):
+                committed = int(line.split()[1])
+                if kill_after_s is not None:
+                    time.sleep(kill_after_s)  # lands anywhere in load / train / commit / checkpoint
+                    break
+            if line.startswith("MIDPASS"):
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    for line in out.splitlines():
+        if line.startswith("COMMITTED"):
+            committed = int(line.split()[1])
+    assert "Traceback" not in err, err
+    return committed
+
+
+def test_crash_mid_pass_restores_last_committed_pass(tmp_path):
+    path = tmp_path / "s"
+    assert run_child(path, "single", stop_after=7) == 6
+    with HierarchicalStore(path, DIM, STATE, mem_cap_mb=1) as store:
+        assert store.last_pass == 6
+        np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(7))
+    # resume after the crash, then crash again at a random moment (inside load, train or commit)
+    committed = run_child(path, "single", stop_after=10 ** 6, kill_after_s=0.7)
+    assert committed >= 7
+    with HierarchicalStore(path, DIM, STATE, mem_cap_mb=1) as store:
+        assert store.last_pass >= committed
+        assert store.last_pass <= committed + 1  # the kill may land after a commit, before its print
+        np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(store.last_pass + 1))
+
+
+@pytest.mark.parametrize("mode, expect_last", [("prepare_one", 3), ("finish_one", 4), ("sharded", 3)])
+def test_sharded_crash_inside_two_phase_commit(tmp_path, mode, expect_last):
+    path = tmp_path / "sh"
+    assert run_child(path, mode, stop_after=4) == 3
+    with ShardedStore(path, 2, DIM, STATE) as store:
+        assert store.last_pass == expect_last
+        assert all(s.last_pass == expect_last for s in store.shards)
+        np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(expect_last + 1))
