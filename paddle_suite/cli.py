@@ -24,8 +24,19 @@ def _parser(description):
     return parser
 
 
+def setup_logging():
+    """Our own handler: paddle's imports configure the root logger, so basicConfig would be a no-op."""
+    logger = logging.getLogger("paddle_suite")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def _run(args, action):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     try:
         config = load_config(args.config, args.override)
         task = TASKS.get(config["Global"]["task"])(config)

@@ -80,6 +80,7 @@ CORE_SCHEMA = {
         "device": Field("cpu", str, choices=("cpu", "gpu")),
         "amp": Field(False, bool, help="automatic mixed precision (GPU only)"),
         "early_stop_patience": Field(0, int, help="evaluations without improvement; 0 = off"),
+        "test_split": Field(None, str, help="after training, evaluate the best checkpoint on this split"),
         "progress": True,
         "data_root": Field(None, str),
     },

@@ -235,8 +235,19 @@ class Trainer:
 
         result = {"step": step, "best": state["best"], "best_metrics": state["best_metrics"], "run_dir": self.run_dir}
         if is_main:
-            monitor.message(f"done: {step} steps; best {task.best_metric}={state['best']}; outputs in {self.run_dir}")
+            log.info("done: %d steps; best %s=%s; outputs in %s", step, task.best_metric, state["best"], self.run_dir)
+            if g["test_split"]:
+                result["test"] = self._test_best(g["test_split"])
         return result
+
+    def _test_best(self, split):
+        """Evaluate the best checkpoint (the final weights if none was selected) on ``split``."""
+        best = os.path.join(self.run_dir, "best")
+        model = restore_model(self.task, best) if os.path.isdir(best) else self.model
+        metrics = self._evaluate(model, split)
+        log.info("%s of %s: %s", split, best if model is not self.model else "final model",
+                 ", ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:8]))
+        return metrics
 
     # ------------------------------------------------------------------ eval / export
     def _checkpoint_for_eval(self):

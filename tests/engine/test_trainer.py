@@ -97,9 +97,11 @@ def test_best_model_early_stopping_and_visualdl_logs(tmp_path):
     config = make_config(
         tmp_path, "Global.run_name=es", "Global.epochs=50", "Global.eval_every=2",
         "Global.early_stop_patience=2", "Optimizer.lr=0.0",  # no learning: no improvement after the first eval
+        "Global.test_split=valid",
     )
     result = Trainer(config, toy_task.ToyRegression(config), ARGS).train()
     assert result["step"] == 6  # evals at 2 (best), 4, 6 (patience 2 exhausted)
+    assert result["test"]["mse"] == pytest.approx(result["best"])  # the best checkpoint, re-evaluated
     run = tmp_path / "out" / "es"
     assert (run / "best" / "model.pdparams").is_file()
     reader = LogReader(file_path=glob.glob(str(run / "vdl" / "vdlrecords.*"))[0])
