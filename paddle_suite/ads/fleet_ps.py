@@ -1,0 +1,826 @@
+"""Static-graph CTR training on Fleet's parameter server (async, geo) or as one local process.
+
+One program serves all modes (``models.build_static_program``); only the sparse lookup and the
+optimiser differ:
+
+* ``async``: ``sparse_embedding`` on a ``MemorySparseTable`` (``SparseAccessor``; the sparse
+  optimiser is the accessor's rule, ``PS.sparse_optimizer`` / ``PS.sparse_lr``), dense
+  parameters on the servers' dense table with the ``Optimizer`` section's optimiser.
+* ``geo``: ``embedding(is_sparse=True)`` of ``PS.local_vocab`` rows (keys taken modulo
+  ``local_vocab``) + SGD; workers train locally and exchange deltas every ``PS.k_steps``.
+  (PLATFORM.md: geo with ``sparse_embedding`` fails, and geo with Adam touches the whole table.)
+* ``local``: no Fleet, the geo program with the ``Optimizer`` section's optimiser in one process.
+
+The role comes from the environment Fleet's launchers set (``TRAINING_ROLE`` / ``PADDLE_ROLE``);
+without it the job runs locally, so one config works with and without ``fleetrun``.
+
+Data (``DataLoader.reader``):
+
+* ``numpy`` (default, every mode): our reader (``paddle_suite.ads.data``) streams the training
+  files as one sequence of ``DataLoader.batch_size`` batches; a pass is ``DataLoader.pass_size``
+  examples; worker ``w`` of ``W`` trains the pass's batches with ``index % W == w`` through
+  ``Executor.run`` feeds.
+* ``dataset`` (async only): Fleet's ``InMemoryDataset`` with the data module's
+  ``MultiSlotDataGenerator`` as pipe command (``python -m paddle_suite.ads.data --pipe``); a pass
+  is ``DataLoader.files_per_pass`` files per worker, dealt round-robin, trained with
+  ``train_from_dataset``. Its C++ worker scales the pushed sparse gradients differently from the
+  feed path (not traced): measured on the generator's data it needs ``PS.sparse_lr`` about 30
+  where the feed path learns with 1.0. Loss is summed in-graph (``models.LOSS_SUM``); loading time
+  is reported apart (``load_s``) and not counted in examples/s. Per pass, worker 0 logs loss, AUC (global over all workers, via gloo) and
+examples/s to VisualDL (``<output_dir>/<run_name>/vdl``) and ``metrics.jsonl``.
+
+Checkpoints (``<run_dir>/checkpoints/pass-NNNNN``), after every ``PS.save_every_passes`` passes:
+
+* **base** (async; the first save and every ``PS.base_every``-th): ``fleet.save_persistables(mode=0)``:
+  every sparse row with its optimiser state (``000/part-<server>-<shard>.gz``) and the dense
+  tables (``001/...``), written by the servers.
+* **delta** (async, in between): the sparse rows of the keys trained since the previous save
+  *and the interval before it* (async pushes of that interval can land after its snapshot),
+  plus the complete dense tables. Fleet's own delta modes are of no use here: with
+  ``SparseAccessor`` and no show/click input, ``save_persistables(mode=1|2)`` writes every row
+  (checked on paddle 2.6.2). So a delta is made from a full dump by keeping the rows of the
+  keys the workers report (``touched.w<rank>.npy``); it is stored in the base's file format.
+  This assumes the checkpoint directory is shared by servers and workers (true on one machine;
+  on a cluster, run the filter on each server's local dump).
+* **full** (local and geo): the chief's whole program state (``paddle.static.save``). Geo needs
+  this because ``save_persistables`` does not write the geo sparse table; every worker loads
+  it before ``init_worker`` on resume, so geo's delta baseline is the loaded table.
+* ``meta.json`` (the chain: base, then deltas in order) is written last, atomically, and then
+  ``latest.json``; a save interrupted before ``latest.json`` is ignored. Resume (``Global.resume:
+  auto``, after all processes were killed) makes the servers load the chain in order with
+  ``fleet.load_model`` (rows of later files overwrite earlier ones; rows absent from a delta keep
+  the base's values) and continues with the next pass. The last few async pushes in flight at a
+  base snapshot can be missing from it (async training has no consistent cut).
+
+Export: a body-only inference program (inputs: slot embeddings ``emb`` [n, S, sparse_dim] and
+``dense``; output: click probability), saved with ``paddle.static.save_inference_model`` from the
+chief's scope (its dense parameters are pulled from the servers continuously in async mode), plus
+the sparse part: ``SparseShards`` reads a checkpoint chain's shards and returns rows for keys.
+"""
+import glob
+import gzip
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+import paddle_suite  # noqa: F401  (MKL flag before paddle)
+import paddle
+
+from paddle_suite.config import ConfigError
+from paddle_suite.io import atomic_write
+from paddle_suite.registry import ARCHS
+from paddle_suite.ads import models
+
+log = logging.getLogger(__name__)
+
+NUM_SLOTS, NUM_DENSE = 26, 13
+PS_MODES = ("async", "geo", "local")
+_SPARSE_RULES = {"adagrad": "SparseAdaGradSGDRule", "naive": "SparseNaiveSGDRule", "adam": "SparseAdamSGDRule"}
+
+
+# ------------------------------------------------------------------------------------------ roles
+def fleet_role():
+    """``"server"``, ``"worker"`` or None (no launcher: run as one local process)."""
+    role = os.environ.get("TRAINING_ROLE") or os.environ.get("PADDLE_ROLE")
+    if not role:
+        return None
+    return "server" if role.upper() == "PSERVER" else "worker"
+
+
+def run_directory(config):
+    g = config["Global"]
+    return os.path.join(g["output_dir"], g["run_name"] or "ctr")
+
+
+def build_body(config):
+    arch = dict(config["Arch"])
+    factory = ARCHS.get(arch.pop("name"))
+    return factory(num_slots=NUM_SLOTS, num_dense=NUM_DENSE, **arch)
+
+
+# ------------------------------------------------------------------------------------------ programs
+def sparse_table_config(ps_cfg):
+    """``DistributedStrategy.sparse_table_configs`` for the one sparse table."""
+    prefix = f"table_parameters.{models.SPARSE_TABLE}."
+    rule = _SPARSE_RULES[ps_cfg["sparse_optimizer"]]
+    cfg = {
+        prefix + "table_class": "MemorySparseTable",
+        prefix + "shard_num": int(ps_cfg["shard_num"]),
+        prefix + "accessor.accessor_class": "SparseAccessor",
+        prefix + "accessor.embedx_threshold": 0,
+    }
+    short = rule.replace("Sparse", "").replace("SGDRule", "").lower()  # adagrad | naive | adam
+    for part in ("embed_sgd_param", "embedx_sgd_param"):
+        cfg[f"{prefix}accessor.{part}.name"] = rule
+        cfg[f"{prefix}accessor.{part}.{short}.learning_rate"] = float(ps_cfg["sparse_lr"])
+        cfg[f"{prefix}accessor.{part}.{short}.initial_range"] = float(ps_cfg["init_std"])
+        if short == "adagrad":
+            cfg[f"{prefix}accessor.{part}.adagrad.initial_g2sum"] = float(ps_cfg["initial_g2sum"])
+    return cfg
+
+
+class CtrStaticProgram:
+    """The built program of one mode: ``main``, ``startup``, ``vars`` (see build_static_program)."""
+
+    def __init__(self, config, mode):
+        from paddle.distributed import fleet
+        from paddle_suite.engine.optim import build_optimizer
+
+        if mode not in PS_MODES:
+            raise ValueError(f"PS.mode must be one of {PS_MODES} for Fleet/local training, got '{mode}'")
+        paddle.enable_static()
+        ps_cfg = config["PS"]
+        self.mode = mode
+        self.local_vocab = int(ps_cfg["local_vocab"])
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        main.random_seed = startup.random_seed = int(config["Global"]["seed"])
+        with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+            self.body = build_body(config)
+            lookup = "ps" if mode == "async" else "local"
+            self.vars = models.build_static_program(
+                self.body, lookup, vocab_size=self.local_vocab, init_std=float(ps_cfg["init_std"]),
+                lr_scale=float(ps_cfg["geo_sparse_lr_scale"]) if mode == "geo" else 1.0,
+                slot_inputs=config["DataLoader"]["reader"] == "dataset",
+            )
+            if mode == "geo":
+                optimizer = paddle.optimizer.SGD(float(ps_cfg["geo_lr"]))
+            else:
+                optimizer, _ = build_optimizer(config["Optimizer"], None, 0)
+            if mode == "local":
+                optimizer.minimize(self.vars["loss"])
+            else:
+                strategy = fleet.DistributedStrategy()
+                strategy.a_sync = True
+                if mode == "geo":
+                    strategy.a_sync_configs = {"k_steps": int(ps_cfg["k_steps"])}
+                else:
+                    strategy.sparse_table_configs = {models.SPARSE_TABLE: sparse_table_config(ps_cfg)}
+                fleet.distributed_optimizer(optimizer, strategy).minimize(self.vars["loss"])
+            # Fleet's minimize replaces the programs with transpiled clones.
+            self.main = self.vars["loss"].block.program
+            self.startup = paddle.static.default_startup_program()
+
+    def feed(self, batch):
+        """Feed dict of a ``CtrBatch`` (uint64 keys keep their bits as int64 on the PS)."""
+        keys = batch.sparse
+        if self.mode != "async":  # bounded local table: fold the 64-bit key space
+            keys = keys % np.uint64(self.local_vocab)
+        return {
+            "label": batch.labels.reshape(-1, 1).astype(np.int64),
+            "dense": np.ascontiguousarray(batch.dense, dtype=np.float32),
+            "keys": keys.view(np.int64).reshape(len(keys), -1, 1),
+        }
+
+
+# ------------------------------------------------------------------------------------------ data
+def training_files(config):
+    paths = config["DataLoader"]["train_files"]
+    if isinstance(paths, str):
+        paths = [paths]
+    files = sorted({f for p in paths for f in (glob.glob(p) or [p])})
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing or not files:
+        raise FileNotFoundError(
+            f"DataLoader.train_files: no such file(s) {missing or paths}; generate data with "
+            "tools/gen_ctr_data.py or point DataLoader.train_files at Criteo TSV/CSV or slot files"
+        )
+    return files
+
+
+def stream_batches(config, files):
+    """Yield ``CtrBatch`` batches of the whole training stream (all epochs), in a fixed order."""
+    from paddle_suite.ads.data import CtrFileReader
+
+    dl = config["DataLoader"]
+    for _ in range(int(config["Global"]["epochs"])):
+        for path in files:
+            reader = CtrFileReader(path, dl["format"], dl["skip_malformed"], dl["hash_seed"])
+            yield from reader.batches(int(dl["batch_size"]))
+
+
+def pipe_command(config):
+    """Shell command the dataset runs on each file: our generator, any CTR format -> MultiSlot."""
+    import shlex
+
+    dl = config["DataLoader"]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    command = [sys.executable, "-m", "paddle_suite.ads.data", "--pipe", "--fmt", dl["format"],
+               "--hash-seed", str(dl["hash_seed"])]
+    if dl["skip_malformed"]:
+        command.append("--skip-malformed")
+    return f"PYTHONPATH={shlex.quote(repo)}${{PYTHONPATH:+:$PYTHONPATH}} " + " ".join(shlex.quote(c) for c in command)
+
+
+def dataset_passes(config, files, rank=0, world=1, start_pass=0):
+    """Yield ``(pass_id, files of this rank)``: a pass is ``DataLoader.files_per_pass * world`` files
+    of the stream (all epochs), dealt round-robin to the workers."""
+    per_pass = max(1, int(config["DataLoader"]["files_per_pass"])) * world
+    stream = [f for _ in range(int(config["Global"]["epochs"])) for f in files]
+    for pass_id, lo in enumerate(range(0, len(stream), per_pass)):
+        if pass_id >= start_pass:
+            yield pass_id, stream[lo:lo + per_pass][rank::world]
+
+
+def pass_batches(config, files, rank=0, world=1, start_pass=0):
+    """Yield ``(pass_id, [batches of this rank])`` from ``start_pass`` on."""
+    dl = config["DataLoader"]
+    per_pass = max(1, int(dl["pass_size"]) // int(dl["batch_size"]))
+    current, pending = 0, []
+    for index, batch in enumerate(stream_batches(config, files)):
+        pass_id = index // per_pass
+        if pass_id != current:
+            if current >= start_pass:
+                yield current, pending
+            current, pending = pass_id, []
+        if pass_id >= start_pass and index % world == rank:
+            pending.append(batch)
+    if current >= start_pass and (pending or world > 1):
+        yield current, pending
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_root(run_dir):
+    return os.path.join(run_dir, "checkpoints")
+
+
+def read_latest(run_dir):
+    """The meta dict of the newest complete checkpoint, or None."""
+    path = os.path.join(checkpoint_root(run_dir), "latest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _write_json(path, value):
+    with atomic_write(path, "w") as handle:
+        json.dump(value, handle, indent=1)
+
+
+class MetricsLog:
+    """Per-pass metrics to VisualDL and ``metrics.jsonl`` (worker 0 / local only)."""
+
+    def __init__(self, run_dir, enabled):
+        self.enabled = enabled
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.writer = None
+        if enabled:
+            from visualdl import LogWriter
+
+            self.writer = LogWriter(logdir=os.path.join(run_dir, "vdl"))
+
+    def log(self, pass_id, metrics):
+        if not self.enabled:
+            return
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"pass/{key}", float(value), pass_id)
+        self.writer.flush()
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"pass": pass_id, **metrics}) + "\n")
+        log.info("pass %d: %s", pass_id, json.dumps(metrics))
+        print(f"pass {pass_id}: {json.dumps(metrics)}", flush=True)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------ training
+class PSTrainer:
+    """Runs this process's role: PS server, PS worker, or the local single process."""
+
+    def __init__(self, config):
+        self.config = config
+        self.run_dir = run_directory(config)
+        self.role = fleet_role()
+        mode = config["PS"]["mode"]
+        if self.role is None and mode != "local":
+            log.info("no Fleet role in the environment: running PS.mode=%s as one local process", mode)
+            mode = "local"
+        if self.role is not None and mode == "local":
+            raise ConfigError("PS.mode=local cannot run under a Fleet launcher; use PS.mode=async or geo")
+        if config["DataLoader"]["reader"] == "dataset" and mode != "async":
+            raise ConfigError(
+                f"DataLoader.reader=dataset needs PS.mode=async (got {mode}, "
+                f"{'no Fleet launcher' if self.role is None else 'geo'}): local and geo tables fold keys "
+                "modulo PS.local_vocab in Python; use DataLoader.reader=numpy"
+            )
+        self.mode = mode
+
+    # -- entry
+    def run(self):
+        from paddle.distributed import fleet
+
+        paddle.enable_static()  # before fleet.init, which otherwise starts a collective env
+        if self.role is not None:
+            if os.environ.get("PADDLE_WITH_GLOO") not in ("1", "2"):
+                # fleetrun passes PADDLE_WITH_GLOO=0 unless the user exported it; without gloo,
+                # barriers and all_reduce are no-ops and workers may read uninitialised dense
+                # parameters (PLATFORM.md). fleetrun also sets the rendezvous variables gloo needs.
+                os.environ["PADDLE_WITH_GLOO"] = "1"
+            fleet.init()
+        self.program = CtrStaticProgram(self.config, self.mode)
+        if self.role == "server":
+            resume = self._resume_meta()
+            fleet.init_server()
+            log.info("server %d ready (resume from %s)", fleet.server_index(), resume and resume["pass"])
+            fleet.run_server()
+            return None
+        return self._run_trainer(fleet)
+
+    def _resume_meta(self):
+        choice = self.config["Global"]["resume"]
+        if choice == "none":
+            return None
+        if choice == "auto":
+            return read_latest(self.run_dir)
+        with open(os.path.join(choice, "meta.json")) as handle:  # a pass-NNNNN directory
+            return json.load(handle)
+
+    def _run_trainer(self, fleet):
+        distributed = self.role is not None
+        rank = fleet.worker_index() if distributed else 0
+        world = fleet.worker_num() if distributed else 1
+        self.is_chief = rank == 0
+        os.makedirs(self.run_dir, exist_ok=True)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        self.exe = exe
+        exe.run(self.program.startup)
+        resume = self._resume_meta()
+        if resume is not None:
+            self._check_resume(resume)
+        if resume is not None and resume["kind"] == "full":
+            # local / geo: every worker loads the chief's saved program state before init_worker,
+            # so geo's delta baseline is the loaded table, not the random init
+            path = os.path.join(checkpoint_root(self.run_dir), resume["chain"][-1], "model")
+            paddle.static.load(self.program.main, path, exe)
+        if distributed:
+            fleet.init_worker()
+        start_pass = 0
+        if resume is not None:
+            if resume["kind"] != "full":
+                self._load_ps_chain(fleet, resume)
+            if self.is_chief:
+                print(f"resumed from {resume['chain'][-1]} (pass {resume['pass']})", flush=True)
+            start_pass = resume["pass"] + 1
+        metrics_log = MetricsLog(self.run_dir, self.is_chief)
+        self.touched = []  # distinct keys trained per pass since the save before the last one
+        files = training_files(self.config)
+        v = self.program.vars
+        scope = paddle.static.global_scope()
+        max_passes = int(self.config["PS"]["max_passes"])
+        last = None
+        use_dataset = self.config["DataLoader"]["reader"] == "dataset"
+        passes = (dataset_passes(self.config, files, rank, world, start_pass) if use_dataset
+                  else pass_batches(self.config, files, rank, world, start_pass))
+        for pass_id, part in passes:
+            if max_passes and pass_id >= max_passes:
+                break
+            models.reset_pass_metrics(scope, v["auc_states"])
+            started = time.time()
+            load_seconds = 0.0
+            if use_dataset:
+                seen, load_seconds = self._train_dataset_pass(part)
+                loss_sum = float(np.array(scope.find_var(models.LOSS_SUM).get_tensor()).reshape(-1)[0])
+                self.touched = None  # keys not seen by Python: every checkpoint is a base
+            else:
+                loss_sum, seen, keys = self._train_numpy_pass(part, v)
+                self.touched.append(keys)
+            elapsed = time.time() - started - load_seconds  # training time; dataset loading is reported apart
+            metrics = self._pass_metrics(fleet, distributed, scope, loss_sum, seen, elapsed)
+            if use_dataset:
+                metrics["load_s"] = load_seconds
+            metrics_log.log(pass_id, metrics)
+            last = {"pass": pass_id, **metrics}
+            every = max(1, int(self.config["PS"]["save_every_passes"]))
+            if (pass_id + 1) % every == 0:
+                self.save_checkpoint(fleet, pass_id, distributed)
+        if last is not None and self.is_chief:
+            self.export_dense(os.path.join(self.run_dir, "inference"))
+        if distributed:
+            fleet.util.barrier()
+            fleet.stop_worker()
+        metrics_log.close()
+        return last
+
+    def _train_numpy_pass(self, batches, v):
+        loss_sum, seen, pass_keys = 0.0, 0, []
+        for batch in batches:
+            pass_keys.append(np.unique(batch.sparse))
+            (loss,) = self.exe.run(self.program.main, feed=self.program.feed(batch), fetch_list=[v["loss"]])
+            loss_sum += float(np.asarray(loss).reshape(-1)[0]) * len(batch)
+            seen += len(batch)
+        keys = np.unique(np.concatenate(pass_keys)) if pass_keys else np.zeros(0, np.uint64)
+        return loss_sum, seen, keys
+
+    def _train_dataset_pass(self, files):
+        """One pass through Fleet's InMemoryDataset fed by the data module's generator (pipe)."""
+        if not files:  # this worker has no file in the pass; it still joins the pass's barriers
+            return 0, 0.0
+        dl = self.config["DataLoader"]
+        dataset = paddle.distributed.InMemoryDataset()
+        dataset.init(batch_size=int(dl["batch_size"]), thread_num=int(dl["dataset_threads"]),
+                     use_var=self.program.vars["use_vars"], pipe_command=pipe_command(self.config))
+        dataset.set_filelist(files)
+        started = time.time()
+        dataset.load_into_memory()
+        load_seconds = time.time() - started
+        seen = int(dataset.get_memory_data_size())
+        # train_from_dataset always writes <id>_train_desc.prototxt into the working directory
+        previous = os.getcwd()
+        os.chdir(self.run_dir)
+        try:
+            self.exe.train_from_dataset(program=self.program.main, dataset=dataset, debug=False)
+        finally:
+            os.chdir(previous)
+        dataset.release_memory()
+        return seen, load_seconds
+
+    def _pass_metrics(self, fleet, distributed, scope, loss_sum, seen, elapsed):
+        stat_pos, stat_neg = (np.array(scope.find_var(s.name).get_tensor()) for s in self.program.vars["auc_states"][:2])
+        if distributed:
+            from paddle.distributed.fleet import metrics as fleet_metrics
+
+            auc = fleet_metrics.auc(stat_pos, stat_neg)
+            totals = fleet.util.all_reduce(np.array([loss_sum, seen, elapsed]), "sum")
+            worlds = fleet.worker_num()
+            loss_sum, seen, elapsed = totals[0], totals[1], totals[2] / worlds  # mean wall time
+        else:
+            auc = _auc_from_stats(stat_pos, stat_neg)
+        return {
+            "loss": float(loss_sum / max(seen, 1)),
+            "auc": float(auc),
+            "examples": int(seen),
+            "examples_per_s": float(seen / max(elapsed, 1e-9)),
+        }
+
+    # -- save / load
+    def save_checkpoint(self, fleet, pass_id, distributed):
+        root = checkpoint_root(self.run_dir)
+        target = os.path.join(root, f"pass-{pass_id:05d}")
+        previous = read_latest(self.run_dir) if self.is_chief else None
+        base_every = max(1, int(self.config["PS"]["base_every"]))
+        if not distributed or self.mode == "geo":
+            # geo: fleet.save_persistables does not write the geo sparse table, so the chief's
+            # local program state (table + dense, synchronised every k_steps) is the checkpoint
+            kind = "full"
+        elif (self.touched is None or previous is None or previous.get("kind") == "full"
+              or len(previous["chain"]) >= base_every):
+            kind = "base"
+        else:
+            kind = "delta"
+        if kind == "full":
+            if self.is_chief:
+                shutil.rmtree(target, ignore_errors=True)
+                paddle.static.save(self.program.main, os.path.join(target, "model"))
+        else:
+            kind = _broadcast_kind(fleet, kind)  # only the chief knows the chain
+            if self.is_chief:
+                shutil.rmtree(target, ignore_errors=True)
+                os.makedirs(target)
+            fleet.util.barrier()
+            # keys of this interval and the one before: async pushes of the previous interval
+            # may have landed after the previous snapshot
+            if self.touched is not None:
+                touched = np.unique(np.concatenate(self.touched)) if self.touched else np.zeros(0, np.uint64)
+                np.save(os.path.join(target, f"touched.w{fleet.worker_index()}.npy"), touched)
+                self.touched = self.touched[-1:]
+            dump = target if kind == "base" else os.path.join(target, ".full")
+            fleet.save_persistables(self.exe, dump, mode=0)  # barriers inside; the chief asks the servers
+            if kind == "delta" and self.is_chief:
+                keys = np.unique(np.concatenate([np.load(f) for f in glob.glob(os.path.join(target, "touched.w*.npy"))]))
+                write_delta(dump, target, keys)
+                shutil.rmtree(dump)
+        if not self.is_chief:
+            return
+        name = os.path.basename(target)  # chains hold names relative to checkpoints/
+        chain = [name] if kind in ("base", "full") else previous["chain"] + [name]
+        meta = {"pass": pass_id, "kind": kind, "chain": chain, "mode": self.mode,
+                "sparse_dim": self.program.body.sparse_dim, "sparse_optimizer": self.config["PS"]["sparse_optimizer"]}
+        _write_json(os.path.join(target, "meta.json"), meta)
+        _write_json(os.path.join(root, "latest.json"), meta)
+        self._prune(root, chain)
+
+    def _prune(self, root, chain):
+        """Keep the newest chain plus the chains of ``Global.keep_checkpoints - 1`` older bases."""
+        keep = max(1, int(self.config["Global"]["keep_checkpoints"]))
+        metas = {}
+        for meta_path in sorted(glob.glob(os.path.join(root, "pass-*", "meta.json"))):
+            with open(meta_path) as handle:
+                metas[os.path.dirname(meta_path)] = json.load(handle)
+        bases = [m["chain"][0] for m in metas.values() if m["kind"] in ("base", "full")]
+        keep_bases = set(bases[-keep:]) | {chain[0]}
+        for directory, meta in metas.items():
+            if meta["chain"][0] not in keep_bases:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _check_resume(self, meta):
+        if meta.get("mode", self.mode) != self.mode:
+            raise ConfigError(
+                f"checkpoint {meta['chain'][-1]} was written in PS.mode={meta['mode']}, this run is "
+                f"PS.mode={self.mode}; set Global.resume=none or use a new Global.run_name"
+            )
+
+    def _load_ps_chain(self, fleet, meta):
+        """Async PS: the servers load the base, then each delta (rows in later files win)."""
+        root = checkpoint_root(self.run_dir)
+        for name in meta["chain"]:
+            fleet.load_model(os.path.join(root, name), mode=0)  # the chief asks every server
+        fleet.util.barrier()
+
+    def export_dense(self, path):
+        """Save the body-only inference program (emb, dense) -> prob with the current dense params."""
+        return export_body(self.config, self.exe, paddle.static.global_scope(), path)
+
+
+def export_body(config, exe, scope, path):
+    """Body-only inference model: inputs ``emb`` [n, S, sparse_dim], ``dense`` [n, 13] -> ``prob``.
+
+    Parameter names match the training program (same unique-name order), so the values are taken
+    from ``scope`` (on a PS worker: the dense parameters last pulled from the servers).
+    """
+    infer, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(infer, startup), paddle.utils.unique_name.guard():
+        body = build_body(config)
+        emb = paddle.static.data("emb", shape=[-1, NUM_SLOTS, body.sparse_dim], dtype="float32")
+        dense = paddle.static.data("dense", shape=[-1, NUM_DENSE], dtype="float32")
+        prob = paddle.nn.functional.sigmoid(body(emb, dense))
+    with paddle.static.scope_guard(scope):
+        missing = [p.name for p in infer.all_parameters() if scope.find_var(p.name) is None]
+        if missing:
+            raise RuntimeError(f"export: parameters {missing} are not in the training scope")
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        paddle.static.save_inference_model(os.path.join(tmp, "body"), [emb, dense], [prob], exe, program=infer)
+        _write_json(os.path.join(tmp, "arch.json"), {"Arch": config["Arch"], "sparse_dim": body.sparse_dim})
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _broadcast_kind(fleet, kind):
+    code = np.array([1.0 if kind == "base" else 0.0])
+    if fleet.worker_index() != 0:
+        code[:] = 0.0
+    return "base" if fleet.util.all_reduce(code, "sum")[0] > 0.5 else "delta"
+
+
+def _auc_from_stats(stat_pos, stat_neg):
+    """AUC from paddle.static.auc's histogram accumulators (same formula as fleet.metrics.auc)."""
+    pos = np.asarray(stat_pos, dtype=np.float64).reshape(-1)[::-1]
+    neg = np.asarray(stat_neg, dtype=np.float64).reshape(-1)[::-1]
+    tp = np.cumsum(pos)
+    fp = np.cumsum(neg)
+    area = np.sum((fp - np.concatenate([[0.0], fp[:-1]])) * (tp + np.concatenate([[0.0], tp[:-1]])) / 2.0)
+    return area / (tp[-1] * fp[-1]) if tp[-1] > 0 and fp[-1] > 0 else 0.5
+
+
+# ------------------------------------------------------------------------------------------ sparse shards
+SPARSE_TABLE_DIR = "000"  # table id 0: the one sparse table (dense tables follow it)
+_HEADER_COLS = 5  # SparseAccessor rows: slot, unseen_days, delta_score, show, click, then the values
+
+
+def _read_shard(path):
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw
+
+
+def _parse_rows(raw):
+    """Shard text -> (keys uint64 [n], values float32 [n, cols]); cols checked to be uniform."""
+    lines = raw.split(b"\n")
+    lines = [line for line in lines if line]
+    if not lines:
+        return np.zeros(0, np.uint64), np.zeros((0, 0), np.float32)
+    tokens = b" ".join(lines).split()
+    cols = len(lines[0].split())
+    if len(tokens) != cols * len(lines):
+        raise ValueError(f"sparse shard rows have differing column counts (first row has {cols})")
+    table = np.array(tokens, dtype=object).reshape(len(lines), cols)
+    keys = table[:, 0].astype(np.uint64)
+    values = table[:, 1:].astype(np.float32)
+    return keys, values
+
+
+def _line_keys(buf):
+    """Vectorised parse of a shard buffer (uint8): line byte ranges and the leading uint64 keys."""
+    ends = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    spaces = np.flatnonzero(buf == 32)
+    key_end = spaces[np.searchsorted(spaces, starts)]
+    length = key_end - starts
+    keys = np.zeros(starts.size, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(int(length.max()) if length.size else 0):  # <= 20 digit positions
+            active = j < length
+            digit = buf[np.minimum(starts + j, buf.size - 1)].astype(np.uint64) - np.uint64(48)
+            keys = np.where(active, keys * np.uint64(10) + digit, keys)
+    return starts, ends, keys
+
+
+def write_delta(full_dir, delta_dir, keys):
+    """Copy ``full_dir`` to ``delta_dir`` keeping only the sparse rows whose key is in ``keys``."""
+    keys = np.unique(np.asarray(keys, dtype=np.uint64))  # sorted once; membership by binary search
+    for table in sorted(os.listdir(full_dir)):
+        src, dst = os.path.join(full_dir, table), os.path.join(delta_dir, table)
+        if table != SPARSE_TABLE_DIR:
+            (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst)
+            continue
+        os.makedirs(dst, exist_ok=True)
+        for shard in sorted(os.listdir(src)):
+            raw = _read_shard(os.path.join(src, shard))
+            if raw and not raw.endswith(b"\n"):
+                raw += b"\n"
+            buf = np.frombuffer(raw, dtype=np.uint8)
+            starts, ends, line_keys = _line_keys(buf)
+            pos = np.minimum(np.searchsorted(keys, line_keys), max(keys.size - 1, 0))
+            keep = keys[pos] == line_keys if keys.size else np.zeros(line_keys.size, dtype=bool)
+            # byte mask of the kept lines (newline included), via +1/-1 marks and a running sum
+            marks = np.zeros(buf.size + 1, dtype=np.int8)
+            np.add.at(marks, starts[keep], 1)
+            np.add.at(marks, ends[keep] + 1, -1)
+            text = buf[np.cumsum(marks[:-1], dtype=np.int8).astype(bool)].tobytes()
+            with open(os.path.join(dst, shard), "wb") as handle:
+                handle.write(gzip.compress(text, compresslevel=3) if shard.endswith(".gz") else text)
+
+
+class SparseShards:
+    """The sparse table of a checkpoint chain (base + deltas), looked up by key.
+
+    >>> table = SparseShards("output/run/checkpoints")          # latest.json's chain
+    >>> rows, found = table.lookup(keys)                         # [n, sparse_dim] float32, [n] bool
+
+    Rows are the embedding values (``embed_w`` then ``embedx_w``), without optimiser state;
+    keys never trained get zeros (``found`` False), as a PS pull would give a near-zero new row.
+    """
+
+    def __init__(self, checkpoint_root_dir, meta=None):
+        meta = meta or _read_json(os.path.join(checkpoint_root_dir, "latest.json"))
+        if meta is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpoint_root_dir} (latest.json missing)")
+        self.sparse_dim = int(meta["sparse_dim"])
+        state = {"adagrad": 1, "naive": 0}.get(meta["sparse_optimizer"])
+        if state is None:
+            raise ValueError(f"sparse lookup supports adagrad/naive sparse rules, not {meta['sparse_optimizer']}")
+        embedx = _HEADER_COLS + 1 + state  # value column of the first embedx weight (key excluded)
+        all_keys, all_rows = [], []
+        for name in meta["chain"]:  # later checkpoints override earlier rows
+            directory = os.path.join(checkpoint_root_dir, name, SPARSE_TABLE_DIR)
+            for shard in sorted(glob.glob(os.path.join(directory, "part-*"))):
+                keys, values = _parse_rows(_read_shard(shard))
+                if not len(keys):
+                    continue
+                expected = embedx + self.sparse_dim - 1 + state
+                if values.shape[1] != expected:
+                    raise ValueError(f"{shard}: {values.shape[1]} value columns, expected {expected} "
+                                     f"for sparse_dim={self.sparse_dim} with the {meta['sparse_optimizer']} rule")
+                emb = np.concatenate(
+                    [values[:, _HEADER_COLS: _HEADER_COLS + 1], values[:, embedx: embedx + self.sparse_dim - 1]], axis=1
+                )
+                all_keys.append(keys)
+                all_rows.append(emb)
+        keys = np.concatenate(all_keys) if all_keys else np.zeros(0, np.uint64)
+        rows = np.concatenate(all_rows) if all_rows else np.zeros((0, self.sparse_dim), np.float32)
+        # keep the last occurrence of every key (chain order)
+        order = np.arange(len(keys))[::-1]
+        self.keys, first = np.unique(keys[order], return_index=True)
+        self.rows = rows[order[first]]
+
+    def __len__(self):
+        return len(self.keys)
+
+    def lookup(self, keys):
+        keys = np.asarray(keys, dtype=np.uint64)
+        pos = np.searchsorted(self.keys, keys.reshape(-1))
+        pos = np.minimum(pos, max(len(self.keys) - 1, 0))
+        found = self.keys[pos] == keys.reshape(-1) if len(self.keys) else np.zeros(keys.size, bool)
+        rows = np.where(found[:, None], self.rows[pos] if len(self.keys) else 0.0, 0.0).astype(np.float32)
+        return rows.reshape(*keys.shape, self.sparse_dim), found.reshape(keys.shape)
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+# ------------------------------------------------------------------------------------------ eval / export
+class ExportedBody:
+    """The exported dense body run with a paddle inference predictor."""
+
+    def __init__(self, path):
+        from paddle import inference
+
+        cfg = inference.Config(os.path.join(path, "body.pdmodel"), os.path.join(path, "body.pdiparams"))
+        cfg.disable_glog_info()
+        self.predictor = inference.create_predictor(cfg)
+
+    def __call__(self, emb, dense):
+        names = self.predictor.get_input_names()
+        for name, value in zip(names, (emb, dense)):
+            self.predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(value, dtype=np.float32))
+        self.predictor.run()
+        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu().reshape(-1)
+
+
+def roc_auc(labels, scores):
+    """Exact ROC AUC (ties get half credit)."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    pos, neg = labels.sum(), (~labels).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores).reshape(-1))
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def evaluate_run(config):
+    """AUC / log loss of ``DataLoader.test_files`` with the run's export + its sparse rows."""
+    from paddle_suite.ads.data import CtrFileReader
+
+    run_dir = run_directory(config)
+    mode = config["PS"]["mode"]
+    export_dir = os.path.join(run_dir, "inference")
+    if not os.path.isdir(export_dir):
+        raise FileNotFoundError(f"no export in {export_dir}: train first (or run tools/export.py)")
+    body = ExportedBody(export_dir)
+    lookup = sparse_lookup_for(config)
+    files = config["DataLoader"]["test_files"]
+    if not files:
+        raise ValueError("DataLoader.test_files is empty: name held-out files to evaluate")
+    labels, scores = [], []
+    dl = config["DataLoader"]
+    try:
+        for path in [files] if isinstance(files, str) else files:
+            for batch in CtrFileReader(path, dl["format"], dl["skip_malformed"], dl["hash_seed"]).batches(8192):
+                emb = lookup(batch.sparse)
+                scores.append(body(emb, batch.dense))
+                labels.append(batch.labels)
+    finally:
+        if getattr(lookup, "store", None) is not None:  # hierarchical: the store holds a lock
+            lookup.store.close()
+    labels, scores = np.concatenate(labels), np.concatenate(scores)
+    eps = 1e-7
+    clipped = np.clip(scores, eps, 1 - eps)
+    logloss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+    latest = read_latest(run_dir)
+    trained_mode = latest["mode"] if latest is not None else mode  # async/geo configs may have run locally
+    return {"auc": roc_auc(labels, scores), "logloss": logloss, "examples": int(len(labels)), "mode": trained_mode}
+
+
+def sparse_lookup_for(config):
+    """``keys (n, S) uint64 -> emb (n, S, sparse_dim)`` from the run's newest checkpoint."""
+    run_dir = run_directory(config)
+    mode = config["PS"]["mode"]
+    root = checkpoint_root(run_dir)
+    meta = _read_json(os.path.join(root, "latest.json"))
+    if mode == "hierarchical":
+        from paddle_suite.ads.hierarchical_train import store_lookup
+
+        return store_lookup(config)
+    if meta is None:
+        raise FileNotFoundError(f"no checkpoint in {root}: train first")
+    if meta["kind"] == "full" or meta["mode"] in ("local", "geo"):
+        return _local_table_lookup(config, os.path.join(root, meta["chain"][-1], "model"), meta)
+    shards = SparseShards(root, meta)
+    return lambda keys: shards.lookup(keys)[0]
+
+
+def _local_table_lookup(config, prefix, meta):
+    state = paddle.load(prefix + ".pdparams")
+    table = np.asarray(state[models.SPARSE_TABLE])
+    vocab = np.uint64(table.shape[0])
+    return lambda keys: table[(np.asarray(keys, np.uint64) % vocab).astype(np.int64)]
+
+
+def export_run(config, output=None):
+    """The export is written at the end of training; this re-exports it from the newest local
+    checkpoint (local mode) or reports where the trained export is."""
+    run_dir = run_directory(config)
+    path = output or os.path.join(run_dir, "inference")
+    meta = read_latest(run_dir)
+    if meta is not None and meta["mode"] == "local":
+        paddle.enable_static()
+        program = CtrStaticProgram(config, "local")
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            exe.run(program.startup)
+            paddle.static.load(program.main, os.path.join(checkpoint_root(run_dir), meta["chain"][-1], "model"), exe)
+        return export_body(config, exe, scope, path)
+    if not os.path.isdir(os.path.join(run_dir, "inference")):
+        raise FileNotFoundError(f"no export in {run_dir}/inference: PS jobs export at the end of training")
+    if output:
+        shutil.copytree(os.path.join(run_dir, "inference"), output, dirs_exist_ok=True)
+    return path

@@ -1,0 +1,78 @@
+"""The ``ctr`` task: CTR models trained on Fleet's parameter server, locally, or pass by pass on
+the hierarchical HBM/MEM/SSD store. ``PS.mode`` selects the workflow:
+
+* ``async`` / ``geo``: Fleet parameter server (``fleetrun --server_num=S --worker_num=W
+  tools/train.py -c configs/ctr_dnn_ps.yaml`` or ``python -m paddle_suite.ads.launcher ...``);
+  started without a launcher, the same config runs as one local process (``local``).
+* ``local``: one process, static graph, bounded embedding table (keys modulo ``PS.local_vocab``).
+* ``hierarchical``: the paper's pass workflow (``hierarchical_train``).
+
+``evaluate`` scores ``DataLoader.test_files`` with the exported dense body plus the sparse rows
+of the newest checkpoint (PS shards or the hierarchical store); ``export`` writes that body.
+"""
+from paddle_suite.ads import models  # noqa: F401  (registers the CtrDNN / DeepFM architectures)
+from paddle_suite.config import Field
+from paddle_suite.registry import TASKS
+from paddle_suite.task import Task
+
+
+@TASKS.register("ctr")
+class CtrTask(Task):
+    schema = {
+        "DataLoader": {
+            "train_files": Field([], (list, str), help="files or globs (Criteo TSV/CSV or slot text)"),
+            "test_files": Field([], (list, str), help="held-out files for evaluate"),
+            "format": Field("auto", str, choices=("auto", "criteo_tsv", "criteo_csv", "slot")),
+            "batch_size": 512,
+            "pass_size": Field(100000, int, help="examples per pass (checkpoint / metrics unit)"),
+            "skip_malformed": Field(False, bool, help="count and skip malformed lines instead of failing"),
+            "hash_seed": 0,
+            "reader": Field("numpy", str, choices=("numpy", "dataset"),
+                            help="numpy: our reader + Executor.run feeds; dataset: Fleet InMemoryDataset (async)"),
+            "files_per_pass": Field(1, int, help="reader=dataset: files per worker in one pass"),
+            "dataset_threads": Field(1, int, help="reader=dataset: InMemoryDataset threads"),
+        },
+        "PS": {
+            "mode": Field("async", str, choices=("async", "geo", "local", "hierarchical")),
+            "server_num": Field(1, int, help="servers for python -m paddle_suite.ads.launcher"),
+            "worker_num": Field(1, int, help="workers for python -m paddle_suite.ads.launcher"),
+            "k_steps": Field(100, int, help="geo: local steps between delta exchanges"),
+            "geo_lr": Field(0.05, float, help="geo: SGD learning rate (all parameters)"),
+            "geo_sparse_lr_scale": Field(1000.0, float, help="geo: learning-rate multiplier of the sparse table"),
+            "local_vocab": Field(1 << 20, int, help="local/geo: rows of the bounded table (keys modulo)"),
+            "sparse_optimizer": Field("adagrad", str, choices=("adagrad", "naive", "adam")),
+            "sparse_lr": Field(0.05, float, help="learning rate of sparse rows (PS accessor / hierarchical)"),
+            "initial_g2sum": Field(3.0, float, help="Adagrad: initial squared-gradient sum of a row"),
+            "init_std": Field(0.01, float, help="initial scale of new sparse rows"),
+            "shard_num": Field(64, int, help="MemorySparseTable shards per server"),
+            "save_every_passes": Field(1, int, help="checkpoint every N passes"),
+            "base_every": Field(4, int, help="a base checkpoint every N saves, deltas in between"),
+            "max_passes": Field(0, int, help="stop after this many passes (0 = all data)"),
+        },
+        "Store": {
+            "path": Field(None, str, help="store directory (default <run_dir>/store)"),
+            "mem_cap_mb": Field(256.0, float, help="MEM tier capacity"),
+            "prefetch": Field(True, bool, help="load pass i+1's working set while pass i trains"),
+            "num_shards": Field(1, int, help="hierarchical: key-hash shards (ShardedStore) in this process"),
+        },
+    }
+
+    def train(self, args):
+        mode = self.config["PS"]["mode"]
+        if mode == "hierarchical":
+            from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+
+            return HierarchicalTrainer(self.config).train()
+        from paddle_suite.ads.fleet_ps import PSTrainer
+
+        return PSTrainer(self.config).run()
+
+    def evaluate(self, args):
+        from paddle_suite.ads.fleet_ps import evaluate_run
+
+        return evaluate_run(self.config)
+
+    def export(self, args):
+        from paddle_suite.ads.fleet_ps import export_run
+
+        return export_run(self.config, getattr(args, "output", None))
