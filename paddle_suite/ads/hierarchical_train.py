@@ -32,17 +32,25 @@ store's rows. So the sparse and dense halves always come from the same pass. ``L
 fresh start. Training is deterministic (fixed data order, seeded init, no dropout), so a
 resumed run reproduces the uninterrupted run (the crash test checks this row by row).
 
-Across machines (how the tiers ride on Fleet; ``store.ShardedStore`` is the single-process form):
-servers own MEM/SSD shards by ``store.shard_of(key)`` hash; a worker holds the HBM working set of
-its share of the pass, obtained by asking each server for its shard's rows, and sends rows back
-at the end of the pass; the pass commits on all shards with the store's two-phase commit, and
-worker 0 writes the dense checkpoint before phase 2. When several workers train the same key
-in one pass, each returns its row delta (trained minus loaded, weights and Adagrad sums) and the
-owning server adds the deltas (a geo-style merge). Dense parameters are synchronised like Fleet's
-dense tables (pushed to / pulled from the servers). This module implements the single-process
-workflow (``PS.mode: hierarchical``; ``Store.num_shards`` > 1 uses the store's ``ShardedStore``,
-i.e. the servers' shards and two-phase commit, in-process); the multi-process S=2/W=2 variant
-(RPC between workers and shard servers, delta merge, dense sync) is not implemented.
+Across machines (how the tiers ride on Fleet): started by ``fleetrun --server_num=S --worker_num=W``
+or ``python -m paddle_suite.ads.launcher`` (the ``PADDLE_*`` role variables are set), the same
+config runs the multi-process mode (``run``). Each **server** runs a shard server
+(``store_service.ShardServer``): it owns the keys with ``store.shard_of(key, S) == s``, i.e. their
+**MEM** cache and **SSD** table (``<Store.path>/shard-s-of-S``), and server 0 keeps the averaged
+dense parameters. Each **worker** trains every W-th batch of every pass; its **HBM** tier is the
+working set of its own batches' keys, fetched from the owning servers by a
+``store_service.RemoteStore`` (prefetched while the previous pass trains). At the end of pass ``i``
+each worker pushes its row *deltas* (trained minus fetched, weights and Adagrad sums) and its dense
+state; each server adds the W deltas of every key (a key trained by two workers gets both
+updates, as in Fleet's async/geo merge), server 0 averages the dense state and writes
+``<Store.path>/dense/pass-i.pkl``, and worker 0 runs the two-phase commit over all shards; then
+every worker continues from the averaged dense state, so all workers start pass ``i+1``
+identical. After ``kill -9`` of the whole job, a restart resolves the two-phase commit (every
+shard at the same last pass ``L``, dense files above ``L`` dropped) and resumes with pass ``L+1``
+from the dense state of ``L`` (protocol details in ``store_service``). Without role variables
+the single-process workflow above runs (``Store.num_shards`` > 1: the same shards and two-phase
+commit in one process, ``store.ShardedStore``). A distributed run's store is read offline (eval,
+``store_lookup``) as a ``ShardedStore`` (``<Store.path>/layout.json`` records S).
 """
 import io
 import itertools
@@ -74,12 +82,48 @@ def store_path(config):
 def open_store(config, sparse_dim):
     from paddle_suite.ads.store import HierarchicalStore, ShardedStore
 
-    s, ps = config["Store"], config["PS"]
-    kwargs = dict(dim=sparse_dim, state_dim=sparse_dim, mem_cap_mb=float(s["mem_cap_mb"]),
-                  init_std=float(ps["init_std"]), seed=int(config["Global"]["seed"]), state_init=0.0)
-    if int(s["num_shards"]) > 1:
-        return ShardedStore(store_path(config), int(s["num_shards"]), **kwargs)
+    kwargs = store_settings(config, sparse_dim)
+    num_shards = int(config["Store"]["num_shards"])
+    layout = os.path.join(store_path(config), "layout.json")
+    if os.path.exists(layout):  # written by a distributed run's server 0: S shard directories
+        with open(layout) as handle:
+            stored = int(json.load(handle)["num_shards"])
+        if num_shards > 1 and num_shards != stored:
+            raise ValueError(f"{layout} says the store has {stored} shards but Store.num_shards={num_shards}; "
+                             f"set Store.num_shards={stored} or 1")
+        num_shards = stored
+    if num_shards > 1:
+        return ShardedStore(store_path(config), num_shards, **kwargs)
     return HierarchicalStore(store_path(config), **kwargs)
+
+
+def store_settings(config, sparse_dim):
+    s, ps = config["Store"], config["PS"]
+    return dict(dim=sparse_dim, state_dim=sparse_dim, mem_cap_mb=float(s["mem_cap_mb"]),
+                init_std=float(ps["init_std"]), seed=int(config["Global"]["seed"]), state_init=0.0)
+
+
+def run(config):
+    """Entry of ``PS.mode: hierarchical``: a shard server, a distributed worker or one process,
+    by the ``PADDLE_*`` role variables fleetrun / our launcher set."""
+    role = os.environ.get("TRAINING_ROLE") or os.environ.get("PADDLE_ROLE")
+    endpoints = os.environ.get("PADDLE_PSERVERS_IP_PORT_LIST")
+    if not role or not endpoints:
+        return HierarchicalTrainer(config).train()
+    num_workers = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if role == "PSERVER":
+        from paddle_suite.ads.store_service import serve_from_env
+
+        paddle.disable_static()
+        with paddle.utils.unique_name.guard():
+            sparse_dim = build_body(config).sparse_dim
+        return serve_from_env(store_path(config), num_workers,
+                              keep_dense=int(config["Global"]["keep_checkpoints"]),
+                              **store_settings(config, sparse_dim))
+    if role != "TRAINER":
+        raise ValueError(f"TRAINING_ROLE={role!r}: expected PSERVER or TRAINER")
+    return DistributedTrainer(config, int(os.environ.get("PADDLE_TRAINER_ID", "0")), num_workers,
+                              endpoints.split(",")).train()
 
 
 class PassData:
@@ -214,6 +258,8 @@ class HierarchicalTrainer:
         return last
 
     def train_pass(self, data, ws):
+        if not len(data):  # a worker with no batch in this pass still joins its commit
+            return {"loss": float("nan"), "auc": float("nan"), "examples": 0, "examples_per_s": 0.0}
         started = time.time()
         table = paddle.to_tensor(ws.rows)  # the HBM tier: one dense tensor on the training device
         local = ws.index(data.keys)  # [n, S] int64 rows of the HBM table
@@ -252,6 +298,73 @@ class HierarchicalTrainer:
         """Export the dense body (the sparse rows stay in the store: ``store_lookup``)."""
         state = {p.name: p.numpy() for p in self.body.parameters()}
         return export_from_arrays(self.config, state, path)
+
+
+def _to_numpy(state):
+    return {k: (_to_numpy(v) if isinstance(v, dict) else v.numpy() if hasattr(v, "numpy") else v)
+            for k, v in state.items()}
+
+
+class DistributedTrainer(HierarchicalTrainer):
+    """Worker ``worker_id`` of ``num_workers`` on the shard servers at ``endpoints`` (see the module
+    docstring and ``store_service``). Worker 0 logs metrics (of its own batches) and exports."""
+
+    def __init__(self, config, worker_id, num_workers, endpoints):
+        super().__init__(config)
+        self.worker_id, self.num_workers, self.endpoints = worker_id, num_workers, endpoints
+
+    def dense_state(self):
+        return {"model": _to_numpy(self.body.state_dict()), "optimizer": _to_numpy(self.optimizer.state_dict())}
+
+    def set_dense_state(self, state):
+        self.body.set_state_dict(state["model"])
+        if state["optimizer"]:
+            self.optimizer.set_state_dict(state["optimizer"])
+
+    def train(self):
+        from paddle_suite.ads.store_service import RemoteStore
+
+        self.build_model()
+        store = RemoteStore(self.endpoints, self.worker_id, self.num_workers, self.body.sparse_dim)
+        chief = self.worker_id == 0
+        metrics_log = MetricsLog(self.run_dir, chief)
+        last, finished = None, False
+        try:
+            start = store.last_pass + 1
+            if start:
+                self.set_dense_state(store.pull_dense(store.last_pass))
+                print(f"worker {self.worker_id}: resuming after pass {store.last_pass} "
+                      f"(shards and dense/pass-{store.last_pass:05d})", flush=True)
+            passes = (PassData(p, b) for p, b in pass_batches(self.config, training_files(self.config),
+                                                               self.worker_id, self.num_workers, start))
+            passes = itertools.takewhile(lambda p: not self.max_passes or p.pass_id < self.max_passes, passes)
+            current = next(passes, None)
+            pending = store.prefetch(current.distinct) if current is not None else None
+            while current is not None:
+                ws = pending.result()
+                upcoming = next(passes, None)
+                # pass i+1's rows are read on the servers while pass i trains (patched at their commit)
+                prefetch = upcoming is not None and self.config["Store"]["prefetch"]
+                pending = store.prefetch(upcoming.distinct) if prefetch else None
+                metrics = self.train_pass(current, ws)
+                self.set_dense_state(store.commit_pass(ws, current.pass_id, dense=self.dense_state()))
+                if chief:
+                    stats = store.stats()
+                    metrics.update({f"hit_{k}": float(v) for k, v in stats["hit_rate"].items()})
+                    metrics["mem_mb"] = stats["mem_bytes"] / 2 ** 20
+                    metrics["working_set_rows"] = int(len(ws))
+                    metrics_log.log(current.pass_id, metrics)
+                last = {"pass": current.pass_id, **metrics}
+                if upcoming is not None and pending is None:
+                    pending = store.prefetch(upcoming.distinct)
+                current = upcoming
+            if last is not None and chief:
+                self.export(os.path.join(self.run_dir, "inference"))
+            finished = True
+        finally:
+            store.close(done=finished)
+            metrics_log.close()
+        return last
 
 
 def export_from_arrays(config, arrays, path):

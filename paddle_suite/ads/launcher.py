@@ -13,14 +13,17 @@ gloo rendezvous is a directory (``PADDLE_GLOO_RENDEZVOUS=2``, ``PADDLE_GLOO_FS_P
 HTTP store served by a child of server 0 (one process fewer that could be orphaned).
 
 All children run in one new process group. The launcher polls them: a worker exiting non-zero, or
-a server exiting while workers still run, fails the job: the whole group is killed (SIGTERM, then
-SIGKILL), the failing role's log tail is printed to stderr and the exit status is non-zero
-(the worker's own status, or 1). When every worker has exited 0 the servers are stopped and the
-launcher exits 0. SIGINT / SIGTERM to the launcher kill the group too (exit 130 / 143).
+a server exiting non-zero while workers still run, fails the job: the whole group is killed
+(SIGTERM, then SIGKILL), the failing role's log tail is printed to stderr and the exit status is
+non-zero (the worker's own status, or 1). A server exiting 0 is not a failure (the hierarchical
+store's shard servers stop once every worker said it is done). When every worker has exited 0 the
+servers are stopped and the launcher exits 0. SIGINT / SIGTERM to the launcher kill the group too
+(exit 130 / 143). ``PADDLE_SUITE_STORE_AUTHKEY`` (random per job) authenticates the shard servers.
 Logs: ``<log_dir>/serverlog.N`` and ``workerlog.N`` (as fleetrun names them).
 """
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -56,6 +59,7 @@ def role_environments(server_num, worker_num, gloo_dir, host="127.0.0.1"):
         "PADDLE_WITH_GLOO": "1",
         "PADDLE_GLOO_RENDEZVOUS": "2",
         "PADDLE_GLOO_FS_PATH": gloo_dir,
+        "PADDLE_SUITE_STORE_AUTHKEY": secrets.token_hex(16),  # hierarchical shard servers (store_service)
     }
     roles = []
     for i, endpoint in enumerate(servers):
@@ -137,7 +141,8 @@ class PSJob:
                 return 0, f"all {len(workers)} workers finished"
             for name, proc in servers:
                 code = proc.poll()
-                if code is not None:
+                # status 0: a hierarchical shard server stops once every worker said it is done
+                if code not in (None, 0):
                     return self._fail(name, code, "exited while workers were still running")
             time.sleep(self.poll_seconds)
 

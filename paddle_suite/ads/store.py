@@ -406,8 +406,9 @@ class HierarchicalStore:
         return keys.size * (8 + self.row_bytes)
 
     # ------------------------------------------------------------------ working sets
-    def load_working_set(self, keys):
-        """SSD -> MEM -> HBM: a :class:`WorkingSet` of the distinct ``keys`` (any order, duplicates ok)."""
+    def load_working_set(self, keys, count=True):
+        """SSD -> MEM -> HBM: a :class:`WorkingSet` of the distinct ``keys`` (any order, duplicates ok).
+        ``count=False`` leaves hit-rate statistics alone (a shard server's merge of the workers' rows)."""
         unique = sorted_unique(_as_keys(keys))
         with self._lock:
             self._ensure_open()
@@ -424,6 +425,8 @@ class HierarchicalStore:
             fresh = miss[~found]
             rows[fresh] = init_rows(unique[fresh], self.dim, self.state_dim, self.init_std, self.seed,
                                     self.state_init)
+            if not count:
+                return self._open(unique, rows, started)
             self._counts["hbm"] += int(in_previous.sum())
             self._counts["mem"] += int((hit & ~in_previous).sum())
             ssd = np.zeros(unique.size, dtype=bool)
@@ -433,11 +436,14 @@ class HierarchicalStore:
             new[fresh] = True
             self._counts["new"] += int((new & ~in_previous).sum())
             self._previous_keys = unique
-            ws = WorkingSet(unique, rows, self.dim, self.last_pass)
-            self._open_sets.add(ws)
-            self._counters["load_s"] += time.perf_counter() - started
-            self._counters["loads"] += 1
-            return ws
+            return self._open(unique, rows, started)
+
+    def _open(self, unique, rows, started):
+        ws = WorkingSet(unique, rows, self.dim, self.last_pass)
+        self._open_sets.add(ws)
+        self._counters["load_s"] += time.perf_counter() - started
+        self._counters["loads"] += 1
+        return ws
 
     def prefetch(self, keys):
         """Load a working set in a background thread; ``.result()`` gives the :class:`WorkingSet`."""

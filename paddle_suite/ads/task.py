@@ -5,7 +5,9 @@ the hierarchical HBM/MEM/SSD store. ``PS.mode`` selects the workflow:
   tools/train.py -c configs/ctr_dnn_ps.yaml`` or ``python -m paddle_suite.ads.launcher ...``);
   started without a launcher, the same config runs as one local process (``local``).
 * ``local``: one process, static graph, bounded embedding table (keys modulo ``PS.local_vocab``).
-* ``hierarchical``: the paper's pass workflow (``hierarchical_train``).
+* ``hierarchical``: the paper's pass workflow (``hierarchical_train``); one process, or under
+  ``fleetrun --server_num=S --worker_num=W`` / our launcher: S shard servers (MEM/SSD by key hash)
+  and W workers (HBM working sets), see ``store_service``.
 
 ``evaluate`` scores ``DataLoader.test_files`` with the exported dense body plus the sparse rows
 of the newest checkpoint (PS shards or the hierarchical store); ``export`` writes that body.
@@ -53,16 +55,17 @@ class CtrTask(Task):
             "path": Field(None, str, help="store directory (default <run_dir>/store)"),
             "mem_cap_mb": Field(256.0, float, help="MEM tier capacity"),
             "prefetch": Field(True, bool, help="load pass i+1's working set while pass i trains"),
-            "num_shards": Field(1, int, help="hierarchical: key-hash shards (ShardedStore) in this process"),
+            "num_shards": Field(1, int, help="hierarchical, one process: key-hash shards (ShardedStore); "
+                                "under a PS launcher the shards are the servers"),
         },
     }
 
     def train(self, args):
         mode = self.config["PS"]["mode"]
         if mode == "hierarchical":
-            from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+            from paddle_suite.ads.hierarchical_train import run
 
-            return HierarchicalTrainer(self.config).train()
+            return run(self.config)  # one process, or a shard server / worker under a PS launcher
         from paddle_suite.ads.fleet_ps import PSTrainer
 
         return PSTrainer(self.config).run()

@@ -176,7 +176,7 @@ class Trainer:
                     ckpt.save_best(self.run_dir, self.model, metrics, at_step, artifacts)
             else:
                 state["evals_without_improvement"] += 1
-            monitor.message(f"step {at_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())[:8]))
+            monitor.message(f"step {at_step}: {_headline(metrics)}")
             patience = g["early_stop_patience"]
             return patience > 0 and state["evals_without_improvement"] >= patience
 
@@ -245,8 +245,7 @@ class Trainer:
         best = os.path.join(self.run_dir, "best")
         model = restore_model(self.task, best) if os.path.isdir(best) else self.model
         metrics = self._evaluate(model, split)
-        log.info("%s of %s: %s", split, best if model is not self.model else "final model",
-                 ", ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:8]))
+        log.info("%s of %s: %s", split, best if model is not self.model else "final model", _headline(metrics))
         return metrics
 
     # ------------------------------------------------------------------ eval / export
@@ -289,6 +288,12 @@ class Trainer:
         with open(os.path.join(os.path.dirname(output), "export.json"), "w") as handle:
             json.dump({"checkpoint": checkpoint, "config": self.config.get("_source")}, handle, indent=2)
         return output
+
+
+def _headline(metrics, limit=8):
+    """Top-level metrics first (``mrr`` before ``N-1/head/mrr``), for one readable log line."""
+    ordered = sorted(metrics.items(), key=lambda kv: (kv[0].count("/"), kv[0]))
+    return ", ".join(f"{k}={v:.4f}" for k, v in ordered[:limit])
 
 
 def _raise_stop(signum, frame):
