@@ -1,0 +1,171 @@
+"""Link-prediction quality of SpaceE vs RotatE vs TransE, trained by our own configs.
+
+    python bench/kge_quality.py                      # FB15k-237 and WN18RR: bench/results/kge_quality.json, bench/kge_quality.md
+    python bench/kge_quality.py --max-steps 20000    # a longer budget per model
+    python bench/kge_quality.py --quick              # nations, a few hundred steps (< 5 minutes); writes nothing
+
+Each (dataset, model) pair trains ``configs/<model>_<dataset>.yaml`` through the shared engine for
+``--max-steps`` steps (overriding the config's epochs), keeps the best checkpoint by validation
+MRR, and evaluates it on the whole test split with filtered ranking (both sides, realistic ties),
+overall and by relation category. Runs live in ``output/bench_kge_quality/`` and resume from
+their checkpoints, and finished pairs are kept in the results file, so an interrupted benchmark
+continues where it stopped when rerun with the same arguments.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import paddle_suite  # noqa: E402,F401
+from paddle_suite.cli import setup_logging  # noqa: E402
+from paddle_suite.config import load_config  # noqa: E402
+from paddle_suite.engine import Trainer  # noqa: E402
+from paddle_suite.io import atomic_write  # noqa: E402
+from paddle_suite.registry import TASKS  # noqa: E402
+
+CONFIG_KEYS = {"FB15k-237": "fb15k237", "WN18RR": "wn18rr", "nations": "nations"}  # dataset -> config suffix
+PUBLISHED = {  # RotatE paper (Sun et al., 2019), Table 5/6, filtered MRR / H@1 / H@10
+    "FB15k-237": {"RotatE": (0.338, 0.241, 0.533), "TransE": (0.294, None, 0.465)},
+    "WN18RR": {"RotatE": (0.476, 0.428, 0.571), "TransE": (0.226, None, 0.501)},
+}
+CATEGORIES = ("1-1", "1-N", "N-1", "N-N")
+
+
+def machine():
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
+
+
+def summarise(result):
+    keep = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "count")
+    out = {k: result[k] for k in keep if k in result}
+    out["by_side"] = {side: {k: m[k] for k in keep if k in m} for side, m in result.get("by_side", {}).items()}
+    out["by_category"] = {
+        cat: {
+            **{k: m[k] for k in keep if k in m},
+            "by_side": {s: {k: v[k] for k in keep if k in v} for s, v in m.get("by_side", {}).items()},
+        }
+        for cat, m in result.get("by_category", {}).items()
+    }
+    return out
+
+
+def run_pair(dataset, model, args):
+    config_path = os.path.join(ROOT, "configs", f"{model.lower()}_{CONFIG_KEYS[dataset]}.yaml")
+    overrides = [
+        f"Global.output_dir={args.output_dir}",
+        f"Global.run_name={model}_{CONFIG_KEYS[dataset]}_{args.max_steps}",
+        f"Global.max_steps={args.max_steps}",
+        f"Global.eval_every={args.eval_every}",
+        f"Global.save_every={args.eval_every}",
+        f"Metric.valid_subset={args.valid_subset}",
+        "Global.progress=false",
+        *args.override,
+    ]
+    if dataset == "nations":  # quick mode: the FB15k-237 settings on a tiny graph, small batches
+        config_path = os.path.join(ROOT, "configs", f"{model.lower()}_fb15k237.yaml")
+        overrides += [f"DataLoader.dataset={dataset}", "DataLoader.batch_size=256", "DataLoader.num_negatives=32"]
+    config = load_config(config_path, overrides)
+    task = TASKS.get("kge")(config)
+    started = time.perf_counter()
+    trainer = Trainer(config, task, types.SimpleNamespace(no_progress=True))
+    trained = trainer.train()
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    trainer.evaluate("test")
+    eval_seconds = time.perf_counter() - started
+    summary = summarise(task.last_evaluation["result"])
+    summary.update(
+        steps=trained["step"],
+        best_valid_mrr=trained["best"],
+        train_seconds=round(train_seconds, 1),
+        test_eval_seconds=round(eval_seconds, 1),
+        config=os.path.relpath(config_path, ROOT),
+        arch=config["Arch"],
+    )
+    return summary
+
+
+def fmt(value):
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(results):
+    lines = [
+        "# KGE link-prediction quality (filtered, test split)",
+        "",
+        f"Machine: {results['machine']}. Date: {results['date']}. Command: `{results['command']}`.",
+        "",
+        "Each model trained by its config in `configs/` for the stated number of steps on this machine;"
+        " published RotatE/TransE numbers (Sun et al., 2019) are given for reference.",
+        "",
+    ]
+    for dataset in (d for d in results if d in CONFIG_KEYS):
+        lines += [f"## {dataset}", "", "| model | steps | train time | MRR | H@1 | H@10 | "
+                  + " | ".join(f"{c} MRR (head / tail)" for c in CATEGORIES) + " |",
+                  "|---" * (6 + len(CATEGORIES)) + "|"]
+        for model, m in results[dataset].items():
+            cats = []
+            for c in CATEGORIES:
+                cm = m["by_category"].get(c)
+                cats.append("-" if cm is None else f"{cm['mrr']:.3f} ({cm['by_side']['head']['mrr']:.3f} / {cm['by_side']['tail']['mrr']:.3f})")
+            lines.append(f"| {model} | {m['steps']} | {m['train_seconds'] / 60:.0f} min | {fmt(m['mrr'])} | "
+                         f"{fmt(m['hits@1'])} | {fmt(m['hits@10'])} | " + " | ".join(cats) + " |")
+        for model, (mrr, h1, h10) in PUBLISHED.get(dataset, {}).items():
+            lines.append(f"| {model} (published) | | | {fmt(mrr)} | {fmt(h1)} | {fmt(h10)} |" + " |" * len(CATEGORIES))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["FB15k-237", "WN18RR"], choices=sorted(CONFIG_KEYS))
+    parser.add_argument("--models", nargs="+", default=["SpaceE", "RotatE", "TransE"])
+    parser.add_argument("--max-steps", type=int, default=6000)
+    parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--valid-subset", type=int, default=2000, help="valid triples used for model selection")
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "bench_kge_quality"))
+    parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "kge_quality.json"))
+    parser.add_argument("--markdown", default=os.path.join(ROOT, "bench", "kge_quality.md"))
+    parser.add_argument("-o", "--override", action="append", default=[], help="extra config override for every run")
+    parser.add_argument("--quick", action="store_true", help="nations, 300 steps, nothing written")
+    args = parser.parse_args()
+    setup_logging()
+    if args.quick:
+        args.datasets, args.max_steps, args.eval_every, args.valid_subset = ["nations"], 300, 100, 0
+        args.output_dir = os.path.join(args.output_dir, "quick")
+        shutil.rmtree(args.output_dir, ignore_errors=True)  # quick runs always start fresh
+
+    command = "python bench/kge_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results = {}
+    if not args.quick and os.path.isfile(args.results):
+        with open(args.results) as handle:
+            previous = json.load(handle)
+        if previous.get("command") == command:  # same benchmark: keep the pairs already finished
+            results = {k: v for k, v in previous.items() if k in CONFIG_KEYS}
+    for dataset in args.datasets:
+        for model in args.models:
+            if model in results.get(dataset, {}):
+                continue
+            print(f"== {dataset} / {model}", flush=True)
+            results.setdefault(dataset, {})[model] = run_pair(dataset, model, args)
+            results.update(machine=machine(), date=datetime.date.today().isoformat(), command=command)
+            if not args.quick:
+                with atomic_write(args.results) as handle:
+                    json.dump(results, handle, indent=2)
+                with atomic_write(args.markdown) as handle:
+                    handle.write(markdown(results))
+    summary = {d: {m: {"mrr": v["mrr"], "hits@10": v["hits@10"]} for m, v in results[d].items()} for d in args.datasets}
+    print("RESULT " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

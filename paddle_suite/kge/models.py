@@ -1,0 +1,411 @@
+"""Knowledge-graph embedding models: SpaceE and the baselines TransE, RotatE, DistMult, ComplEx.
+
+Every model is a ``KGEModel`` (a ``paddle.nn.Layer``) with one entity table and one relation
+table and the same scoring interface (higher score = more plausible triple):
+
+* ``score(h, r, t) -> [B]`` for id tensors of shape ``[B]``;
+* ``score_tails(h, r) -> [B, num_entities]`` and ``score_heads(r, t) -> [B, num_entities]``,
+  vectorised over all entities (used by the filtered evaluation, under ``paddle.no_grad()``);
+* ``score_negatives(h, r, t, neg, side) -> [B, K]``: shared (chunked) negatives as in DGL-KE /
+  PGL-KE. ``neg`` is ``[C, K]``; row ``b`` of the batch belongs to chunk ``b // ceil(B / C)`` and is
+  scored against that chunk's ``K`` entities, which replace its head (``side="head"``) or tail
+  (``side="tail"``). A chunk size of 1 gives every triple its own negatives.
+
+All three reduce to ``score_candidates(anchor, rel, cand, side)``: ``[G, B, D]`` anchor entity
+embeddings with their relations against ``[G, K, D]`` candidate entities, giving ``[G, B, K]``.
+Models override it with matrix-product expansions where the score allows (bilinear models,
+squared Euclidean/Frobenius distances); otherwise the generic broadcast path runs in entity
+chunks bounded by ``CANDIDATE_BUDGET`` elements.
+
+Distances use ``sqrt(x + EPS)`` for L2/Frobenius norms and moduli: the gradient of ``sqrt`` at 0 is
+infinite, and the constant ``EPS`` shifts every score equally (ranking unchanged).
+"""
+import math
+
+import numpy as np
+
+import paddle_suite  # noqa: F401  (sets MKL_DEBUG_CPU_TYPE before paddle is imported)
+import paddle
+import paddle.nn as nn
+
+from paddle_suite.registry import ARCHS
+
+#: largest intermediate tensor (elements) of the broadcast scoring path
+CANDIDATE_BUDGET = 1 << 24
+EPS = 1e-12
+
+
+def _uniform_table(rows, width, bound, sparse):
+    return nn.Embedding(
+        rows,
+        width,
+        sparse=sparse,
+        weight_attr=paddle.ParamAttr(initializer=nn.initializer.Uniform(-bound, bound)),
+    )
+
+
+def _ids(x):
+    """Entity/relation ids as an int64 tensor (numpy/lists converted; tensors and static variables kept)."""
+    if isinstance(x, (np.ndarray, list, tuple, int, np.integer)):
+        return paddle.to_tensor(np.asarray(x, dtype=np.int64))
+    return x if x.dtype == paddle.int64 else x.astype("int64")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"Arch.{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _pairwise_sq_l2(q, c):
+    """``||q_b - c_k||^2`` for ``q`` ``[G, B, D]`` and ``c`` ``[G, K, D]`` -> ``[G, B, K]`` (one bmm)."""
+    cross = paddle.matmul(q, c, transpose_y=True)
+    sq = (q * q).sum(-1, keepdim=True) + (c * c).sum(-1).unsqueeze(1) - 2.0 * cross
+    return paddle.clip(sq, min=0.0)
+
+
+def _chunks(total, per_item):
+    """Split ``range(total)`` into slices whose size times ``per_item`` stays under the budget."""
+    step = max(1, CANDIDATE_BUDGET // max(1, per_item))
+    return [(start, min(total, start + step)) for start in range(0, total, step)]
+
+
+class KGEModel(nn.Layer):
+    """Base class: entity/relation tables and the shared scoring interface (see module doc).
+
+    Subclasses implement ``score_embeddings(h, r, t)`` (broadcasting over leading dimensions,
+    reducing the last) and may override ``score_candidates`` with a faster exact expansion.
+    """
+
+    def __init__(self, num_entities, num_relations, entity_width, relation_width, init_bound, sparse=True):
+        super().__init__()
+        self.num_entities = int(num_entities)
+        self.num_relations = int(num_relations)
+        self.entity_width = int(entity_width)
+        self.relation_width = int(relation_width)
+        self.entity_embedding = _uniform_table(self.num_entities, self.entity_width, init_bound, sparse)
+        # relations stay dense: their table is small and most rows occur in every batch, and sparse
+        # Adam updates of such a table overflowed Adam's second moment to inf in our runs
+        self.relation_embedding = _uniform_table(self.num_relations, self.relation_width, init_bound, False)
+
+    # ------------------------------------------------------------------ to implement
+    def score_embeddings(self, h, r, t):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ interface
+    def forward(self, h, r, t, head_negatives=None, tail_negatives=None, num_head_rows=0):
+        """Inference/export: ``score(h, r, t)``.
+
+        Training (negatives given; one call per step so that a data-parallel wrapper sees every
+        gradient): rows ``[:num_head_rows]`` corrupt their head with ``head_negatives`` and the
+        rest their tail with ``tail_negatives`` (``[C, K]`` chunked ids each). Returns
+        ``(positive [B], negative [B, K], penalty scalar or None)``.
+        """
+        if head_negatives is None and tail_negatives is None:
+            return self.score(h, r, t)
+        h, r, t = _ids(h), _ids(r), _ids(t)
+        split = int(num_head_rows)
+        negative = []
+        if split > 0:
+            negative.append(self.score_negatives(h[:split], r[:split], t[:split], head_negatives, "head"))
+        if split < h.shape[0]:
+            negative.append(self.score_negatives(h[split:], r[split:], t[split:], tail_negatives, "tail"))
+        negative = negative[0] if len(negative) == 1 else paddle.concat(negative, axis=0)
+        return self.score(h, r, t), negative, self.regularization(h, r, t)
+
+    def score(self, h, r, t):
+        h, r, t = _ids(h), _ids(r), _ids(t)
+        return self.score_embeddings(self.entity_embedding(h), self.relation_embedding(r), self.entity_embedding(t))
+
+    def score_candidates(self, anchor, rel, cand, side):
+        """Generic path: broadcast ``score_embeddings`` over ``[G, B, Kc]`` in candidate chunks."""
+        groups, batch, width = anchor.shape
+        a, rr = anchor.unsqueeze(2), rel.unsqueeze(2)
+        blocks = []
+        for lo, hi in _chunks(cand.shape[1], groups * batch * max(width, rel.shape[-1])):
+            c = cand[:, lo:hi].unsqueeze(1)
+            blocks.append(self.score_embeddings(a, rr, c) if side == "tail" else self.score_embeddings(c, rr, a))
+        return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=2)
+
+    def score_tails(self, h, r):
+        """Scores of ``(h, r, e)`` for every entity ``e``: ``[B, num_entities]``."""
+        anchor = self.entity_embedding(_ids(h)).unsqueeze(0)
+        rel = self.relation_embedding(_ids(r)).unsqueeze(0)
+        return self.score_candidates(anchor, rel, self.entity_embedding.weight.unsqueeze(0), "tail")[0]
+
+    def score_heads(self, r, t):
+        """Scores of ``(e, r, t)`` for every entity ``e``: ``[B, num_entities]``."""
+        anchor = self.entity_embedding(_ids(t)).unsqueeze(0)
+        rel = self.relation_embedding(_ids(r)).unsqueeze(0)
+        return self.score_candidates(anchor, rel, self.entity_embedding.weight.unsqueeze(0), "head")[0]
+
+    def score_negatives(self, h, r, t, neg, side):
+        """Scores ``[B, K]`` of the batch with its head or tail replaced by its chunk's negatives."""
+        if side not in ("head", "tail"):
+            raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
+        anchor_ids = _ids(h if side == "tail" else t)
+        rel_ids, neg = _ids(r), _ids(neg)
+        if neg.ndim != 2:
+            raise ValueError(f"neg must be [num_chunks, negatives_per_chunk], got shape {neg.shape}")
+        batch, (chunks, k) = anchor_ids.shape[0], neg.shape
+        chunk_size = -(-batch // chunks)
+        if chunk_size * (chunks - 1) >= batch:
+            raise ValueError(f"{chunks} negative chunks for a batch of {batch}: some chunks would be empty")
+        pad = chunk_size * chunks - batch
+        if pad:  # repeat the last row; its scores are cut off below
+            anchor_ids = paddle.concat([anchor_ids, anchor_ids[-1:].expand([pad])])
+            rel_ids = paddle.concat([rel_ids, rel_ids[-1:].expand([pad])])
+        anchor = self.entity_embedding(anchor_ids).reshape([chunks, chunk_size, self.entity_width])
+        rel = self.relation_embedding(rel_ids).reshape([chunks, chunk_size, self.relation_width])
+        scores = self.score_candidates(anchor, rel, self.entity_embedding(neg), side)
+        return scores.reshape([chunks * chunk_size, k])[:batch]
+
+    def regularization(self, h, r, t):
+        """Model-specific penalty on a batch (a scalar tensor), or None."""
+        return None
+
+
+# ============================================================================ SpaceE
+class SpaceE(KGEModel):
+    """SpaceE (Yu et al. 2022, arXiv:2204.10245): relations as (possibly singular) linear maps.
+
+    Reading implemented here (the paper's full text was not available; this follows its abstract):
+
+    * entity ``e`` is a matrix ``E_e`` of shape ``k x m`` (embedding size ``k*m``, stored flat, row-major);
+    * relation ``r`` is a pair of ``k x k`` matrices ``R_r^head``, ``R_r^tail`` acting on the left,
+      or a single ``R_r`` with ``head_only=True``;
+    * distance ``d_r(h, t) = || R_r^head E_h - R_r^tail E_t ||`` with the Frobenius norm (``norm="fro"``)
+      or the entry-wise L1 norm (``norm="l1"``); with ``head_only``: ``|| R_r E_h - E_t ||``;
+    * score ``gamma - d_r(h, t)``.
+
+    Relation matrices are unconstrained, so a relation may be singular: many heads that differ only
+    in the null space of ``R_r^head`` map to the same point, which is how SpaceE models N-1
+    (non-injective) relations. Optional penalties (config): ``spectral_weight`` times the mean over
+    the batch of ``sigma_max(R)^2`` (keeps maps from growing to cheat the margin), and ``n3_weight``
+    times the N3 norm (Lacroix et al. 2018, mean over the batch of the summed cubed absolute
+    values) of the batch's entity matrices.
+
+    Initialisation: entity entries uniform in ``+-(gamma + 2) / (k*m)`` as in RotatE's embedding
+    range; relation maps ``I + U(-init_noise, init_noise)`` (``relation_init="identity"``) so that
+    training starts from a plain distance between entity matrices, or fully uniform in
+    ``+-1/sqrt(k)`` (``relation_init="uniform"``).
+
+    Scoring all entities (Frobenius): ``||A - R C||_F^2 = |A|^2 + <R^T R, C C^T> - 2 <R^T A, C>`` for
+    a fixed mapped anchor ``A`` and candidate matrices ``C``, i.e. two matrix products against the
+    candidates' flattened matrices and Gram matrices. The L1 norm has no such expansion and runs in
+    candidate chunks.
+    """
+
+    def __init__(self, num_entities, num_relations, k, m, gamma, norm="fro", head_only=False,
+                 relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, sparse=True):
+        _check_choice("norm", norm, ("fro", "l1"))
+        _check_choice("relation_init", relation_init, ("identity", "uniform"))
+        if k < 1 or m < 1:
+            raise ValueError(f"Arch.k and Arch.m must be positive, got k={k}, m={m}")
+        self.k, self.m, self.gamma = int(k), int(m), float(gamma)
+        self.norm, self.head_only = norm, bool(head_only)
+        self.maps = 1 if head_only else 2
+        super().__init__(num_entities, num_relations, k * m, self.maps * k * k, (gamma + 2.0) / (k * m), sparse)
+        self.spectral_weight, self.n3_weight = float(spectral_weight), float(n3_weight)
+        rng = np.random.default_rng(int(paddle.randint(0, 2**31 - 1, [1]).item()))  # follows paddle.seed
+        if relation_init == "identity":
+            init = np.eye(k)[None, None] + rng.uniform(-init_noise, init_noise, (num_relations, self.maps, k, k))
+        else:
+            bound = 1.0 / math.sqrt(k)
+            init = rng.uniform(-bound, bound, (num_relations, self.maps, k, k))
+        self.relation_embedding.weight.set_value(init.reshape(num_relations, -1).astype("float32"))
+
+    # --- helpers
+    def _entity_matrix(self, x):
+        return x.reshape([*x.shape[:-1], self.k, self.m])
+
+    def _maps(self, r):
+        """``(R^head, R^tail or None)`` as ``[..., k, k]`` from flat relation rows."""
+        mats = r.reshape([*r.shape[:-1], self.maps, self.k, self.k])
+        if self.head_only:
+            return mats[..., 0, :, :], None
+        return mats[..., 0, :, :], mats[..., 1, :, :]
+
+    def _distance(self, diff):
+        if self.norm == "fro":
+            return paddle.sqrt((diff * diff).sum([-2, -1]) + EPS)
+        return diff.abs().sum([-2, -1])
+
+    def score_embeddings(self, h, r, t):
+        r_head, r_tail = self._maps(r)
+        mapped_head = paddle.matmul(r_head, self._entity_matrix(h))
+        mapped_tail = self._entity_matrix(t) if r_tail is None else paddle.matmul(r_tail, self._entity_matrix(t))
+        return self.gamma - self._distance(mapped_head - mapped_tail)
+
+    def score_candidates(self, anchor, rel, cand, side):
+        if self.norm != "fro":
+            return super().score_candidates(anchor, rel, cand, side)
+        r_head, r_tail = self._maps(rel)
+        anchor_map, cand_map = (r_head, r_tail) if side == "tail" else (r_tail, r_head)
+        a = self._entity_matrix(anchor)
+        fixed = a if anchor_map is None else paddle.matmul(anchor_map, a)  # [G, B, k, m]
+        groups, batch = fixed.shape[0], fixed.shape[1]
+        if cand_map is None:
+            sq = _pairwise_sq_l2(fixed.reshape([groups, batch, -1]), cand)
+        else:
+            c = self._entity_matrix(cand)  # [G, K, k, m]
+            gram = paddle.matmul(c, c, transpose_y=True).reshape([groups, cand.shape[1], -1])  # C C^T
+            metric = paddle.matmul(cand_map, cand_map, transpose_x=True).reshape([groups, batch, -1])  # R^T R
+            pulled = paddle.matmul(cand_map, fixed, transpose_x=True).reshape([groups, batch, -1])  # R^T A
+            sq = (
+                (fixed * fixed).sum([-2, -1]).unsqueeze(-1)
+                + paddle.matmul(metric, gram, transpose_y=True)
+                - 2.0 * paddle.matmul(pulled, cand, transpose_y=True)
+            )
+            sq = paddle.clip(sq, min=0.0)
+        return self.gamma - paddle.sqrt(sq + EPS)
+
+    def regularization(self, h, r, t):
+        terms = []
+        if self.spectral_weight > 0:
+            maps = self._maps(self.relation_embedding(_ids(r)))
+            mats = paddle.concat([x for x in maps if x is not None], axis=0)
+            top = paddle.linalg.svd(mats, full_matrices=False)[1][:, 0]
+            terms.append(self.spectral_weight * (top * top).mean())
+        if self.n3_weight > 0:
+            ents = self.entity_embedding(paddle.concat([_ids(h), _ids(t)]))
+            terms.append(self.n3_weight * (ents.abs() ** 3).sum(-1).mean())
+        return paddle.add_n(terms) if terms else None
+
+    def relation_matrices(self):
+        """Learned maps as numpy ``[num_relations, maps, k, k]`` (maps: head[, tail])."""
+        return self.relation_embedding.weight.numpy().reshape(self.num_relations, self.maps, self.k, self.k)
+
+
+# ============================================================================ baselines
+class TransE(KGEModel):
+    """TransE (Bordes et al. 2013): score ``gamma - ||h + r - t||_p``, RotatE's init range ``(gamma+2)/dim``."""
+
+    def __init__(self, num_entities, num_relations, dim, gamma, p_norm=1, sparse=True):
+        _check_choice("p_norm", p_norm, (1, 2))
+        self.dim, self.gamma, self.p_norm = int(dim), float(gamma), int(p_norm)
+        super().__init__(num_entities, num_relations, dim, dim, (gamma + 2.0) / dim, sparse)
+
+    def _norm(self, x):
+        return x.abs().sum(-1) if self.p_norm == 1 else paddle.sqrt((x * x).sum(-1) + EPS)
+
+    def score_embeddings(self, h, r, t):
+        return self.gamma - self._norm(h + r - t)
+
+    def score_candidates(self, anchor, rel, cand, side):
+        query = anchor + rel if side == "tail" else anchor - rel  # h + r ~ t  /  t - r ~ h
+        if self.p_norm == 2:
+            return self.gamma - paddle.sqrt(_pairwise_sq_l2(query, cand) + EPS)
+        groups, batch, width = query.shape
+        blocks = [
+            self.gamma - (query.unsqueeze(2) - cand[:, lo:hi].unsqueeze(1)).abs().sum(-1)
+            for lo, hi in _chunks(cand.shape[1], groups * batch * width)
+        ]
+        return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=2)
+
+
+class RotatE(KGEModel):
+    """RotatE (Sun et al. 2019): ``gamma - sum_i |h_i r_i - t_i|`` with ``|r_i| = 1``.
+
+    Entities are ``dim`` complex numbers stored as ``[re | im]`` (RotatE's ``-de``: width ``2*dim``);
+    a relation is ``dim`` phases ``theta = x / (range / pi)`` with ``x`` uniform in ``+-range``,
+    ``range = (gamma + 2) / dim`` as in the reference implementation. The head query uses
+    ``|h r - t| = |h - t conj(r)|`` (``|r| = 1``).
+    """
+
+    def __init__(self, num_entities, num_relations, dim, gamma, sparse=True):
+        self.dim, self.gamma = int(dim), float(gamma)
+        self.embedding_range = (gamma + 2.0) / dim
+        super().__init__(num_entities, num_relations, 2 * dim, dim, self.embedding_range, sparse)
+
+    def _rotation(self, r):
+        phase = r / (self.embedding_range / math.pi)
+        return paddle.cos(phase), paddle.sin(phase)
+
+    def _split(self, x):
+        return x[..., : self.dim], x[..., self.dim :]
+
+    def _modulus_sum(self, re, im):
+        return paddle.sqrt(re * re + im * im + EPS).sum(-1)
+
+    def score_embeddings(self, h, r, t):
+        (h_re, h_im), (t_re, t_im), (c, s) = self._split(h), self._split(t), self._rotation(r)
+        return self.gamma - self._modulus_sum(h_re * c - h_im * s - t_re, h_re * s + h_im * c - t_im)
+
+    def score_candidates(self, anchor, rel, cand, side):
+        (a_re, a_im), (c, s) = self._split(anchor), self._rotation(rel)
+        if side == "head":
+            s = -s  # rotate the tail back: t * conj(r)
+        # complex64 subtract + abs: fused kernels, ~25% faster than the real-valued formula
+        # forward+backward on CPU, and abs' gradient is 0 (not NaN) at 0
+        query = paddle.complex(a_re * c - a_im * s, a_re * s + a_im * c).unsqueeze(2)
+        groups, batch = anchor.shape[0], anchor.shape[1]
+        blocks = []
+        for lo, hi in _chunks(cand.shape[1], 3 * groups * batch * self.dim):
+            k_re, k_im = self._split(cand[:, lo:hi])
+            blocks.append(self.gamma - paddle.abs(query - paddle.complex(k_re, k_im).unsqueeze(1)).sum(-1))
+        return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=2)
+
+
+class DistMult(KGEModel):
+    """DistMult (Yang et al. 2015): score ``<h, r, t>``; init uniform in ``+-(gamma+2)/dim`` as RotatE's code."""
+
+    def __init__(self, num_entities, num_relations, dim, gamma, sparse=True):
+        self.dim = int(dim)
+        super().__init__(num_entities, num_relations, dim, dim, (gamma + 2.0) / dim, sparse)
+
+    def score_embeddings(self, h, r, t):
+        return (h * r * t).sum(-1)
+
+    def score_candidates(self, anchor, rel, cand, side):
+        return paddle.matmul(anchor * rel, cand, transpose_y=True)
+
+
+class ComplEx(KGEModel):
+    """ComplEx (Trouillon et al. 2016): ``Re(<h, r, conj(t)>)``; entities and relations ``[re | im]``."""
+
+    def __init__(self, num_entities, num_relations, dim, gamma, sparse=True):
+        self.dim = int(dim)
+        super().__init__(num_entities, num_relations, 2 * dim, 2 * dim, (gamma + 2.0) / dim, sparse)
+
+    def _split(self, x):
+        return x[..., : self.dim], x[..., self.dim :]
+
+    def score_embeddings(self, h, r, t):
+        (h_re, h_im), (r_re, r_im), (t_re, t_im) = self._split(h), self._split(r), self._split(t)
+        return ((h_re * r_re - h_im * r_im) * t_re + (h_re * r_im + h_im * r_re) * t_im).sum(-1)
+
+    def score_candidates(self, anchor, rel, cand, side):
+        (a_re, a_im), (r_re, r_im) = self._split(anchor), self._split(rel)
+        if side == "tail":  # (h r) . conj(t)
+            query = paddle.concat([a_re * r_re - a_im * r_im, a_re * r_im + a_im * r_re], axis=-1)
+        else:  # h . (r conj(t)), real part
+            query = paddle.concat([r_re * a_re + r_im * a_im, r_re * a_im - r_im * a_re], axis=-1)
+        return paddle.matmul(query, cand, transpose_y=True)
+
+
+# ============================================================================ registry
+@ARCHS.register("SpaceE")
+def spacee(num_entities, num_relations, k=20, m=50, gamma=12.0, norm="fro", head_only=False,
+           relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, sparse=True):
+    return SpaceE(num_entities, num_relations, k, m, gamma, norm, head_only, relation_init, init_noise,
+                  spectral_weight, n3_weight, sparse)
+
+
+@ARCHS.register("TransE")
+def transe(num_entities, num_relations, dim=1000, gamma=9.0, p_norm=1, sparse=True):
+    return TransE(num_entities, num_relations, dim, gamma, p_norm, sparse)
+
+
+@ARCHS.register("RotatE")
+def rotate(num_entities, num_relations, dim=1000, gamma=9.0, sparse=True):
+    return RotatE(num_entities, num_relations, dim, gamma, sparse)
+
+
+@ARCHS.register("DistMult")
+def distmult(num_entities, num_relations, dim=1000, gamma=200.0, sparse=True):
+    return DistMult(num_entities, num_relations, dim, gamma, sparse)
+
+
+@ARCHS.register("ComplEx")
+def complex_(num_entities, num_relations, dim=1000, gamma=200.0, sparse=True):
+    return ComplEx(num_entities, num_relations, dim, gamma, sparse)

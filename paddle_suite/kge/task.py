@@ -1,0 +1,191 @@
+"""The ``kge`` task: link-prediction training of KGE models on the shared dense engine.
+
+Batches (deterministic, so resume is exact): epoch ``e`` visits the training triples in the order
+``np.random.default_rng([seed, e]).permutation``; batch ``b`` is the ``b``-th slice of
+``DataLoader.batch_size`` triples and its negatives are drawn with
+``np.random.default_rng([seed, e, b])``. With ``world_size`` ranks, rank ``r`` takes batches
+``r, r + world_size, ...``; every rank runs ``ceil(num_batches / world_size)`` steps (collectives
+need equal counts), a rank that runs out wrapping around to the epoch's first batches.
+
+Each batch is reordered so the triples corrupting their head come first (``num_head_rows``), and
+the model's ``forward`` scores positives and both groups' shared negatives in one call.
+
+Evaluation is the filtered ranking protocol of ``paddle_suite.kge.evaluation`` (both sides,
+realistic ties, by relation category); ``Metric.valid_subset`` limits evaluations *during
+training* to a fixed random subset of valid for speed (``tools/eval.py`` on ``test`` always uses
+the whole split).
+"""
+import logging
+
+import numpy as np
+
+import paddle_suite  # noqa: F401
+import paddle
+
+from paddle_suite.config import Field, build_arch
+from paddle_suite.kge import evaluation, losses
+from paddle_suite.kge.data import load_dataset
+from paddle_suite.kge.sampling import NegativeSampler
+from paddle_suite.registry import TASKS
+from paddle_suite.task import DenseTask
+
+log = logging.getLogger("paddle_suite")
+
+
+@TASKS.register("kge")
+class KGETask(DenseTask):
+    best_metric = "mrr"
+    best_mode = "max"
+
+    schema = {
+        "DataLoader": {
+            "dataset": Field(help="dataset folder name under kg/, e.g. FB15k-237, WN18RR, umls"),
+            "data_path": Field(None, str, help="folder with train.txt/valid.txt/test.txt (overrides the search)"),
+            "batch_size": 1024,
+            "num_negatives": 256,
+            "neg_chunk_size": Field(1, int, help="triples sharing one set of negatives; 1 = per-triple negatives"),
+            "sampler": Field("uniform", str, choices=("uniform", "bernoulli")),
+            "filter_negatives": Field(False, bool, help="exclude negatives that are training triples from the loss"),
+            "unseen_eval_triples": Field("keep", str, choices=("keep", "drop")),
+            "eval_batch_size": 256,
+        },
+        "Loss": {
+            "name": Field("self_adversarial", str, choices=("self_adversarial", "margin")),
+            "adversarial_temperature": Field(1.0, float, help="alpha of RotatE's self-adversarial weights; 0 = uniform"),
+            "margin": Field(1.0, float, help="margin of the margin ranking loss"),
+            "subsampling": Field(True, bool, help="RotatE's frequency-based subsampling weights"),
+            "regularization": Field(0.0, float, help="weight of the |x|^p penalty on the batch's embeddings"),
+            "regularization_p": Field(3, int),
+        },
+        "Metric": {
+            "by_category": Field(True, bool, help="also report 1-1 / 1-N / N-1 / N-N metrics"),
+            "valid_subset": Field(0, int, help="evaluate on this many random valid triples during training; 0 = all"),
+            "show_progress": Field(False, bool, help="tqdm bar over evaluation batches"),
+        },
+    }
+
+    def __init__(self, config):
+        super().__init__(config)
+        data_cfg = config["DataLoader"]
+        if data_cfg["batch_size"] < 1 or data_cfg["eval_batch_size"] < 1:
+            raise ValueError("DataLoader.batch_size and DataLoader.eval_batch_size must be >= 1")
+        self.dataset = load_dataset(
+            data_cfg["dataset"], data_cfg["data_path"], config["Global"].get("data_root"), data_cfg["unseen_eval_triples"]
+        )
+        log.info("%s", self.dataset.summary())
+        for line in self.dataset.unseen_report():
+            log.warning("%s", line)
+        self.seed = int(config["Global"]["seed"])
+        self.sampler = NegativeSampler(
+            self.dataset.train,
+            self.dataset.num_entities,
+            self.dataset.num_relations,
+            data_cfg["num_negatives"],
+            data_cfg["neg_chunk_size"],
+            data_cfg["sampler"],
+            data_cfg["filter_negatives"],
+        )
+        self.subsampling = losses.subsampling_weights(self.dataset.train) if config["Loss"]["subsampling"] else None
+        self.categories = (
+            evaluation.relation_categories(self.dataset.train, self.dataset.num_relations)
+            if config["Metric"]["by_category"]
+            else None
+        )
+        self._filter_index = None
+        self.last_evaluation = None
+
+    # ------------------------------------------------------------------ model
+    def build_model(self):
+        return build_arch(
+            self.config, num_entities=self.dataset.num_entities, num_relations=self.dataset.num_relations
+        )
+
+    # ------------------------------------------------------------------ batches
+    def _num_batches(self):
+        return -(-len(self.dataset.train) // self.config["DataLoader"]["batch_size"])
+
+    def steps_per_epoch(self, world_size=1):
+        return -(-self._num_batches() // world_size)
+
+    def make_batch(self, epoch, batch_index):
+        """Batch ``batch_index`` of ``epoch``: a pure function of (seed, epoch, batch_index)."""
+        size = self.config["DataLoader"]["batch_size"]
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset.train))
+        rows = order[batch_index * size : (batch_index + 1) * size]
+        groups = self.sampler.sample(self.dataset.train[rows], np.random.default_rng([self.seed, epoch, batch_index]))
+        by_side = {g.side: g for g in groups}
+        ordered = [by_side[s] for s in ("head", "tail") if s in by_side]
+        batch = {
+            "triples": np.concatenate([g.triples for g in ordered]),
+            "num_head_rows": len(by_side["head"].triples) if "head" in by_side else 0,
+            "head_negatives": by_side["head"].negatives if "head" in by_side else None,
+            "tail_negatives": by_side["tail"].negatives if "tail" in by_side else None,
+            "valid": np.concatenate([g.valid for g in ordered]),
+            "weights": None,
+        }
+        if self.subsampling is not None:
+            batch["weights"] = np.concatenate([self.subsampling[rows[g.rows]] for g in ordered])
+        return batch
+
+    def train_batches(self, epoch, start=0, rank=0, world_size=1):
+        num_batches = self._num_batches()
+        for position in range(start, self.steps_per_epoch(world_size)):
+            yield self.make_batch(epoch, (rank + position * world_size) % num_batches)
+
+    def train_step(self, model, batch):
+        triples = paddle.to_tensor(batch["triples"])
+        h, r, t = triples[:, 0], triples[:, 1], triples[:, 2]
+        negatives = [None if batch[k] is None else paddle.to_tensor(batch[k]) for k in ("head_negatives", "tail_negatives")]
+        positive, negative, penalty = model(h, r, t, *negatives, batch["num_head_rows"])
+        loss_cfg = self.config["Loss"]
+        weights = None if batch["weights"] is None else paddle.to_tensor(batch["weights"])
+        valid = None if batch["valid"].all() else batch["valid"]
+        if loss_cfg["name"] == "self_adversarial":
+            loss = losses.self_adversarial_loss(positive, negative, loss_cfg["adversarial_temperature"], weights, valid)
+        else:
+            loss = losses.margin_ranking_loss(positive, negative, loss_cfg["margin"], weights, valid)
+        if penalty is not None:
+            loss = loss + penalty
+        if loss_cfg["regularization"] > 0:
+            core = getattr(model, "_layers", model)
+            embeddings = [core.entity_embedding(h), core.relation_embedding(r), core.entity_embedding(t)]
+            loss = loss + losses.embedding_regularization(embeddings, loss_cfg["regularization"], loss_cfg["regularization_p"])
+        return loss, len(batch["triples"])
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_triples(self, split):
+        if split not in ("valid", "test", "train"):
+            raise ValueError(f"unknown split {split!r}: use valid, test or train")
+        triples = getattr(self.dataset, split)
+        subset = self.config["Metric"]["valid_subset"]
+        if split == "valid" and 0 < subset < len(triples):
+            keep = np.sort(np.random.default_rng([self.seed, 7]).choice(len(triples), subset, replace=False))
+            triples = triples[keep]
+        return triples
+
+    def evaluate_model(self, model, split="valid"):
+        if self._filter_index is None:
+            self._filter_index = evaluation.FilterIndex(self.dataset.all_triples(), self.dataset.num_entities)
+        core = getattr(model, "_layers", model)
+        with paddle.no_grad():
+            result = evaluation.evaluate(
+                core,
+                self.eval_triples(split),
+                self._filter_index,
+                self.dataset.num_entities,
+                categories=self.categories,
+                batch_size=self.config["DataLoader"]["eval_batch_size"],
+                progress=self.config["Metric"]["show_progress"],
+            )
+        self.last_evaluation = {"split": split, "result": result}
+        return {k: float(v) for k, v in evaluation.flatten_metrics(result).items()}
+
+    # ------------------------------------------------------------------ export
+    def artifacts(self):
+        return {
+            "entities.txt": "".join(f"{name}\n" for name in self.dataset.entities),
+            "relations.txt": "".join(f"{name}\n" for name in self.dataset.relations),
+        }
+
+    def input_spec(self):
+        return [paddle.static.InputSpec([None], "int64", name=n) for n in ("head", "relation", "tail")]

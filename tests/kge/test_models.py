@@ -1,0 +1,138 @@
+"""Scoring interface of every KGE model: all-entity and chunked-negative paths agree with score()."""
+import numpy as np
+import pytest
+
+import paddle_suite  # noqa: F401
+import paddle
+
+from paddle_suite.kge import models
+from paddle_suite.registry import ARCHS
+
+N, R = 13, 4
+VARIANTS = {
+    "SpaceE-fro": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, **kw),
+    "SpaceE-head-only": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, head_only=True, **kw),
+    "SpaceE-l1": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, norm="l1", **kw),
+    "SpaceE-uniform": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, relation_init="uniform", **kw),
+    "TransE-l1": lambda **kw: models.TransE(N, R, 8, 6.0, **kw),
+    "TransE-l2": lambda **kw: models.TransE(N, R, 8, 6.0, p_norm=2, **kw),
+    "RotatE": lambda **kw: models.RotatE(N, R, 8, 6.0, **kw),
+    "DistMult": lambda **kw: models.DistMult(N, R, 8, 6.0, **kw),
+    "ComplEx": lambda **kw: models.ComplEx(N, R, 8, 6.0, **kw),
+}
+H = np.array([0, 3, 5, 7, 12])
+REL = np.array([0, 1, 2, 3, 1])
+T = np.array([4, 4, 1, 2, 0])
+
+
+def one_by_one(model, heads, relations, tails):
+    return model.score(np.asarray(heads), np.asarray(relations), np.asarray(tails)).numpy()
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_all_entity_scores_match_score(name):
+    paddle.seed(1)
+    model = VARIANTS[name]()
+    with paddle.no_grad():
+        tails = model.score_tails(H, REL).numpy()
+        heads = model.score_heads(REL, T).numpy()
+        every = np.arange(N)
+        for b in range(len(H)):
+            np.testing.assert_allclose(tails[b], one_by_one(model, np.full(N, H[b]), np.full(N, REL[b]), every), atol=2e-5)
+            np.testing.assert_allclose(heads[b], one_by_one(model, every, np.full(N, REL[b]), np.full(N, T[b])), atol=2e-5)
+    assert tails.shape == (len(H), N)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_chunked_negatives_match_score(name):
+    paddle.seed(2)
+    model = VARIANTS[name]()
+    neg = np.array([[1, 2, 3], [4, 5, 6]])  # 5 rows in 2 chunks: sizes 3 and 2 (padded internally)
+    chunk = np.array([0, 0, 0, 1, 1])
+    with paddle.no_grad():
+        tail = model.score_negatives(H, REL, T, neg, "tail").numpy()
+        head = model.score_negatives(H, REL, T, neg, "head").numpy()
+        for b in range(len(H)):
+            np.testing.assert_allclose(tail[b], one_by_one(model, np.full(3, H[b]), np.full(3, REL[b]), neg[chunk[b]]), atol=2e-5)
+            np.testing.assert_allclose(head[b], one_by_one(model, neg[chunk[b]], np.full(3, REL[b]), np.full(3, T[b])), atol=2e-5)
+
+
+def test_training_forward_groups_sides_and_backpropagates():
+    paddle.seed(3)
+    model = models.SpaceE(N, R, 3, 4, 5.0, spectral_weight=0.1, n3_weight=0.01)
+    head_neg, tail_neg = np.array([[1, 2]]), np.array([[3, 4], [5, 6]])
+    pos, neg, penalty = model(paddle.to_tensor(H), paddle.to_tensor(REL), paddle.to_tensor(T), paddle.to_tensor(head_neg), paddle.to_tensor(tail_neg), 2)
+    assert pos.shape == [5] and neg.shape == [5, 2]
+    with paddle.no_grad():
+        expected_head = model.score_negatives(H[:2], REL[:2], T[:2], head_neg, "head").numpy()
+        expected_tail = model.score_negatives(H[2:], REL[2:], T[2:], tail_neg, "tail").numpy()
+    np.testing.assert_allclose(neg.numpy(), np.concatenate([expected_head, expected_tail]), atol=1e-6)
+    (pos.sum() - neg.sum() + penalty).backward()
+    for param in (model.entity_embedding.weight, model.relation_embedding.weight):
+        assert param.grad is not None and np.isfinite(np.asarray(param.grad)).all()
+    assert float(model(paddle.to_tensor(H), paddle.to_tensor(REL), paddle.to_tensor(T)).sum()) == pytest.approx(float(pos.sum()), rel=1e-6)
+
+
+def test_spacee_singular_map_merges_heads_in_its_null_space():
+    paddle.seed(4)
+    model = models.SpaceE(3, 1, 2, 2, 4.0, head_only=True)
+    singular = np.array([[1.0, 0.0], [0.0, 0.0]], dtype="float32")  # kills the second row of E_h
+    model.relation_embedding.weight.set_value(singular.reshape(1, 4))
+    table = model.entity_embedding.weight.numpy()
+    table[1] = table[0]
+    table[1, 2:] += 5.0  # head 1 differs from head 0 only in the null space
+    model.entity_embedding.weight.set_value(table)
+    scores = model.score_tails(np.array([0, 1]), np.array([0, 0])).numpy()
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-5)
+    assert model.relation_matrices().shape == (1, 1, 2, 2)
+
+
+def test_spacee_distance_is_frobenius_or_l1_of_mapped_difference():
+    paddle.seed(5)
+    for norm in ("fro", "l1"):
+        model = models.SpaceE(2, 1, 2, 3, 7.0, norm=norm)
+        maps = model.relation_matrices()[0]
+        ents = model.entity_embedding.weight.numpy().reshape(2, 2, 3)
+        diff = maps[0] @ ents[0] - maps[1] @ ents[1]
+        distance = np.sqrt((diff**2).sum()) if norm == "fro" else np.abs(diff).sum()
+        assert float(model.score(np.array([0]), np.array([0]), np.array([1]))[0]) == pytest.approx(7.0 - distance, abs=1e-5)
+
+
+def test_rotate_relations_are_unit_rotations():
+    paddle.seed(6)
+    model = models.RotatE(2, 1, 4, 6.0)
+    head = model.entity_embedding.weight.numpy()[0]
+    z = head[:4] + 1j * head[4:]
+    phase = model.relation_embedding.weight.numpy()[0] / (model.embedding_range / np.pi)
+    rotated = z * np.exp(1j * phase)
+    # scoring the head against itself rotated: distance is sum |z r - z|, moduli preserved
+    np.testing.assert_allclose(np.abs(rotated), np.abs(z), rtol=1e-6)
+    expected = 6.0 - np.abs(rotated - z).sum()
+    assert float(model.score(np.array([0]), np.array([0]), np.array([0]))[0]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_registered_factories_and_bad_choices():
+    for name in ("SpaceE", "TransE", "RotatE", "DistMult", "ComplEx"):
+        model = ARCHS.get(name)(num_entities=5, num_relations=2)
+        assert isinstance(model, models.KGEModel)
+        assert model.score_tails(np.array([0]), np.array([1])).shape == [1, 5]
+    with pytest.raises(ValueError, match="Arch.norm"):
+        models.SpaceE(5, 2, 2, 2, 1.0, norm="l2")
+    with pytest.raises(ValueError, match="Arch.p_norm"):
+        models.TransE(5, 2, 4, 1.0, p_norm=3)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_chunked_negative_gradients_match_score(name):
+    """The fast expansions must give the same gradients as the direct formula."""
+    paddle.seed(7)
+    fast, direct = VARIANTS[name](sparse=False), VARIANTS[name](sparse=False)  # dense grads compare row by row
+    direct.set_state_dict(fast.state_dict())
+    neg = np.array([[1, 2, 3], [4, 5, 6]])
+    per_row = neg[[0, 0, 0, 1, 1]]
+    weights = np.linspace(0.5, 1.5, 15).reshape(5, 3).astype("float32")
+    (fast.score_negatives(H, REL, T, neg, "head") * paddle.to_tensor(weights)).sum().backward()
+    direct_scores = direct.score(per_row.ravel(), np.repeat(REL, 3), np.repeat(T, 3)).reshape([5, 3])
+    (direct_scores * paddle.to_tensor(weights)).sum().backward()
+    for a, b in zip(fast.parameters(), direct.parameters()):
+        np.testing.assert_allclose(np.asarray(a.grad), np.asarray(b.grad), atol=2e-4, rtol=1e-3)
