@@ -292,6 +292,8 @@ def load_config(path, overrides=()):
     if not isinstance(global_section, dict):
         check.fail("Global", f"must be a mapping of keys, got {type(global_section).__name__} {global_section!r}")
     task_name = global_section.get("task")
+    if "task" in global_section and task_name is None:
+        check.fail("Global.task", f"is required and cannot be null (one of: {', '.join(TASKS.names())})")
     if task_name is None:
         raise ConfigError(f"{source}: required key Global.task is missing (one of: {', '.join(TASKS.names())})")
     try:

@@ -21,3 +21,13 @@ def shared_data():
     if path is None:
         pytest.skip("../shared/data is absent: real-data tests need the shared data folder beside the checkout")
     return path
+
+
+@pytest.fixture(autouse=True)
+def dygraph_mode_after_each_test():
+    """Static-graph (parameter-server) tests switch paddle's global mode; restore it for the next test."""
+    yield
+    import paddle
+
+    if not paddle.in_dynamic_mode():
+        paddle.disable_static()

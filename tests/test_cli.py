@@ -71,7 +71,7 @@ def test_interrupt_writes_checkpoint_and_rerun_resumes(tmp_path, shared_data):
             if " loss " in line or time.monotonic() > deadline:
                 break
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

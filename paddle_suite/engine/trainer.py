@@ -78,6 +78,8 @@ class Trainer:
         self.task = task
         self.g = config["Global"]
         self.progress = self.g["progress"] and not getattr(args, "no_progress", False)
+        if not paddle.in_dynamic_mode():  # a static-graph task ran earlier in this process
+            paddle.disable_static()
         set_device(self.g)
         paddle.seed(self.g["seed"])
         np.random.seed(self.g["seed"] % 2**32)

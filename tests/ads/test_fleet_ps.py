@@ -20,14 +20,7 @@ CONFIG = os.path.join(ROOT, "configs", "ctr_dnn_ps.yaml")
 
 
 def _planted(tmp_path, rows, test_rows=8000, vocab=50000):
-    from paddle_suite.ads.generator import CtrSpec, generate
-
-    spec = CtrSpec(rows + test_rows, vocab=vocab, zipf=1.1, seed=3, weight_std=1.0)
-    meta = generate(spec, str(tmp_path / "all.txt"), progress=False)
-    lines = (tmp_path / "all.txt").read_text().splitlines(keepends=True)
-    (tmp_path / "train.txt").write_text("".join(lines[:rows]))
-    (tmp_path / "test.txt").write_text("".join(lines[rows:]))
-    return str(tmp_path / "train.txt"), str(tmp_path / "test.txt"), meta
+    return planted_split(tmp_path, rows, test_rows, vocab, seed=3)
 
 
 def _processes_with(marker):
@@ -52,6 +45,8 @@ def _launcher(args, **kwargs):
 
 ROLE_SCRIPT = r'''
 import os, subprocess, sys, time
+
+from .planted import planted_split
 marker, crash = sys.argv[1], sys.argv[2]
 if os.environ["TRAINING_ROLE"] == "PSERVER":
     # a grandchild, like gloo's HTTP store or a dataset pipe: must die with the group

@@ -15,6 +15,8 @@ import paddle_suite  # noqa: F401
 
 from paddle_suite.ads.launcher import PSJob, _group_alive, free_ports
 
+from .planted import planted_split
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "ctr_hierarchical.yaml")
 PASSES = 6
@@ -22,14 +24,7 @@ PASS_SIZE = 8192
 
 
 def _planted(tmp_path, rows, test_rows=8000, vocab=50000):
-    from paddle_suite.ads.generator import CtrSpec, generate
-
-    spec = CtrSpec(rows + test_rows, vocab=vocab, zipf=1.1, seed=5, weight_std=1.0)
-    meta = generate(spec, str(tmp_path / "all.txt"), progress=False)
-    lines = (tmp_path / "all.txt").read_text().splitlines(keepends=True)
-    (tmp_path / "train.txt").write_text("".join(lines[:rows]))
-    (tmp_path / "test.txt").write_text("".join(lines[rows:]))
-    return str(tmp_path / "train.txt"), str(tmp_path / "test.txt"), meta
+    return planted_split(tmp_path, rows, test_rows, vocab, seed=5)
 
 
 def _overrides(train, test, out):

@@ -11,17 +11,11 @@ import paddle
 from paddle_suite.ads import models
 from paddle_suite.registry import ARCHS
 
+from .planted import planted_split
+
 
 def _planted(tmp_path, rows=61440, test_rows=8000, vocab=3000):
-    """Generator data split into train/test files (same planted model, disjoint rows)."""
-    from paddle_suite.ads.generator import CtrSpec, generate
-
-    spec = CtrSpec(rows + test_rows, vocab=vocab, zipf=1.1, seed=3, weight_std=1.0)
-    meta = generate(spec, str(tmp_path / "all.txt"), progress=False)
-    lines = (tmp_path / "all.txt").read_text().splitlines(keepends=True)
-    (tmp_path / "train.txt").write_text("".join(lines[:rows]))
-    (tmp_path / "test.txt").write_text("".join(lines[rows:]))
-    return str(tmp_path / "train.txt"), str(tmp_path / "test.txt"), meta
+    return planted_split(tmp_path, rows, test_rows, vocab, seed=3)
 
 
 def test_archs_registered_with_config_keys():

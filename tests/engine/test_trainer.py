@@ -155,3 +155,10 @@ def test_checkpoint_mismatch_is_an_error(tmp_path):
     other = make_config(tmp_path, "Arch.hidden=8")
     with pytest.raises(ValueError, match="shape mismatch"):
         restore_model(TASKS.get("toy_regression")(other), str(tmp_path / "out" / "mm" / "best"))
+
+
+def test_dense_training_after_a_static_graph_task_in_the_same_process(tmp_path):
+    paddle.enable_static()  # as the parameter-server task leaves it
+    config = make_config(tmp_path, "Global.run_name=after_static", "Global.epochs=1")
+    assert Trainer(config, toy_task.ToyRegression(config), ARGS).train()["step"] == 8
+    assert paddle.in_dynamic_mode()
