@@ -360,8 +360,11 @@ class PSTrainer:
             # so geo's delta baseline is the loaded table, not the random init
             path = os.path.join(checkpoint_root(self.run_dir), resume["chain"][-1], "model")
             paddle.static.load(self.program.main, path, exe)
+        self.pull_dense = None
         if distributed:
             fleet.init_worker()
+            if self.mode == "async":
+                self.pull_dense = dense_puller(fleet)
         start_pass = 0
         if resume is not None:
             if resume["kind"] != "full":
@@ -413,6 +416,8 @@ class PSTrainer:
         loss_sum, seen, pass_keys = 0.0, 0, []
         for batch in batches:
             pass_keys.append(np.unique(batch.sparse))
+            if self.pull_dense is not None:
+                self.pull_dense()  # the servers' current dense parameters (see dense_puller)
             (loss,) = self.exe.run(self.program.main, feed=self.program.feed(batch), fetch_list=[v["loss"]])
             loss_sum += float(np.asarray(loss).reshape(-1)[0]) * len(batch)
             seen += len(batch)
@@ -537,6 +542,28 @@ class PSTrainer:
     def export_dense(self, path):
         """Save the body-only inference program (emb, dense) -> prob with the current dense params."""
         return export_body(self.config, self.exe, paddle.static.global_scope(), path)
+
+
+def dense_puller(fleet):
+    """``pull()`` copying the servers' dense parameters into this worker's scope (async PS, feeds).
+
+    In paddle 2.6.2 an async worker's program pushes dense gradients to the servers, but nothing
+    pulls the updated parameters back when batches go through ``Executor.run``: ``init_worker``
+    pulls once, and the communicator (whose receive thread would pull) is started only in geo and
+    heter modes (``the_one_ps.TheOnePSRuntime._init_worker``). Without this the worker's MLP stayed
+    at its initial values for the whole run (checked: the exported body equalled the
+    initialisation exactly while the server's dense table and its Adam moments had moved) and only
+    the sparse rows learned. The ``train_from_dataset`` path is left as it was (not checked here).
+    """
+    from paddle.distributed.ps.utils.public import get_the_one_recv_context
+
+    runtime = fleet.init_worker.__self__._runtime_handle  # the module's functions are bound to its Fleet
+    recv_map = get_the_one_recv_context(runtime.context, split_dense_table=runtime.is_heter_ps_mode)
+
+    def pull():
+        runtime._pull_all_dense(runtime.scopes, runtime._send_ctx, recv_map)
+
+    return pull
 
 
 def export_body(config, exe, scope, path):
