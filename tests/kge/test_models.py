@@ -136,3 +136,85 @@ def test_chunked_negative_gradients_match_score(name):
     (direct_scores * paddle.to_tensor(weights)).sum().backward()
     for a, b in zip(fast.parameters(), direct.parameters()):
         np.testing.assert_allclose(np.asarray(a.grad), np.asarray(b.grad), atol=2e-4, rtol=1e-3)
+
+
+def _distance_grads(fn, inputs, weights):
+    leaves = [paddle.to_tensor(x, stop_gradient=False) for x in inputs]
+    out = fn(*leaves)
+    (out * paddle.to_tensor(weights)).sum().backward()
+    return out.numpy(), [leaf.grad.numpy() for leaf in leaves]
+
+
+def _plain_l1(q, c):
+    return (q.unsqueeze(2) - c.unsqueeze(1)).abs().sum(-1)
+
+
+def _plain_moduli(q_re, q_im, c):
+    width = q_re.shape[-1]
+    d_re, d_im = q_re.unsqueeze(2) - c[..., :width].unsqueeze(1), q_im.unsqueeze(2) - c[..., width:].unsqueeze(1)
+    return paddle.sqrt(d_re * d_re + d_im * d_im + models.EPS).sum(-1)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_numpy_distance_pylayers_match_paddle_formulation(batch):
+    """The CPU numpy kernels (PyLayers) give the plain paddle formulas' values and gradients."""
+    rng = np.random.default_rng(batch)
+    groups, k, dim = 2, 5, 6
+    weights = rng.uniform(0.5, 1.5, (groups, batch, k)).astype("float32")
+    l1_inputs = [rng.normal(size=(groups, batch, dim)).astype("float32"), rng.normal(size=(groups, k, dim)).astype("float32")]
+    mod_inputs = [rng.normal(size=(groups, batch, dim)).astype("float32") for _ in range(2)]
+    mod_inputs.append(rng.normal(size=(groups, k, 2 * dim)).astype("float32"))
+    for fast, plain, inputs in ((models._L1Distance.apply, _plain_l1, l1_inputs),
+                                (models._ModulusDistance.apply, _plain_moduli, mod_inputs)):
+        fast_out, fast_grads = _distance_grads(fast, inputs, weights)
+        plain_out, plain_grads = _distance_grads(plain, inputs, weights)
+        np.testing.assert_allclose(fast_out, plain_out, rtol=1e-5, atol=1e-5)
+        for a, b in zip(fast_grads, plain_grads):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["TransE-l1", "RotatE", "SpaceE-l1"])
+def test_all_entity_scores_identical_when_chunked(name, monkeypatch):
+    """The no-grad all-entity paths give the same scores in one piece and in small candidate chunks."""
+    paddle.seed(3)
+    model = VARIANTS[name]()
+    with paddle.no_grad():
+        whole = model.score_tails(H, REL).numpy(), model.score_heads(REL, T).numpy()
+        monkeypatch.setattr(models, "CANDIDATE_BUDGET", 17)
+        chunked = model.score_tails(H, REL).numpy(), model.score_heads(REL, T).numpy()
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["TransE-l1", "RotatE"])
+def test_paddle_only_path_matches_numpy_kernels(name, monkeypatch):
+    """The paddle formulation (used for GPU tensors) gives the numpy kernels' scores and gradients."""
+    paddle.seed(5)
+    numpy_model, paddle_model = VARIANTS[name](sparse=False), VARIANTS[name](sparse=False)
+    paddle_model.set_state_dict(numpy_model.state_dict())
+    neg = np.array([[1, 2, 3], [4, 5, 6]])
+    results = []
+    for model, use_numpy in ((numpy_model, True), (paddle_model, False)):
+        monkeypatch.setattr(models, "_numpy_kernels", lambda *tensors, flag=use_numpy: flag)
+        model.score_negatives(H, REL, T, neg, "tail").sum().backward()
+        with paddle.no_grad():
+            tails = model.score_tails(H, REL).numpy()
+        results.append((tails, [np.asarray(p.grad) for p in model.parameters()]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_numpy_distance_pylayers_skip_inputs_without_gradient():
+    """Inputs with stop_gradient get no gradient (paddle requires None for them) and the rest still do."""
+    q, c = paddle.rand([2, 3, 4]), paddle.rand([2, 5, 4])
+    c.stop_gradient = False
+    models._L1Distance.apply(q, c).sum().backward()
+    expected = -np.sign(q.numpy()[:, :, None] - c.numpy()[:, None]).sum(1)
+    np.testing.assert_allclose(c.grad.numpy(), expected)
+    assert q.grad is None and c.grad.shape == [2, 5, 4]
+    q_re = paddle.rand([2, 3, 4])
+    q_re.stop_gradient = False
+    models._ModulusDistance.apply(q_re, paddle.rand([2, 3, 4]), paddle.rand([2, 5, 8])).sum().backward()
+    assert q_re.grad.shape == [2, 3, 4]
