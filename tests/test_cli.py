@@ -61,16 +61,19 @@ def test_train_resume_eval_export(tmp_path, shared_data):
 
 
 @pytest.mark.slow
-def test_interrupt_writes_checkpoint_and_rerun_resumes(tmp_path, shared_data):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_writes_checkpoint_and_rerun_resumes(tmp_path, shared_data, signum):
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", CONFIG, "--no-progress",
            *common(tmp_path, "Global.max_steps=100000", "Global.eval_every=0")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # a shell's background jobs inherit SIGINT as ignored; a terminal's foreground job does not
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         for line in proc.stderr:  # wait until training really runs (a logged step), then press Ctrl-C
             if " loss " in line or time.monotonic() > deadline:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:

@@ -32,8 +32,8 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-class _Stop(Exception):
-    """Raised from a SIGTERM handler so the loop can checkpoint before exiting."""
+class _Stop(KeyboardInterrupt):
+    """Raised from a SIGTERM handler so the loop checkpoints and exits as on Ctrl-C."""
 
 
 def init_fleet():
@@ -225,7 +225,7 @@ class Trainer:
                 monitor.message(f"early stop at step {step}: no improvement in {g['early_stop_patience']} evaluations")
             if step != last_saved:
                 save(step)
-        except (KeyboardInterrupt, _Stop):
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM via _Stop
             if is_main and step > 0:
                 path = save(step)
                 monitor.message(f"interrupted at step {step}; checkpoint {path}; rerun the same command to resume")
