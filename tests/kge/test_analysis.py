@@ -12,7 +12,6 @@ import pytest
 import paddle_suite  # noqa: F401
 import paddle
 
-from paddle_suite.data import shared_data_dir
 from paddle_suite.kge import analysis
 from paddle_suite.kge.models import SpaceE, TransE
 
@@ -129,18 +128,8 @@ def test_vocabulary_and_run_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- CLI on a real checkpoint
 @pytest.fixture(scope="module")
-def umls_checkpoint(tmp_path_factory):
-    if shared_data_dir() is None or not (shared_data_dir() / "kg" / "umls").is_dir():
-        pytest.skip("needs ../shared/data/kg/umls (the shared data folder beside the checkout)")
-    out = tmp_path_factory.mktemp("run")
-    command = [sys.executable, str(REPO / "tools" / "train.py"), "-c", str(REPO / "configs" / "spacee_umls.yaml"),
-               "-o", "Global.max_steps=3", "-o", f"Global.output_dir={out}", "-o", "Global.run_name=tiny",
-               "-o", "Global.save_every=3", "--no-progress"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    checkpoints = sorted((out / "tiny" / "checkpoints").iterdir())
-    assert checkpoints, "training wrote no checkpoint"
-    return checkpoints[-1]
+def umls_checkpoint(tiny_umls_checkpoint):
+    return tiny_umls_checkpoint
 
 
 def run_tool(*args):

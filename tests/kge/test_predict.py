@@ -12,7 +12,6 @@ import pytest
 import paddle_suite  # noqa: F401
 import paddle
 
-from paddle_suite.data import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -29,16 +28,8 @@ predict_tool = load_tool()
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    if shared_data_dir() is None or not (shared_data_dir() / "kg" / "umls").is_dir():
-        pytest.skip("needs ../shared/data/kg/umls (the shared data folder beside the checkout)")
-    out = tmp_path_factory.mktemp("run")
-    command = [sys.executable, str(REPO / "tools" / "train.py"), "-c", str(REPO / "configs" / "spacee_umls.yaml"),
-               "-o", "Global.max_steps=3", "-o", f"Global.output_dir={out}", "-o", "Global.run_name=tiny",
-               "-o", "Global.save_every=3", "--no-progress"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    checkpoint = sorted((out / "tiny" / "checkpoints").iterdir())[-1]
+def run(tiny_umls_checkpoint):
+    checkpoint = tiny_umls_checkpoint
     from paddle_suite.kge.analysis import load_run
 
     config, task, model, _, entities, relations = load_run(checkpoint=checkpoint)
