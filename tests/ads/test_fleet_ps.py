@@ -15,6 +15,8 @@ import paddle_suite  # noqa: F401
 
 from paddle_suite.ads.fleet_ps import SparseShards, write_delta
 
+from .planted import planted_split
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "ctr_dnn_ps.yaml")
 
@@ -45,8 +47,6 @@ def _launcher(args, **kwargs):
 
 ROLE_SCRIPT = r'''
 import os, subprocess, sys, time
-
-from .planted import planted_split
 marker, crash = sys.argv[1], sys.argv[2]
 if os.environ["TRAINING_ROLE"] == "PSERVER":
     # a grandchild, like gloo's HTTP store or a dataset pipe: must die with the group
