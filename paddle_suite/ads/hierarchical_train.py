@@ -126,6 +126,15 @@ def run(config):
                               endpoints.split(",")).train()
 
 
+def with_store_stats(metrics, store, ws):
+    """Add the store's per-tier hit rates, MEM size and the working-set size to a pass's metrics."""
+    stats = store.stats()
+    metrics.update({f"hit_{k}": float(v) for k, v in stats["hit_rate"].items()})
+    metrics["mem_mb"] = stats["mem_bytes"] / 2 ** 20
+    metrics["working_set_rows"] = int(len(ws))
+    return metrics
+
+
 class PassData:
     """One pass's examples as arrays, plus its distinct keys."""
 
@@ -241,11 +250,7 @@ class HierarchicalTrainer:
                 self._save_dense(current.pass_id)  # before the commit point: see the protocol
                 store.commit_pass(ws, current.pass_id)
                 self._prune_dense(current.pass_id)
-                stats = store.stats()
-                metrics.update({f"hit_{k}": float(v) for k, v in stats["hit_rate"].items()})
-                metrics["mem_mb"] = stats["mem_bytes"] / 2 ** 20
-                metrics["working_set_rows"] = int(len(ws))
-                metrics_log.log(current.pass_id, metrics)
+                metrics_log.log(current.pass_id, with_store_stats(metrics, store, ws))
                 last = {"pass": current.pass_id, **metrics}
                 if upcoming is not None and pending is None:
                     pending = store.prefetch(upcoming.distinct)
@@ -349,11 +354,7 @@ class DistributedTrainer(HierarchicalTrainer):
                 metrics = self.train_pass(current, ws)
                 self.set_dense_state(store.commit_pass(ws, current.pass_id, dense=self.dense_state()))
                 if chief:
-                    stats = store.stats()
-                    metrics.update({f"hit_{k}": float(v) for k, v in stats["hit_rate"].items()})
-                    metrics["mem_mb"] = stats["mem_bytes"] / 2 ** 20
-                    metrics["working_set_rows"] = int(len(ws))
-                    metrics_log.log(current.pass_id, metrics)
+                    metrics_log.log(current.pass_id, with_store_stats(metrics, store, ws))
                 last = {"pass": current.pass_id, **metrics}
                 if upcoming is not None and pending is None:
                     pending = store.prefetch(upcoming.distinct)
