@@ -99,12 +99,9 @@ def timed_epoch(step, batches, warmup):
 # ------------------------------------------------------------------------------------------ sides
 def run_static(config, train_batches, test, warmup):
     from paddle_suite.ads import models
-    from paddle_suite.ads.fleet_ps import CtrStaticProgram, ExportedBody, export_body
+    from paddle_suite.ads.fleet_ps import ExportedBody, export_body, local_session
 
-    paddle.enable_static()
-    program = CtrStaticProgram(config, "local")
-    exe = paddle.static.Executor(paddle.CPUPlace())
-    scope = paddle.static.Scope()
+    program, exe, scope = local_session(config)
     with paddle.static.scope_guard(scope):
         exe.run(program.startup)
         loss = program.vars["loss"]

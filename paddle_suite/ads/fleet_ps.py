@@ -831,6 +831,12 @@ def _local_table_lookup(config, prefix, meta):
     return lambda keys: table[(np.asarray(keys, np.uint64) % vocab).astype(np.int64)]
 
 
+def local_session(config):
+    """The ``local`` static program with a CPU executor and a fresh scope (startup not yet run)."""
+    paddle.enable_static()
+    return CtrStaticProgram(config, "local"), paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope()
+
+
 def export_run(config, output=None):
     """The export is written at the end of training; this re-exports it from the newest local
     checkpoint (local mode) or reports where the trained export is."""
@@ -838,10 +844,7 @@ def export_run(config, output=None):
     path = output or os.path.join(run_dir, "inference")
     meta = read_latest(run_dir)
     if meta is not None and meta["mode"] == "local":
-        paddle.enable_static()
-        program = CtrStaticProgram(config, "local")
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        scope = paddle.static.Scope()
+        program, exe, scope = local_session(config)
         with paddle.static.scope_guard(scope):
             exe.run(program.startup)
             paddle.static.load(program.main, os.path.join(checkpoint_root(run_dir), meta["chain"][-1], "model"), exe)

@@ -66,12 +66,18 @@ def _wait_gone(marker, timeout=10):
     return _processes_with(marker)
 
 
-def test_launcher_fails_on_crashing_worker_and_leaves_no_orphans(tmp_path):
+def _launch_roles(tmp_path, name, servers, behaviour):
+    """Start our launcher on ROLE_SCRIPT (1-2 servers, 2 workers); return the process and its marker."""
     script = tmp_path / "role.py"
     script.write_text(ROLE_SCRIPT)
-    marker = f"ads-launch-test-{os.getpid()}-crash"
-    proc = _launcher(["--server_num", "2", "--worker_num", "2", "--log_dir", str(tmp_path / "logs"),
-                      str(script), marker, "crash"])
+    marker = f"ads-launch-test-{os.getpid()}-{name}"
+    proc = _launcher(["--server_num", str(servers), "--worker_num", "2", "--log_dir", str(tmp_path / "logs"),
+                      str(script), marker, behaviour])
+    return proc, marker
+
+
+def test_launcher_fails_on_crashing_worker_and_leaves_no_orphans(tmp_path):
+    proc, marker = _launch_roles(tmp_path, "crash", servers=2, behaviour="crash")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "worker 1 exited with status 1" in err
@@ -80,11 +86,7 @@ def test_launcher_fails_on_crashing_worker_and_leaves_no_orphans(tmp_path):
 
 
 def test_launcher_success_stops_servers(tmp_path):
-    script = tmp_path / "role.py"
-    script.write_text(ROLE_SCRIPT)
-    marker = f"ads-launch-test-{os.getpid()}-ok"
-    proc = _launcher(["--server_num", "1", "--worker_num", "2", "--log_dir", str(tmp_path / "logs"),
-                      str(script), marker, "ok"])
+    proc, marker = _launch_roles(tmp_path, "ok", servers=1, behaviour="ok")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "all 2 workers finished" in out
@@ -92,11 +94,7 @@ def test_launcher_success_stops_servers(tmp_path):
 
 
 def test_launcher_sigterm_kills_the_whole_group(tmp_path):
-    script = tmp_path / "role.py"
-    script.write_text(ROLE_SCRIPT)
-    marker = f"ads-launch-test-{os.getpid()}-term"
-    proc = _launcher(["--server_num", "1", "--worker_num", "2", "--log_dir", str(tmp_path / "logs"),
-                      str(script), marker, "hang"])
+    proc, marker = _launch_roles(tmp_path, "term", servers=1, behaviour="hang")
     deadline = time.time() + 30
     while len(_processes_with(marker)) < 4 and time.time() < deadline:  # 3 roles + the grandchild
         time.sleep(0.2)
@@ -183,6 +181,12 @@ def test_local_mode_resumes_after_restart(tmp_path, capsys):
     # the restored model keeps its quality: pass 2 starts from the trained tables, not from scratch
     assert passes[2]["auc"] > passes[0]["auc"] + 0.1, passes
     assert read_latest(run_dir)["kind"] == "full"
+    # re-export from the newest local checkpoint
+    from paddle_suite.ads.fleet_ps import export_run
+
+    exported = export_run(load_config(CONFIG, overrides), str(tmp_path / "reexport"))
+    assert os.path.isfile(os.path.join(exported, "body.pdmodel"))
+    assert os.path.isfile(os.path.join(exported, "arch.json"))
 
 
 def _metrics(run_dir):
