@@ -36,9 +36,14 @@ largest sampled anonymous RSS), and both are reported. ``rss_overhead_mb`` (stat
 the measured RSS of a process that imported paddle and built the model and optimiser
 (``baseline_mb``) + the pass working memory: two passes in flight (the one training, the one being
 prefetched) x (parsed examples: 8 + 52 + 208 bytes a row, held twice while a pass is assembled,
-+ 8 bytes per key for the local index) + three copies of a working set (``ws.rows``, the HBM
-tensor and its numpy read-back: 8 + 4 * 2 * dim bytes per distinct key, a pass having at most
-``pass_size * 26`` distinct keys). ``within_cap`` = peak_rss_anon_mb <= mem_cap_mb + rss_overhead_mb.
++ 8 bytes per key for the local index) + three working sets' worth (8 + 4 * 2 * dim bytes per
+distinct key, a pass having at most ``pass_size * 26`` distinct keys): the training pass's rows (on a
+CPU device the HBM tensor shares them), the prefetched pass's rows, and one more for the commit's
+transients (MEM placement, LMDB write transactions of at most ``store._TXN_ROWS`` rows, the
+sorting of the pass's keys). ``within_cap`` = peak_rss_anon_mb <= mem_cap_mb + rss_overhead_mb.
+(The first full run, before the store's memory fixes, peaked at 2,879 MB anonymous: a dygraph
+tape chained to the HBM tensor by every in-place sparse update, LMDB transactions of 2^18 rows,
+and glibc keeping freed working-set arrays resident; see ``store.return_freed_memory``.)
 
 ``examples_per_s`` = training examples / wall time of the training command (process start, data
 reading, store I/O and the final export included); ``train_examples_per_s`` = examples / time inside
@@ -472,7 +477,7 @@ def markdown(result):
             f"Memory: peak RSS {h['peak_rss_mb']:.0f} MB of which anonymous {h['peak_rss_anon_mb']:.0f} MB "
             f"(file-backed LMDB map pages, reclaimable, peak {h['peak_rss_file_mb']:.0f} MB). Allowed: MEM cap "
             f"{h['mem_cap_mb']:.0f} MB + overhead {h['rss_overhead_mb']:.0f} MB (process with paddle + model "
-            f"{h['overhead']['baseline_mb']:.0f} MB, two passes of parsed data and three copies of a working set) "
+            f"{h['overhead']['baseline_mb']:.0f} MB, two passes of parsed data and three working sets' worth: the training one, the prefetched one, commit transients) "
             f"= {h['mem_cap_mb'] + h['rss_overhead_mb']:.0f} MB: within cap **{h['within_cap']}**.",
         ]
     if f.get("auc") is not None:
@@ -564,8 +569,8 @@ def main(argv=None):
     result = {
         "keys": None, "mem_cap_mb": mem_cap_mb, "rss_overhead_mb": overhead,
         "overhead": {"baseline_mb": baseline, "definition": "RSS after importing paddle and building the model + "
-                     "optimiser, + 2 passes of parsed examples (2 x 268 B + 208 B index per row) + 3 working-set "
-                     "copies (pass_size x 26 keys x (8 + 72) B); checked against the anonymous peak RSS"},
+                     "optimiser, + 2 passes of parsed examples (2 x 268 B + 208 B index per row) + 3 working sets' worth "
+                     "(training, prefetched, commit transients; pass_size x 26 keys x (8 + 72) B); checked against the anonymous peak RSS"},
         "peak_rss_mb": None, "hit_rate": None, "examples_per_s": None, "auc": None,
         "bayes_auc": desc["bayes_auc_test"],
         "data": {**{k: desc[k] for k in ("train_rows", "test_rows", "distinct_keys_all_rows", "bayes_auc_test",

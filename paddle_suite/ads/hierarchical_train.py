@@ -149,14 +149,31 @@ class PassData:
         return len(self.labels)
 
 
+def hbm_table(rows):
+    """The working set's rows as one dense paddle tensor on the current device. On a CPU device the
+    tensor shares ``rows``' memory (no second working-set-sized copy; in-place updates land in
+    ``rows``); on an accelerator it is a device copy, read back after the pass."""
+    if paddle.get_device() == "cpu" and rows.flags.c_contiguous and rows.dtype == np.float32:
+        return paddle.Tensor(rows, paddle.CPUPlace(), False, True)  # (value, place, persistable, zero_copy)
+    return paddle.to_tensor(rows)
+
+
+def table_shares_rows(table, rows):
+    return table.place.is_cpu_place() and table.data_ptr() == rows.ctypes.data
+
+
 class SparseAdagrad:
     """In-place Adagrad on rows of the HBM table (Fleet's SparseAdaGradSGDRule, per element)."""
 
     def __init__(self, lr, initial_g2sum, dim):
         self.lr, self.g0, self.dim = float(lr), float(initial_g2sum), dim
 
+    @paddle.no_grad()
     def apply(self, table, index, rows, grad):
-        """``rows`` = gathered rows [u, 2*dim] (values before the step), ``grad`` [u, dim]."""
+        """``rows`` = gathered rows [u, 2*dim] (values before the step), ``grad`` [u, dim].
+
+        Under ``no_grad``: recorded on the autograd tape, every in-place scatter would chain a node
+        to the table that lives until the pass ends (measured: +3.6 MB resident per batch)."""
         weights, g2sum = rows[:, : self.dim], rows[:, self.dim:]
         g2sum = g2sum + grad * grad
         weights = weights - self.lr * grad * paddle.sqrt(self.g0 / (self.g0 + g2sum))
@@ -266,7 +283,7 @@ class HierarchicalTrainer:
         if not len(data):  # a worker with no batch in this pass still joins its commit
             return {"loss": float("nan"), "auc": float("nan"), "examples": 0, "examples_per_s": 0.0}
         started = time.time()
-        table = paddle.to_tensor(ws.rows)  # the HBM tier: one dense tensor on the training device
+        table = hbm_table(ws.rows)  # the HBM tier: one dense tensor on the training device
         local = ws.index(data.keys)  # [n, S] int64 rows of the HBM table
         dim = self.body.sparse_dim
         self.body.train()
@@ -290,7 +307,8 @@ class HierarchicalTrainer:
             self.sparse.apply(table, index, rows.detach(), weights.grad * float(hi - lo))
             loss_sum += float(loss) * (hi - lo)
             probs.append(paddle.nn.functional.sigmoid(logit).numpy().reshape(-1))
-        ws.rows[:] = table.numpy()
+        if not table_shares_rows(table, ws.rows):
+            ws.rows[:] = table.numpy()
         elapsed = time.time() - started
         return {
             "loss": loss_sum / max(len(data), 1),

@@ -76,6 +76,7 @@ pass.
 
 Throughput: ``python -m paddle_suite.ads.store --keys 1e6 --mem-cap-mb 20`` (see ``benchmark``).
 """
+import ctypes
 import json
 import os
 import struct
@@ -91,7 +92,7 @@ from paddle_suite.ads.data import splitmix64
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LOG_CHUNK_BYTES = 16 << 20
 _IO_BATCH = 1 << 16  # keys per LMDB getmulti/putmulti call: bounds the per-key Python objects alive at once
-_TXN_ROWS = 1 << 18  # rows per write transaction: bounds LMDB's in-memory dirty pages
+_TXN_ROWS = 1 << 15  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
 _FORMAT_VERSION = 1
 
 
@@ -102,11 +103,18 @@ def shard_of(keys, num_shards):
 
 
 def init_rows(keys, dim, state_dim, init_std, seed, state_init=0.0):
-    """Deterministic initial rows for ``keys``: N(0, init_std^2) embeddings, constant state."""
+    """Deterministic initial rows for ``keys``: N(0, init_std^2) embeddings, constant state.
+
+    Works in chunks of ``_IO_BATCH`` keys, so the float64 temporaries stay small whatever the count."""
     keys = np.asarray(keys, dtype=np.uint64)
-    if keys.size > _IO_BATCH:  # bound the float64 temporaries
-        return np.concatenate([init_rows(keys[i:i + _IO_BATCH], dim, state_dim, init_std, seed, state_init)
-                               for i in range(0, keys.size, _IO_BATCH)]).reshape(keys.size, dim + state_dim)
+    out = np.empty((keys.size, dim + state_dim), dtype=np.float32)
+    for start in range(0, keys.size, _IO_BATCH):
+        _init_chunk(keys[start:start + _IO_BATCH], dim, init_std, seed, out[start:start + _IO_BATCH])
+    out[:, dim:] = state_init
+    return out
+
+
+def _init_chunk(keys, dim, init_std, seed, out):
     pairs = (dim + 1) // 2
     with np.errstate(over="ignore"):
         base = splitmix64(keys ^ splitmix64(np.uint64(seed) + _GOLDEN))
@@ -117,10 +125,7 @@ def init_rows(keys, dim, state_dim, init_std, seed, state_init=0.0):
     u2 = (h2 >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     radius = np.sqrt(-2.0 * np.log(u1))
     normals = np.stack([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=-1)
-    rows = np.empty((keys.size, dim + state_dim), dtype=np.float32)
-    rows[:, :dim] = init_std * normals.reshape(keys.size, 2 * pairs)[:, :dim]
-    rows[:, dim:] = state_init
-    return rows
+    out[:, :dim] = init_std * normals.reshape(keys.size, 2 * pairs)[:, :dim]
 
 
 def sorted_unique(values):
@@ -160,17 +165,34 @@ class WorkingSet:
         return self.rows[:, self.dim:]
 
     def index(self, keys):
-        """Positions (int64, same shape as ``keys``) of keys in this working set."""
+        """Positions (int64, same shape as ``keys``) of keys in this working set.
+
+        Sort-based: the queries are sorted once and ranked among their distinct values; when those
+        are exactly this set's keys (a pass indexing its own working set) the rank is the position.
+        (``searchsorted`` of millions of random queries is ~8x slower: a cache miss per step.)"""
         query = np.asarray(keys)
         flat = query.astype(np.uint64, copy=False).ravel()
-        pos = np.searchsorted(self.keys, flat)
-        pos_clipped = np.minimum(pos, max(self.keys.size - 1, 0))
-        found = (pos < self.keys.size) & (self.keys[pos_clipped] == flat) if self.keys.size else pos < 0
-        if not found.all():
-            missing = flat[~found]
-            raise KeyError(f"{missing.size} key(s) are not in this working set, e.g. {int(missing[0])}; "
-                           "load the pass's working set from all of the pass's keys")
-        return pos.astype(np.int64).reshape(query.shape)
+        if flat.size == 0:
+            return np.zeros(query.shape, dtype=np.int64)
+        order = np.argsort(flat)
+        ordered = flat[order]
+        first = np.empty(flat.size, dtype=bool)
+        first[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        distinct = ordered[first]
+        rank = np.cumsum(first) - 1
+        if not np.array_equal(distinct, self.keys):
+            pos = np.searchsorted(self.keys, distinct)
+            pos_clipped = np.minimum(pos, max(self.keys.size - 1, 0))
+            found = (pos < self.keys.size) & (self.keys[pos_clipped] == distinct) if self.keys.size else pos < 0
+            if not found.all():
+                missing = distinct[~found]
+                raise KeyError(f"{missing.size} key(s) are not in this working set, e.g. {int(missing[0])}; "
+                               "load the pass's working set from all of the pass's keys")
+            rank = pos[rank]
+        positions = np.empty(flat.size, dtype=np.int64)
+        positions[order] = rank
+        return positions.reshape(query.shape)
 
 
 class _MemCache:
@@ -221,22 +243,19 @@ class _MemCache:
         victims = np.argpartition(score, need - 1)[:need] if need < self.size else np.arange(self.size)
         return free_slots, victims[np.isfinite(score[victims])]
 
-    def place(self, slots, keys, rows, now, dirty):
-        """Put rows into ``slots`` (free or victims), replacing the index entries of victims."""
-        old = slots[slots < self.size]
-        if old.size:
-            keep = ~np.isin(self.index_slot, old)
-            self.index_keys, self.index_slot = self.index_keys[keep], self.index_slot[keep]
+    def place(self, slots, keys, rows, take, now, dirty):
+        """Put ``rows[take]`` (keys ``keys[take]``) into ``slots`` (free ones or victims), then
+        rebuild the sorted index. Copies go in chunks: no temporary of all the placed rows."""
+        for start in range(0, slots.size, _IO_BATCH):
+            part, src = slots[start:start + _IO_BATCH], take[start:start + _IO_BATCH]
+            self.keys[part] = keys[src]
+            self.rows[part] = rows[src]
         self.size = max(self.size, int(slots.max()) + 1) if slots.size else self.size
-        self.keys[slots] = keys
-        self.rows[slots] = rows
         self.score[slots] = 1.0
         self.tick[slots] = now
         self.dirty[slots] = dirty
-        order = np.argsort(keys, kind="stable")
-        at = np.searchsorted(self.index_keys, keys[order])
-        self.index_keys = np.insert(self.index_keys, at, keys[order])
-        self.index_slot = np.insert(self.index_slot, at, slots[order])
+        self.index_slot = np.argsort(self.keys[: self.size], kind="stable")  # every slot below size is used
+        self.index_keys = self.keys[self.index_slot]
 
     def nbytes(self):
         return self.size * self.bytes_per_row(self.rows.shape[1])
@@ -268,6 +287,7 @@ class HierarchicalStore:
         self.meta_db = self.env.open_db(b"meta")
         self._check_config()
         self.mem = _MemCache(capacity, self.row_dim, lfu_decay)
+        return_freed_memory()  # fixes glibc's mmap threshold before the first working set
         self._lock = threading.RLock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch")
         self._open_sets = weakref.WeakSet()
@@ -361,27 +381,31 @@ class HierarchicalStore:
             self._log_bytes = 0
 
     # ------------------------------------------------------------------ SSD access
-    def _put_rows(self, keys, rows):
-        """Write rows to the SSD table in transactions of ``_TXN_ROWS`` rows (bounded dirty pages).
+    def _put_rows(self, keys, rows, take=None):
+        """Write ``rows[take]`` under ``keys[take]`` (all when ``take`` is None) to the SSD table, in
+        transactions of ``_TXN_ROWS`` rows. Sorted keys spread over a large table touch about one
+        4 KiB leaf page each, and LMDB keeps a transaction's dirty pages in RAM until it commits,
+        so this bounds that memory (~128 MiB). ``take`` avoids copying the rows to write.
 
         Only values that are already durable (committed, or in the redo log) are written here, so
         a crash between these transactions leaves a state that recovery completes."""
-        if keys.size == 0:
+        take = np.arange(keys.size) if take is None else np.asarray(take, dtype=np.int64)
+        if take.size == 0:
             return
-        order = np.argsort(keys, kind="stable")
-        for txn_start in range(0, keys.size, _TXN_ROWS):
+        order = take[np.argsort(keys[take], kind="stable")]
+        for txn_start in range(0, order.size, _TXN_ROWS):
             with self.env.begin(write=True, db=self.rows_db) as txn:
                 cursor = txn.cursor()
-                for start in range(txn_start, min(txn_start + _TXN_ROWS, keys.size), _IO_BATCH):
-                    part = order[start:min(start + _IO_BATCH, txn_start + _TXN_ROWS)]
+                for start in range(txn_start, min(txn_start + _TXN_ROWS, order.size), _IO_BATCH):
+                    part = order[start:min(start + _IO_BATCH, txn_start + _TXN_ROWS, order.size)]
                     key_bytes = keys[part].astype(">u8").view("V8").tolist()
                     row_bytes = np.ascontiguousarray(rows[part], dtype="<f4").view(f"V{self.row_bytes}").ravel()
                     cursor.putmulti(zip(key_bytes, row_bytes.tolist()))
 
-    def _get_rows(self, keys):
-        """(found mask, rows of the found keys in ``keys`` order) from the SSD table; keys sorted, unique."""
+    def _get_rows(self, keys, rows, positions):
+        """Read the SSD rows of sorted unique ``keys`` into ``rows[positions]``; returns the found mask.
+        Batches of ``_IO_BATCH`` keys go straight into ``rows``: no copy of all the found rows."""
         found = np.zeros(keys.size, dtype=bool)
-        parts = []
         with self.env.begin(db=self.rows_db) as txn:
             cursor = txn.cursor()
             for start in range(0, keys.size, _IO_BATCH):
@@ -389,10 +413,10 @@ class HierarchicalStore:
                 if not pairs:
                     continue
                 got_keys = np.frombuffer(b"".join(k for k, _ in pairs), dtype=">u8").astype(np.uint64)
-                found[np.searchsorted(keys, got_keys)] = True
-                parts.append(np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(-1, self.row_dim))
-        rows = np.concatenate(parts) if parts else np.zeros((0, self.row_dim), dtype=np.float32)
-        return found, rows
+                at = np.searchsorted(keys, got_keys)
+                found[at] = True
+                rows[positions[at]] = np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(-1, self.row_dim)
+        return found
 
     def _append_log(self, pass_id, keys, rows):
         """Write the pass's redo records, one transaction per chunk. They take effect only when a
@@ -420,11 +444,12 @@ class HierarchicalStore:
             rows[hit] = self.mem.rows[slots[hit]]
             self.mem.touch(slots[hit], self._clock)
             miss = np.flatnonzero(~hit)
-            found, ssd_rows = self._get_rows(unique[miss])
-            rows[miss[found]] = ssd_rows
+            found = self._get_rows(unique[miss], rows, miss)
             fresh = miss[~found]
-            rows[fresh] = init_rows(unique[fresh], self.dim, self.state_dim, self.init_std, self.seed,
-                                    self.state_init)
+            for start in range(0, fresh.size, _IO_BATCH):  # chunks: no working-set-sized temporaries
+                part = fresh[start:start + _IO_BATCH]
+                rows[part] = init_rows(unique[part], self.dim, self.state_dim, self.init_std, self.seed,
+                                       self.state_init)
             if not count:
                 return self._open(unique, rows, started)
             self._counts["hbm"] += int(in_previous.sum())
@@ -468,6 +493,7 @@ class HierarchicalStore:
             self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
             self._finish(ws, pass_id, {})
             self._counters["commit_s"] += time.perf_counter() - started
+        return_freed_memory()
 
     def prepare_pass(self, ws, pass_id):
         """Phase 1 of a multi-shard commit: durably log the pass and mark it prepared, unapplied."""
@@ -488,12 +514,14 @@ class HierarchicalStore:
             self._finish(ws, pass_id, {b"prepared": None})
             self.prepared_pass = None
             self._counters["commit_s"] += time.perf_counter() - started
+        return_freed_memory()
 
     def _finish(self, ws, pass_id, meta):
         plan = self._plan_finish(ws)
-        self._put_rows(*plan["writeback"])  # committed values of earlier passes: safe before the commit point
+        # dirty MEM victims hold committed values of earlier passes: safe before the commit point
+        self._put_rows(self.mem.keys, self.mem.rows, plan["writeback"])
         self._delete_records([], meta={**meta, b"last_pass": pass_id})  # the commit point
-        self._put_rows(ws.keys[plan["overflow"]], ws.rows[plan["overflow"]])  # did not fit in MEM
+        self._put_rows(ws.keys, ws.rows, plan["overflow"])  # did not fit in MEM
         self._apply_finish(ws, plan, pass_id)
 
     def _check_commit(self, ws, pass_id):
@@ -519,19 +547,17 @@ class HierarchicalStore:
         target = np.concatenate([free_slots, victims]).astype(np.int64)
         placed = new[: target.size]
         overflow = new[target.size:]  # more new rows than MEM can hold: straight to SSD
-        dirty_victims = victims[self.mem.dirty[victims]]
         return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
-                "overflow": overflow, "victims": victims,
-                "writeback": (self.mem.keys[dirty_victims].copy(), self.mem.rows[dirty_victims].copy())}
+                "overflow": overflow, "victims": victims, "writeback": victims[self.mem.dirty[victims]]}
 
     def _apply_finish(self, ws, plan, pass_id):
         """After the durable write: update MEM, patch open working sets, maybe checkpoint."""
         mem = self.mem
         mem.rows[plan["hit_slots"]] = ws.rows[plan["hit"]]
         mem.dirty[plan["hit_slots"]] = True
-        mem.place(plan["target"], ws.keys[plan["placed"]], ws.rows[plan["placed"]], self._clock, dirty=True)
+        mem.place(plan["target"], ws.keys, ws.rows, plan["placed"], self._clock, dirty=True)
         self._counters["evictions"] += int(plan["victims"].size)
-        self._counters["writebacks"] += int(plan["writeback"][0].size)
+        self._counters["writebacks"] += int(plan["writeback"].size)
         self._counters["commits"] += 1
         self.last_pass = pass_id
         self._open_sets.discard(ws)
@@ -546,7 +572,7 @@ class HierarchicalStore:
             if self.prepared_pass is not None:
                 return  # the prepared record must survive until the pass is resolved
             dirty = np.flatnonzero(self.mem.dirty[: self.mem.size])
-            self._put_rows(self.mem.keys[dirty], self.mem.rows[dirty])
+            self._put_rows(self.mem.keys, self.mem.rows, dirty)
             self._delete_records([k for _, k in self._log_index()])
             self.mem.dirty[dirty] = False
             self._log_bytes = 0
@@ -563,8 +589,7 @@ class HierarchicalStore:
             slots, hit = self.mem.lookup(unique)
             rows[hit] = self.mem.rows[slots[hit]]
             miss = np.flatnonzero(~hit)
-            found, got = self._get_rows(unique[miss])
-            rows[miss[found]] = got
+            self._get_rows(unique[miss], rows, miss)
         return rows[np.searchsorted(unique, keys)]
 
     def stats(self):
@@ -618,6 +643,28 @@ def process_memory_mb():
     except OSError:
         pass
     return out
+
+
+_LIBC = None  # glibc, loaded on first use (False where it is not there)
+
+
+def return_freed_memory():
+    """Give freed heap memory back to the OS (glibc; a no-op elsewhere).
+
+    A pass allocates and frees several working-set-sized arrays, from two threads (prefetch). glibc
+    raises its mmap threshold after such frees (up to 32 MiB), so later large arrays come from the
+    heap arenas and their pages stay resident after ``free``: the RSS creeps to several times the
+    live data. Fixing the threshold at 1 MiB keeps large arrays in their own mappings (unmapped on
+    free), and ``malloc_trim`` releases the arenas' free pages; the store calls this once per pass."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def patch_open_sets(open_sets, committed, pass_id):

@@ -57,6 +57,28 @@ def test_pass_training_learns_and_evaluates(tmp_path, shards):
     assert dense == ["pass-00002.pdparams", "pass-00003.pdparams"]
 
 
+def test_hbm_table_updates_the_working_set_in_place():
+    """On CPU the HBM tensor is the working set's memory: no second copy, and the in-place sparse
+    update lands in ``ws.rows`` without a read-back."""
+    import paddle
+
+    from paddle_suite.ads.hierarchical_train import SparseAdagrad, hbm_table, table_shares_rows
+
+    rows = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    before = rows.copy()
+    table = hbm_table(rows)
+    assert table_shares_rows(table, rows)
+    index = paddle.to_tensor(np.array([3, 7]))
+    grad = paddle.ones([2, 2])
+    SparseAdagrad(lr=0.1, initial_g2sum=3.0, dim=2).apply(table, index, paddle.gather(table, index), grad)
+    changed = np.flatnonzero((rows != before).any(axis=1))
+    assert changed.tolist() == [3, 7]
+    np.testing.assert_allclose(rows[3, 2:], before[3, 2:] + 1.0, rtol=1e-6)  # accumulators: += g^2
+    np.testing.assert_allclose(rows[3, :2], before[3, :2] - 0.1 * np.sqrt(3.0 / (3.0 + rows[3, 2:])), rtol=1e-5)
+    view = np.zeros((8, 6), np.float32)[:, :4]
+    assert not table_shares_rows(hbm_table(view), view)  # a strided view is copied (and read back)
+
+
 def _final_state(run_dir, config_overrides):
     """Every stored row of the run (keys of the training data) and the dense parameters."""
     import paddle

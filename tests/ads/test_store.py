@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from paddle_suite.ads.store import HierarchicalStore, ShardedStore, init_rows, shard_of
+from paddle_suite.ads.store import HierarchicalStore, ShardedStore, WorkingSet, init_rows, shard_of
 
 # The deterministic training stand-in, shared (as source) with the crashing child processes.
 # Each update depends on the row's current value, so a lost or stale update changes every later value.
@@ -58,6 +58,19 @@ def test_init_is_deterministic_and_normal():
     assert abs(a[:, :8].mean()) < 0.002 and abs(a[:, :8].std() - 0.05) < 0.002
     assert np.all(a[:, 8:] == np.float32(0.1))
     assert abs(np.corrcoef(a[:, 0], a[:, 1])[0, 1]) < 0.03
+
+
+def test_working_set_index_matches_searchsorted():
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2 ** 64, 5000, dtype=np.uint64))
+    ws = WorkingSet(keys, np.zeros((keys.size, 2), np.float32), 1, -1)
+    own = np.concatenate([keys[rng.integers(0, keys.size, 7000)], keys])  # every key: a pass's own set
+    assert np.array_equal(ws.index(own), np.searchsorted(keys, own))
+    subset = keys[rng.integers(0, keys.size, (300, 26))]  # some keys absent from the queries
+    assert np.array_equal(ws.index(subset), np.searchsorted(keys, subset))
+    assert ws.index(np.zeros((0, 26), np.uint64)).shape == (0, 26)
+    with pytest.raises(KeyError, match="2 key"):
+        ws.index(np.concatenate([subset[0], [np.uint64(1), np.uint64(3)]]))
 
 
 def test_eviction_and_writeback_lose_no_update(tmp_path, monkeypatch):
