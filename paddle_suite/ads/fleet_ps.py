@@ -167,14 +167,18 @@ class CtrStaticProgram:
 
     def feed(self, batch):
         """Feed dict of a ``CtrBatch`` (uint64 keys keep their bits as int64 on the PS)."""
-        keys = batch.sparse
-        if self.mode != "async":  # bounded local table: fold the 64-bit key space
-            keys = keys % np.uint64(self.local_vocab)
-        return {
+        feed = {
             "label": batch.labels.reshape(-1, 1).astype(np.int64),
             "dense": np.ascontiguousarray(batch.dense, dtype=np.float32),
-            "keys": keys.view(np.int64).reshape(len(keys), -1, 1),
         }
+        if self.mode == "async":
+            feed["keys"] = batch.sparse.view(np.int64).reshape(len(batch), -1, 1)
+        else:  # bounded local table: fold the 64-bit key space; feed distinct rows + positions
+            unique, index = np.unique((batch.sparse % np.uint64(self.local_vocab)).astype(np.int64),
+                                      return_inverse=True)
+            feed["keys_unique"] = unique.reshape(-1, 1, 1)
+            feed["key_index"] = index.reshape(-1)
+        return feed
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -123,8 +123,12 @@ def build_static_program(body, lookup, vocab_size=0, init_std=0.01, auc_threshol
                          slot_inputs=False):
     """Build the CTR program in the current default main/startup programs.
 
-    Inputs: ``slot_inputs=False`` -> ``label`` [n, 1] int64, ``dense`` [n, D], ``keys`` [n, S, 1]
-    int64 (fed from numpy batches); ``slot_inputs=True`` -> Fleet dataset slots in
+    Inputs: ``slot_inputs=False`` -> ``label`` [n, 1] int64, ``dense`` [n, D], and the keys (fed from
+    numpy batches): for ``lookup="ps"`` ``keys`` [n, S, 1] int64; for ``lookup="local"`` the batch's
+    distinct keys ``keys_unique`` [u, 1] int64 and ``key_index`` [n * S] int64 (each key's position in
+    ``keys_unique``): the table is read, and its sparse gradient and lazy optimiser update touch, u
+    rows instead of n * S (about half of them on Zipf-distributed ads keys), as a parameter server's
+    pull of distinct keys does; ``slot_inputs=True`` -> Fleet dataset slots in
     ``data.USE_VAR_SLOTS`` order: ``click``, ``dense_feature``, ``C1``..``C<S>`` ([n, 1] int64,
     lod_level 1, one key each), for ``InMemoryDataset`` + the data module's generator.
 
@@ -148,9 +152,17 @@ def build_static_program(body, lookup, vocab_size=0, init_std=0.01, auc_threshol
     else:
         label = paddle.static.data("label", shape=[-1, 1], dtype="int64")
         dense = paddle.static.data("dense", shape=[-1, num_dense], dtype="float32")
-        keys = paddle.static.data("keys", shape=[-1, num_slots, 1], dtype="int64")
-        use_vars = [label, dense, keys]
-        emb = embed_keys(keys, body.sparse_dim, lookup, vocab_size, init_std, lr_scale)
+        if lookup == "local":
+            keys = paddle.static.data("keys_unique", shape=[-1, 1, 1], dtype="int64")
+            key_index = paddle.static.data("key_index", shape=[-1], dtype="int64")
+            use_vars = [label, dense, keys, key_index]
+            rows = paddle.reshape(embed_keys(keys, body.sparse_dim, lookup, vocab_size, init_std, lr_scale),
+                                  [-1, body.sparse_dim])
+            emb = paddle.reshape(paddle.gather(rows, key_index), [-1, num_slots, body.sparse_dim])
+        else:
+            keys = paddle.static.data("keys", shape=[-1, num_slots, 1], dtype="int64")
+            use_vars = [label, dense, keys]
+            emb = embed_keys(keys, body.sparse_dim, lookup, vocab_size, init_std, lr_scale)
     logit = body(emb, dense)
     loss = bce_loss(logit, label)
     prob = F.sigmoid(logit)

@@ -94,3 +94,36 @@ def test_local_static_training_learns_planted_model(tmp_path, arch):
     assert [x["pass"] for x in lines] == [0, 1, 2]
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert any(f.startswith("vdlrecords") for f in os.listdir(tmp_path / "out" / "ctr_dnn_ps" / "vdl"))
+
+
+def test_local_program_reads_distinct_keys_like_a_per_key_lookup(tmp_path):
+    """The local program feeds each batch's distinct keys once (``keys_unique`` + ``key_index``):
+    its predictions must equal the exported body run on the table row of every (example, slot)
+    key, and the step must change exactly the rows of the batch's keys."""
+    from paddle_suite.ads.data import CtrBatch
+    from paddle_suite.ads.fleet_ps import ExportedBody, export_body, local_session
+    from paddle_suite.config import load_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ctr_dnn_ps.yaml")
+    config = load_config(root, ["PS.mode=local", "PS.local_vocab=50", "Arch.emb_dim=3", "Arch.hidden_sizes=[4]",
+                                "Optimizer.name=SGD", "Optimizer.lr=1.0"])
+    rng = np.random.default_rng(0)
+    batch = CtrBatch(rng.integers(0, 2, 6), rng.normal(size=(6, 13)).astype(np.float32),
+                     rng.integers(0, 30, (6, 26)).astype(np.uint64))  # 156 keys, many repeated
+    keys = batch.sparse.astype(np.int64)
+    program, exe, scope = local_session(config)
+    try:
+        with paddle.static.scope_guard(scope):
+            exe.run(program.startup)
+            export_body(config, exe, scope, str(tmp_path / "body"))  # the parameters before the step
+            feed = program.feed(batch)
+            assert feed["keys_unique"].shape[0] == np.unique(keys).size < keys.size
+            table = np.array(scope.find_var(models.SPARSE_TABLE).get_tensor())
+            (prob,) = exe.run(program.main, feed=feed, fetch_list=[program.vars["prob"]])
+            after = np.array(scope.find_var(models.SPARSE_TABLE).get_tensor())
+    finally:
+        paddle.disable_static()
+    np.testing.assert_allclose(prob.reshape(-1), ExportedBody(str(tmp_path / "body"))(table[keys], batch.dense),
+                               rtol=1e-5, atol=1e-6)
+    changed = np.flatnonzero((after != table).any(axis=1))
+    assert changed.tolist() == np.unique(keys).tolist()
