@@ -208,13 +208,15 @@ class KGEModel(nn.Layer):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ interface
-    def forward(self, h, r, t, head_negatives=None, tail_negatives=None, num_head_rows=0):
+    def forward(self, h, r, t, head_negatives=None, tail_negatives=None, num_head_rows=0, self_negatives=False):
         """Inference/export: ``score(h, r, t)``.
 
         Training (negatives given; one call per step so that a data-parallel wrapper sees every
         gradient): rows ``[:num_head_rows]`` corrupt their head with ``head_negatives`` and the
-        rest their tail with ``tail_negatives`` (``[C, K]`` chunked ids each). Returns
-        ``(positive [B], negative [B, K], penalty scalar or None)``.
+        rest their tail with ``tail_negatives`` (``[C, K]`` chunked ids each). With
+        ``self_negatives`` each row also gets its anchor as the corrupted entity, ``(t, r, t)``
+        for a head row and ``(h, r, h)`` for a tail row, as one more column. Returns
+        ``(positive [B], negative [B, K (+1)], penalty scalar or None)``.
         """
         if head_negatives is None and tail_negatives is None:
             return self.score(h, r, t)
@@ -226,6 +228,9 @@ class KGEModel(nn.Layer):
         if split < h.shape[0]:
             negative.append(self.score_negatives(h[split:], r[split:], t[split:], tail_negatives, "tail"))
         negative = negative[0] if len(negative) == 1 else paddle.concat(negative, axis=0)
+        if self_negatives:
+            anchor = paddle.concat([t[:split], h[split:]])
+            negative = paddle.concat([negative, self.score(anchor, r, anchor).unsqueeze(1)], axis=1)
         return self.score(h, r, t), negative, self.regularization(h, r, t)
 
     def score(self, h, r, t):

@@ -96,6 +96,40 @@ def test_train_step_and_evaluation(tmp_path):
     assert names == task.dataset.entities and len(task.artifacts()["relations.txt"].splitlines()) == 3
 
 
+def test_self_negatives_add_the_anchor_as_a_negative(tmp_path):
+    cfg = config(tmp_path, DataLoader={"self_negatives": True})
+    first = (tmp_path / "graph" / "train.txt").read_text().splitlines()[0].split("\t")
+    with open(tmp_path / "graph" / "train.txt", "a") as handle:  # (x, r, x) in train: never a self-negative
+        handle.write(f"{first[0]}\t{first[1]}\t{first[0]}\n")
+    task = KGETask(cfg)
+    loop = task.dataset.train[-1]
+    assert loop[0] == loop[2]
+    loops = {(h, r) for h, r, t in task.dataset.train.tolist() if h == t}
+    k = task.config["DataLoader"]["num_negatives"]
+    excluded = 0
+    for batch in task.train_batches(0):
+        assert batch["valid"].shape == (len(batch["triples"]), k + 1)
+        n_head, triples = batch["num_head_rows"], batch["triples"]
+        anchor = np.where(np.arange(len(triples)) < n_head, triples[:, 2], triples[:, 0])
+        is_loop = np.array([(a, r) in loops for a, r in zip(anchor.tolist(), triples[:, 1].tolist())])
+        np.testing.assert_array_equal(batch["valid"][:, k], ~is_loop)
+        excluded += int(((anchor == loop[0]) & (triples[:, 1] == loop[1])).sum())
+    assert excluded >= 1  # the loop triple itself, whichever side it corrupts
+    batch = next(task.train_batches(0))
+    n_head, triples = batch["num_head_rows"], batch["triples"]
+    anchor = np.where(np.arange(32) < n_head, triples[:, 2], triples[:, 0])
+    paddle.seed(0)
+    model = task.build_model()
+    ids = [paddle.to_tensor(triples[:, i]) for i in range(3)]
+    negs = [paddle.to_tensor(batch[n]) for n in ("head_negatives", "tail_negatives")]
+    _, negative, _ = model(*ids, *negs, n_head, True)
+    assert negative.shape == [32, k + 1]
+    expected = model.score(paddle.to_tensor(anchor), ids[1], paddle.to_tensor(anchor)).numpy()
+    np.testing.assert_allclose(negative.numpy()[:, k], expected, rtol=1e-5)
+    loss, _ = task.train_step(model, batch)
+    assert np.isfinite(float(loss))
+
+
 @pytest.mark.slow
 def test_end_to_end_training_learns(tmp_path):
     cfg = config(tmp_path, Global={"epochs": 40})
