@@ -53,7 +53,9 @@ CPU_BUDGET = ["DataLoader.batch_size=512", "DataLoader.num_negatives=128", "Data
 CPU_ARCH = {("RotatE", "FB15k-237"): ["Arch.dim=500"]}  # 1,000 floats per entity like the others
 CPU_LR = {"SpaceE": 0.003, "RotatE": 0.001, "TransE": 0.001}
 CPU_LR_PROBE = {  # FB15k-237, CPU_BUDGET, constant lr, 1,500 steps: valid MRR (1,000 triples), 2026-11-27
-    "SpaceE": {0.001: 0.225, 0.003: 0.251},
+    "SpaceE": {0.001: 0.225, 0.003: 0.251},  # (without DataLoader.self_negatives, added after the probe)
+    "RotatE": {0.001: 0.228, 0.003: 0.057},
+    "TransE": {0.001: 0.211, 0.003: 0.138},
 }
 
 
@@ -99,6 +101,13 @@ def pair_settings(dataset, model, args):
     return config_path, overrides
 
 
+def resolved_settings(config_path, overrides):
+    """The run's resolved config sections (config file + overrides): a finished pair is reused only
+    if these are unchanged, so editing a config invalidates its results."""
+    config = load_config(config_path, overrides)
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != "Global"}, sort_keys=True, default=str))
+
+
 def run_pair(dataset, model, args):
     config_path, settings = pair_settings(dataset, model, args)
     overrides = [f"Global.output_dir={args.output_dir}",
@@ -120,6 +129,7 @@ def run_pair(dataset, model, args):
         test_eval_seconds=round(eval_seconds, 1),
         config=os.path.relpath(config_path, ROOT),
         overrides=settings,
+        settings=resolved_settings(config_path, settings),
         arch=config["Arch"],
         lr=config["Optimizer"]["lr"],
     )
@@ -158,7 +168,10 @@ def markdown(results):
             lines.append(f"| {model} (published) | | | {fmt(mrr)} | {fmt(h1)} | {fmt(h10)} |" + " |" * len(CATEGORIES))
         lines.append("")
         for model, m in results[dataset].items():
-            lines.append(f"- {model}: `{m['config']}` with `{' '.join(m.get('overrides', []))}`")
+            arch = ", ".join(f"{k}={v}" for k, v in m["arch"].items() if k != "name")
+            self_neg = m.get("settings", {}).get("DataLoader", {}).get("self_negatives", False)
+            lines.append(f"- {model} ({arch}; lr {m['lr']}; self_negatives {str(self_neg).lower()}): `{m['config']}` "
+                         f"with `{' '.join(m.get('overrides', []))}`")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -175,7 +188,8 @@ def finished_pairs(args):
         if dataset not in CONFIG_KEYS:
             continue
         for model, summary in models.items():
-            if summary.get("overrides") == pair_settings(dataset, model, args)[1]:
+            config_path, overrides = pair_settings(dataset, model, args)
+            if summary.get("overrides") == overrides and summary.get("settings") == resolved_settings(config_path, overrides):
                 kept.setdefault(dataset, {})[model] = summary
     return kept
 

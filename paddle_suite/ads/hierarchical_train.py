@@ -14,13 +14,15 @@ Workflow per pass ``i`` (``DataLoader.pass_size`` examples of the training strea
    and scatter them back in place;
 3. the pass is written back: dense checkpoint first, then ``store.commit_pass(ws, i)``.
 
-Sparse update rule (the form of Fleet's ``SparseAdaGradSGDRule``, per element):
+Sparse update rule (the form of Fleet's ``SparseAdaGradSGDRule``, kept per element):
 ``G += g*g; w -= lr * g * sqrt(g0 / (g0 + G))`` with ``g0 = PS.initial_g2sum``, where ``g`` is the
 gradient of the batch's *summed* loss (per-example gradients added up, so a hot key that occurs
-many times in a batch moves more; our choice). ``PS.sparse_lr`` is therefore not interchangeable
-with the Fleet modes: measured on the generator's data, this rule learns best near 0.05, the
-async PS feed path near 1.0 and its InMemoryDataset path near 30 (see ``configs/``); we did not
-trace how Paddle's C++ workers scale the pushed sparse gradients.
+many times in a batch moves more; our choice). Fleet's rule differs in two ways (its
+``sparse_sgd_rule.cc``): the pushed gradient is divided by the key's pushed show count (an
+average over its occurrences), and ``G`` is one number per row (the mean over the embedding of
+the squared scaled gradients). ``PS.sparse_lr`` is therefore not interchangeable with the Fleet
+modes: ``python bench/ctr_sparse_lr.py`` sweeps both (this rule: 0.05 in ``configs/``; the async
+feed path: 1.0; its InMemoryDataset path needs about 30, measured, not traced).
 
 Commit protocol (what makes resume after ``kill -9`` consistent): the commit point is the store's
 ``commit_pass`` (one LMDB transaction). The dense parameters and optimiser state of pass ``i``
