@@ -111,7 +111,8 @@ def resolved_settings(config_path, overrides):
 def run_pair(dataset, model, args):
     config_path, settings = pair_settings(dataset, model, args)
     overrides = [f"Global.output_dir={args.output_dir}",
-                 f"Global.run_name={model}_{CONFIG_KEYS[dataset]}_{args.budget}_{args.max_steps}", *settings]
+                 f"Global.run_name={model}_{CONFIG_KEYS[dataset]}_{args.budget}_{args.max_steps}",
+                 "Global.test_split=null", *settings]  # test is evaluated once, below
     config = load_config(config_path, overrides)
     task = TASKS.get("kge")(config)
     started = time.perf_counter()
