@@ -12,8 +12,9 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   over keys modulo ``PS.local_vocab``, Adam with ``lazy_mode`` - only the batch's rows update),
   one ``Executor.run`` per batch. Each batch's distinct keys are looked up once and gathered per
   (example, slot) (``models.build_static_program``): on this data a batch of 512 x 26 keys has
-  ~7,400 distinct ones, and paddle's sparse-gradient merge and lazy Adam cost per row, so this took
-  the side from 0.96x to ~1.07x PyTorch (``--quick``, 2026-11-27).
+  ~7,400 distinct ones, and paddle's sparse-gradient merge and lazy Adam cost per row. ``--quick``,
+  2026-11-27: 0.96x -> 1.07x PyTorch with other jobs on the cores; 0.94x on the idle machine
+  (57,022 vs 60,911 examples/s), so the goal of beating PyTorch is not met yet.
 * ``ours_hierarchical``: ``hierarchical_train`` end to end per pass: ``load_working_set`` (store on
   local disk, MEM tier capped at ``--mem-cap-mb``), dense indexing into the HBM tensor, Adam for
   the dense part + row-wise Adagrad, ``commit_pass``. No key folding: full 64-bit keys.
