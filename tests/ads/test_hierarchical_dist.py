@@ -71,6 +71,20 @@ def _in_threads(fn, workers):
     return results
 
 
+def _join(servers):
+    """Wait for shard servers that stop by themselves; each must exit 0."""
+    for proc in servers:
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+
+
+def _kill(servers):
+    for proc in servers:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_two_workers_updates_of_one_key_are_both_applied(tmp_path):
     """Tiny table, 2 server processes, 2 workers: every key's committed row is its initial row plus
     the sum of the deltas of the workers that trained it; the dense state is the workers' mean."""
@@ -116,14 +130,9 @@ def test_two_workers_updates_of_one_key_are_both_applied(tmp_path):
         assert stores[1].pull_dense(1)["model"]["w"].tolist() == [1.0] * 4
         for store in stores:
             store.close()
-        for proc in servers:  # servers stop by themselves once both workers are done
-            out, _ = proc.communicate(timeout=30)
-            assert proc.returncode == 0, out
+        _join(servers)  # servers stop by themselves once both workers are done
     finally:
-        for proc in servers:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill(servers)
     # offline, the same shards open as the in-process sharded store with the same rows
     from paddle_suite.ads.store import ShardedStore
 
@@ -181,14 +190,9 @@ def test_restart_after_a_crash_inside_the_two_phase_commit(tmp_path):
         store = RemoteStore(endpoints, 0, 1, dim, authkey=b"test-secret")
         check(store, 1)
         store.close()
-        for proc in servers:
-            out, _ = proc.communicate(timeout=30)
-            assert proc.returncode == 0, out
+        _join(servers)
     finally:
-        for proc in servers:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill(servers)
 
 
 # ------------------------------------------------------------------------------ whole jobs
