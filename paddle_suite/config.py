@@ -90,6 +90,7 @@ CORE_SCHEMA = {
         "weight_decay": 0.0,
         "grad_clip": Field(0.0, float, help="global-norm clipping; 0 = off"),
         "lazy_mode": Field(False, bool, help="Adam: update only rows with gradients"),
+        "multi_tensor": Field(False, bool, help="Adam/Momentum: one merged op over all (dense) parameters"),
         "momentum": 0.9,
         "schedule": {
             "name": Field("constant", str, choices=("constant", "cosine", "step")),

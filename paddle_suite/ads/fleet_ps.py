@@ -124,6 +124,43 @@ def sparse_table_config(ps_cfg):
     return cfg
 
 
+#: ops of the MLP that run faster on oneDNN kernels on CPU (bench/ctr_speed.py, 2026-11-28: matmul
+#: and relu ~1 ms of ~9.5 ms a batch). Not all ops: FLAGS_use_mkldnn=1 fails in paddle 2.6.2 ("could not
+#: reshape a memory descriptor"), elementwise_add on oneDNN is slower, concat / gather crash. Local
+#: mode only: that is where it was measured; Fleet's worker programs keep the default kernels.
+ONEDNN_OPS = ("matmul_v2", "matmul_v2_grad", "relu", "relu_grad")
+
+
+def use_onednn(program, op_types):
+    """Mark the ``op_types`` ops of ``program`` to run on oneDNN kernels (the per-op ``use_mkldnn``).
+
+    Grad ops are marked only when they output every input's gradient: paddle 2.6.2's oneDNN
+    matmul_v2_grad segfaults when one is not wanted (DeepFM's linear term on the fed dense input)."""
+    for block in program.blocks:
+        for op in block.ops:
+            if op.type not in op_types:
+                continue
+            if op.type.endswith("_grad") and not all(op.output(name) for name in op.output_names):
+                continue
+            op._set_attr("use_mkldnn", True)
+
+
+def _minimize_local(opt_cfg, optimizer, loss):
+    """``optimizer.minimize(loss)``, except that with Adam (and no clipping) the dense parameters get
+    one ``merged_adam`` op (``use_multi_tensor``) instead of one op each (~0.5 ms a batch of 8
+    ops); the sparse table keeps its own (lazy) Adam, as the merged op cannot take a sparse gradient."""
+    if opt_cfg["name"] != "Adam" or opt_cfg["grad_clip"] > 0:  # a global-norm clip spans both groups
+        optimizer.minimize(loss)
+        return
+    from paddle_suite.engine.optim import build_optimizer
+
+    params_grads = paddle.static.append_backward(loss)
+    sparse = [pg for pg in params_grads if pg[0].name == models.SPARSE_TABLE]
+    dense = [pg for pg in params_grads if pg[0].name != models.SPARSE_TABLE]
+    optimizer.apply_gradients(sparse)
+    build_optimizer(dict(opt_cfg, multi_tensor=True), None, 0)[0].apply_gradients(dense)
+
+
 class CtrStaticProgram:
     """The built program of one mode: ``main``, ``startup``, ``vars`` (see build_static_program)."""
 
@@ -152,7 +189,7 @@ class CtrStaticProgram:
             else:
                 optimizer, _ = build_optimizer(config["Optimizer"], None, 0)
             if mode == "local":
-                optimizer.minimize(self.vars["loss"])
+                _minimize_local(config["Optimizer"], optimizer, self.vars["loss"])
             else:
                 strategy = fleet.DistributedStrategy()
                 strategy.a_sync = True
@@ -164,6 +201,8 @@ class CtrStaticProgram:
             # Fleet's minimize replaces the programs with transpiled clones.
             self.main = self.vars["loss"].block.program
             self.startup = paddle.static.default_startup_program()
+        if mode == "local" and ps_cfg["cpu_onednn"] and config["Global"]["device"] == "cpu":
+            use_onednn(self.main, ONEDNN_OPS)
 
     def feed(self, batch):
         """Feed dict of a ``CtrBatch`` (uint64 keys keep their bits as int64 on the PS)."""

@@ -119,6 +119,17 @@ def embed_keys(keys, sparse_dim, lookup, vocab_size=0, init_std=0.01, lr_scale=1
     return paddle.reshape(emb, [-1, num_slots, sparse_dim])
 
 
+def _drop_op_writing(var):
+    """Remove the op of ``var``'s block that outputs ``var`` (nothing else may read ``var``)."""
+    block = var.block
+    for i, op in enumerate(block.ops):
+        if var.name in op.output_arg_names:
+            block._remove_op(i)
+            block._remove_var(var.name)
+            return
+    raise ValueError(f"no op writes {var.name}")
+
+
 def build_static_program(body, lookup, vocab_size=0, init_std=0.01, auc_thresholds=4096, lr_scale=1.0,
                          slot_inputs=False):
     """Build the CTR program in the current default main/startup programs.
@@ -166,9 +177,10 @@ def build_static_program(body, lookup, vocab_size=0, init_std=0.01, auc_threshol
     logit = body(emb, dense)
     loss = bce_loss(logit, label)
     prob = F.sigmoid(logit)
-    auc, _, auc_states = paddle.static.auc(
+    auc, batch_auc, auc_states = paddle.static.auc(
         paddle.concat([1.0 - prob, prob], axis=1), label, num_thresholds=auc_thresholds, slide_steps=0
     )
+    _drop_op_writing(batch_auc)  # with slide_steps=0 it accumulates what the global AUC op does
     loss_sum = paddle.static.create_global_var([1], 0.0, "float32", persistable=True, name=LOSS_SUM)
     count = paddle.cast(paddle.shape(label)[0], "float32")
     paddle.assign(loss_sum + loss.detach() * count, loss_sum)

@@ -29,13 +29,15 @@ def build_optimizer(opt_cfg, parameters, total_steps):
     wd = opt_cfg["weight_decay"] or None
     name = opt_cfg["name"]
     if name == "Adam":
-        opt = paddle.optimizer.Adam(weight_decay=wd, lazy_mode=opt_cfg["lazy_mode"], **common)
+        opt = paddle.optimizer.Adam(weight_decay=wd, lazy_mode=opt_cfg["lazy_mode"],
+                                    use_multi_tensor=opt_cfg["multi_tensor"], **common)
     elif name == "AdamW":
         opt = paddle.optimizer.AdamW(weight_decay=opt_cfg["weight_decay"], **common)
     elif name == "SGD":
         opt = paddle.optimizer.SGD(weight_decay=wd, **common)
     elif name == "Momentum":
-        opt = paddle.optimizer.Momentum(momentum=opt_cfg["momentum"], weight_decay=wd, **common)
+        opt = paddle.optimizer.Momentum(momentum=opt_cfg["momentum"], weight_decay=wd,
+                                        use_multi_tensor=opt_cfg["multi_tensor"], **common)
     elif name == "Adagrad":
         opt = paddle.optimizer.Adagrad(weight_decay=wd, **common)
     else:  # the config schema restricts the names; this guards direct callers

@@ -301,9 +301,17 @@ class SpaceE(KGEModel):
     Relation matrices are unconstrained, so a relation may be singular: many heads that differ only
     in the null space of ``R_r^head`` map to the same point, which is how SpaceE models N-1
     (non-injective) relations. Optional penalties (config): ``spectral_weight`` times the mean over
-    the batch of ``sigma_max(R)^2`` (keeps maps from growing to cheat the margin), and ``n3_weight``
+    the batch of ``sigma_max(R)^2`` (keeps maps from growing to cheat the margin), ``n3_weight``
     times the N3 norm (Lacroix et al. 2018, mean over the batch of the summed cubed absolute
-    values) of the batch's entity matrices.
+    values) of the batch's entity matrices, and ``orthogonal_weight`` times the mean over the
+    batch's maps of ``||R^T R - I||_F^2 / k``, a soft pull toward orthogonal maps.
+
+    Why the orthogonal pull exists: unpenalised, every map collapses to rank 1-4 within a few
+    thousand steps (WN18RR, 6,000 steps: top singular value ~5, the fifth 0.1-0.5). Each relation
+    then reads its own low-dimensional view of the entity matrices, nothing learned for one
+    relation transfers to another, and the model memorises: training hypernym triples rank at
+    MRR 1.0 while test hypernym heads rank like random guesses (median 20,275 of 40,943). A soft
+    penalty keeps the maps well conditioned unless the data pays for a singular direction.
 
     Initialisation: entity entries uniform in ``+-(gamma + 2) / (k*m)`` as in RotatE's embedding
     range; relation maps ``I + U(-init_noise, init_noise)`` (``relation_init="identity"``) so that
@@ -317,7 +325,8 @@ class SpaceE(KGEModel):
     """
 
     def __init__(self, num_entities, num_relations, k, m, gamma, norm="fro", head_only=False,
-                 relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, sparse=True):
+                 relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0,
+                 orthogonal_weight=0.0, sparse=True):
         _check_choice("norm", norm, ("fro", "l1"))
         _check_choice("relation_init", relation_init, ("identity", "uniform"))
         if k < 1 or m < 1:
@@ -327,6 +336,7 @@ class SpaceE(KGEModel):
         self.maps = 1 if head_only else 2
         super().__init__(num_entities, num_relations, k * m, self.maps * k * k, (gamma + 2.0) / (k * m), sparse)
         self.spectral_weight, self.n3_weight = float(spectral_weight), float(n3_weight)
+        self.orthogonal_weight = float(orthogonal_weight)
         rng = np.random.default_rng(int(paddle.randint(0, 2**31 - 1, [1]).item()))  # follows paddle.seed
         if relation_init == "identity":
             init = np.eye(k)[None, None] + rng.uniform(-init_noise, init_noise, (num_relations, self.maps, k, k))
@@ -382,11 +392,15 @@ class SpaceE(KGEModel):
 
     def regularization(self, h, r, t):
         terms = []
-        if self.spectral_weight > 0:
+        if self.spectral_weight > 0 or self.orthogonal_weight > 0:
             maps = self._maps(self.relation_embedding(_ids(r)))
             mats = paddle.concat([x for x in maps if x is not None], axis=0)
+        if self.spectral_weight > 0:
             top = paddle.linalg.svd(mats, full_matrices=False)[1][:, 0]
             terms.append(self.spectral_weight * (top * top).mean())
+        if self.orthogonal_weight > 0:
+            gram = paddle.matmul(mats, mats, transpose_x=True) - paddle.eye(self.k)
+            terms.append(self.orthogonal_weight * (gram * gram).sum([-2, -1]).mean() / self.k)
         if self.n3_weight > 0:
             ents = self.entity_embedding(paddle.concat([_ids(h), _ids(t)]))
             terms.append(self.n3_weight * (ents.abs() ** 3).sum(-1).mean())
@@ -515,9 +529,10 @@ class ComplEx(KGEModel):
 # ============================================================================ registry
 @ARCHS.register("SpaceE")
 def spacee(num_entities, num_relations, k=20, m=50, gamma=12.0, norm="fro", head_only=False,
-           relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, sparse=True):
+           relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, orthogonal_weight=0.0,
+           sparse=True):
     return SpaceE(num_entities, num_relations, k, m, gamma, norm, head_only, relation_init, init_noise,
-                  spectral_weight, n3_weight, sparse)
+                  spectral_weight, n3_weight, orthogonal_weight, sparse)
 
 
 @ARCHS.register("TransE")

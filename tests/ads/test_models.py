@@ -127,3 +127,53 @@ def test_local_program_reads_distinct_keys_like_a_per_key_lookup(tmp_path):
                                rtol=1e-5, atol=1e-6)
     changed = np.flatnonzero((after != table).any(axis=1))
     assert changed.tolist() == np.unique(keys).tolist()
+
+
+def _adam_losses(program, exe, scope, batches):
+    with paddle.static.scope_guard(scope):
+        exe.run(program.startup)
+        losses = [float(exe.run(program.main, feed=program.feed(b), fetch_list=[program.vars["loss"]])[0])
+                  for b in batches]
+        table = np.array(scope.find_var(models.SPARSE_TABLE).get_tensor())
+    return np.array(losses), table
+
+
+def test_local_program_fast_paths_keep_the_math():
+    """The local program's speed-ups (``PS.cpu_onednn``: matmul/relu on oneDNN kernels; one
+    ``merged_adam`` for the dense parameters next to the table's lazy Adam) must train exactly as
+    the plain program does: one Adam op per parameter, default kernels."""
+    from paddle_suite.ads.data import CtrBatch
+    from paddle_suite.ads.fleet_ps import CtrStaticProgram, build_body, local_session
+    from paddle_suite.config import load_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ctr_dnn_ps.yaml")
+    overrides = ["PS.mode=local", "PS.local_vocab=500", "Arch.emb_dim=4", "Arch.hidden_sizes=[32,16]",
+                 "Optimizer.lr=0.01"]
+    rng = np.random.default_rng(1)
+    batches = [CtrBatch(rng.integers(0, 2, 64), rng.normal(size=(64, 13)).astype(np.float32),
+                        rng.integers(0, 2000, (64, 26)).astype(np.uint64)) for _ in range(2)] * 4
+    try:
+        fast = local_session(load_config(root, overrides))
+        ops = [op for op in fast[0].main.global_block().ops]
+        assert [op.input("Param") for op in ops if op.type == "adam"] == [[models.SPARSE_TABLE]]
+        assert len([op for op in ops if op.type == "merged_adam"]) == 1
+        assert all(op.attr("use_mkldnn") for op in ops if op.type in ("matmul_v2", "matmul_v2_grad", "relu"))
+        fast_losses, fast_table = _adam_losses(*fast, batches)
+
+        config = load_config(root, overrides + ["PS.cpu_onednn=false"])
+        plain = CtrStaticProgram.__new__(CtrStaticProgram)  # the same network, minimized the plain way
+        plain.mode, plain.local_vocab = "local", 500
+        plain.main, plain.startup = paddle.static.Program(), paddle.static.Program()
+        plain.main.random_seed = plain.startup.random_seed = int(config["Global"]["seed"])
+        with paddle.static.program_guard(plain.main, plain.startup), paddle.utils.unique_name.guard():
+            plain.vars = models.build_static_program(build_body(config), "local", vocab_size=500,
+                                                     init_std=float(config["PS"]["init_std"]))
+            paddle.optimizer.Adam(0.01, lazy_mode=True).minimize(plain.vars["loss"])
+        assert len([op for op in plain.main.global_block().ops if op.type == "adam"]) == 7
+        plain_losses, plain_table = _adam_losses(plain, paddle.static.Executor(paddle.CPUPlace()),
+                                                 paddle.static.Scope(), batches)
+    finally:
+        paddle.disable_static()
+    assert fast_losses[-1] < fast_losses[0]
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-4)
+    np.testing.assert_allclose(fast_table, plain_table, rtol=1e-4, atol=1e-6)

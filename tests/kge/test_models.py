@@ -218,3 +218,17 @@ def test_numpy_distance_pylayers_skip_inputs_without_gradient():
     q_re.stop_gradient = False
     models._ModulusDistance.apply(q_re, paddle.rand([2, 3, 4]), paddle.rand([2, 5, 8])).sum().backward()
     assert q_re.grad.shape == [2, 3, 4]
+
+
+def test_spacee_orthogonal_penalty_is_zero_on_orthogonal_maps_and_grows_off_them():
+    model = models.SpaceE(4, 2, 3, 2, 4.0, orthogonal_weight=2.0)
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    scaled = np.diag([1.0, 1.0, 0.0])  # singular: R^T R - I = diag(0, 0, -1)
+    maps = np.stack([np.stack([rotation, np.eye(3)]), np.stack([scaled, rotation])]).astype("float32")
+    model.relation_embedding.weight.set_value(maps.reshape(2, -1))
+    h, t = np.array([0, 1]), np.array([2, 3])
+    zero = float(model.regularization(h, np.array([0, 0]), t))
+    penalty = float(model.regularization(h, np.array([1, 1]), t))
+    assert zero == pytest.approx(0.0, abs=1e-5)
+    # mean over the batch's 4 maps (two rows x head/tail): one map with ||.||_F^2 = 1, over k = 3
+    assert penalty == pytest.approx(2.0 * (1.0 + 0.0) / 2 / 3, rel=1e-5)
