@@ -33,12 +33,14 @@ import sys
 import time
 import types
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import paddle_suite  # noqa: E402,F401
 from paddle_suite.cli import setup_logging  # noqa: E402
-from paddle_suite.config import load_config  # noqa: E402
+from paddle_suite.config import load_config, run_dir  # noqa: E402
 from paddle_suite.engine import Trainer  # noqa: E402
 from paddle_suite.io import atomic_write  # noqa: E402
 from paddle_suite.registry import TASKS  # noqa: E402
@@ -108,12 +110,32 @@ def resolved_settings(config_path, overrides):
     return json.loads(json.dumps({k: v for k, v in config.items() if k != "Global"}, sort_keys=True, default=str))
 
 
+def set_aside_stale_run(config):
+    """A run directory trained with other settings is renamed ``<dir>.replaced-<time>`` (kept for
+    reference), so that the pair starts afresh instead of resuming a different model; an interrupted
+    run with the same settings resumes."""
+    directory = run_dir(config)
+    saved_path = os.path.join(directory, "config.yaml")
+    if not os.path.isfile(saved_path):
+        return
+    with open(saved_path) as handle:
+        saved = yaml.safe_load(handle)
+    current = json.loads(json.dumps(config, default=str))
+    sections = [k for k in current if k != "Global" and not k.startswith("_")]
+    if all(saved.get(k) == current[k] for k in sections):
+        return
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    os.rename(directory, f"{directory}.replaced-{stamp}")
+    print(f"{directory}: trained with other settings; moved to {directory}.replaced-{stamp}", flush=True)
+
+
 def run_pair(dataset, model, args):
     config_path, settings = pair_settings(dataset, model, args)
     overrides = [f"Global.output_dir={args.output_dir}",
                  f"Global.run_name={model}_{CONFIG_KEYS[dataset]}_{args.budget}_{args.max_steps}",
                  "Global.test_split=null", *settings]  # test is evaluated once, below
     config = load_config(config_path, overrides)
+    set_aside_stale_run(config)
     task = TASKS.get("kge")(config)
     started = time.perf_counter()
     trainer = Trainer(config, task, types.SimpleNamespace(no_progress=True))

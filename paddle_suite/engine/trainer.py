@@ -17,6 +17,7 @@ import signal
 import time
 
 import numpy as np
+import yaml
 import paddle
 from paddle.distributed import fleet
 
@@ -94,6 +95,8 @@ class Trainer:
             return None
         if resume == "auto":
             found = ckpt.list_checkpoints(self.run_dir)
+            if found:
+                self._check_same_arch(found[-1])
             return found[-1] if found else None
         if not os.path.isfile(os.path.join(resume, "trainer.pkl")):
             raise FileNotFoundError(
@@ -101,6 +104,24 @@ class Trainer:
                 f"Use 'auto', 'none' or a directory under {ckpt.checkpoint_root(self.run_dir)}"
             )
         return resume
+
+    def _check_same_arch(self, checkpoint):
+        """Refuse to auto-resume a run directory whose saved ``Arch`` differs from this config's: the
+        weights would load (same shapes) into a different model. Keys absent from the saved config
+        (added to the schema since) are not compared."""
+        saved_path = os.path.join(self.run_dir, "config.yaml")
+        if not os.path.isfile(saved_path):
+            return
+        with open(saved_path) as handle:
+            saved = (yaml.safe_load(handle) or {}).get("Arch", {})
+        changed = [f"Arch.{k}: {saved[k]!r} -> {v!r}" for k, v in self.config["Arch"].items()
+                   if k in saved and saved[k] != v]
+        if changed:
+            raise ValueError(
+                f"{self.run_dir} holds a run of a different model ({'; '.join(changed)}); its checkpoint "
+                f"{checkpoint} would load into this one. Set another Global.run_name / Global.output_dir, "
+                "or Global.resume=none to start over in this directory."
+            )
 
     def _total_steps(self, steps_per_epoch):
         if self.g["max_steps"] > 0:

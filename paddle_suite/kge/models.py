@@ -313,10 +313,10 @@ class SpaceE(KGEModel):
     MRR 1.0 while test hypernym heads rank like random guesses (median 20,275 of 40,943). A soft
     penalty keeps the maps well conditioned unless the data pays for a singular direction.
 
-    Initialisation: entity entries uniform in ``+-(gamma + 2) / (k*m)`` as in RotatE's embedding
-    range; relation maps ``I + U(-init_noise, init_noise)`` (``relation_init="identity"``) so that
+    Initialisation: entity entries uniform in ``+-entity_init_bound``, by default ``(gamma + 2) / (k*m)``
+    as in RotatE's embedding range; relation maps ``I + U(-init_noise, init_noise)`` (``relation_init="identity"``) so that
     training starts from a plain distance between entity matrices, or fully uniform in
-    ``+-1/sqrt(k)`` (``relation_init="uniform"``).
+    ``+-1/sqrt(k)`` (``relation_init="uniform"``), or random orthogonal (``relation_init="orthogonal"``).
 
     Scoring all entities (Frobenius): ``||A - R C||_F^2 = |A|^2 + <R^T R, C C^T> - 2 <R^T A, C>`` for
     a fixed mapped anchor ``A`` and candidate matrices ``C``, i.e. two matrix products against the
@@ -326,23 +326,30 @@ class SpaceE(KGEModel):
 
     def __init__(self, num_entities, num_relations, k, m, gamma, norm="fro", head_only=False,
                  relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0,
-                 orthogonal_weight=0.0, sparse=True):
+                 orthogonal_weight=0.0, entity_init_bound=None, sparse=True):
         _check_choice("norm", norm, ("fro", "l1"))
-        _check_choice("relation_init", relation_init, ("identity", "uniform"))
+        _check_choice("relation_init", relation_init, ("identity", "uniform", "orthogonal"))
         if k < 1 or m < 1:
             raise ValueError(f"Arch.k and Arch.m must be positive, got k={k}, m={m}")
         self.k, self.m, self.gamma = int(k), int(m), float(gamma)
         self.norm, self.head_only = norm, bool(head_only)
         self.maps = 1 if head_only else 2
-        super().__init__(num_entities, num_relations, k * m, self.maps * k * k, (gamma + 2.0) / (k * m), sparse)
+        if entity_init_bound is None:
+            entity_init_bound = (gamma + 2.0) / (k * m)
+        elif not entity_init_bound > 0:
+            raise ValueError(f"Arch.entity_init_bound must be positive or null, got {entity_init_bound}")
+        super().__init__(num_entities, num_relations, k * m, self.maps * k * k, float(entity_init_bound), sparse)
         self.spectral_weight, self.n3_weight = float(spectral_weight), float(n3_weight)
         self.orthogonal_weight = float(orthogonal_weight)
         rng = np.random.default_rng(int(paddle.randint(0, 2**31 - 1, [1]).item()))  # follows paddle.seed
         if relation_init == "identity":
             init = np.eye(k)[None, None] + rng.uniform(-init_noise, init_noise, (num_relations, self.maps, k, k))
-        else:
+        elif relation_init == "uniform":
             bound = 1.0 / math.sqrt(k)
             init = rng.uniform(-bound, bound, (num_relations, self.maps, k, k))
+        else:  # Haar-random orthogonal maps: Q of a Gaussian's QR, columns signed by diag(R)
+            q, r = np.linalg.qr(rng.normal(size=(num_relations, self.maps, k, k)))
+            init = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
         self.relation_embedding.weight.set_value(init.reshape(num_relations, -1).astype("float32"))
 
     # --- helpers
@@ -530,9 +537,9 @@ class ComplEx(KGEModel):
 @ARCHS.register("SpaceE")
 def spacee(num_entities, num_relations, k=20, m=50, gamma=12.0, norm="fro", head_only=False,
            relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, orthogonal_weight=0.0,
-           sparse=True):
+           entity_init_bound=None, sparse=True):
     return SpaceE(num_entities, num_relations, k, m, gamma, norm, head_only, relation_init, init_noise,
-                  spectral_weight, n3_weight, orthogonal_weight, sparse)
+                  spectral_weight, n3_weight, orthogonal_weight, entity_init_bound, sparse)
 
 
 @ARCHS.register("TransE")

@@ -232,3 +232,22 @@ def test_spacee_orthogonal_penalty_is_zero_on_orthogonal_maps_and_grows_off_them
     assert zero == pytest.approx(0.0, abs=1e-5)
     # mean over the batch's 4 maps (two rows x head/tail): one map with ||.||_F^2 = 1, over k = 3
     assert penalty == pytest.approx(2.0 * (1.0 + 0.0) / 2 / 3, rel=1e-5)
+
+
+def test_spacee_orthogonal_init_gives_orthogonal_maps_and_zero_penalty():
+    paddle.seed(5)
+    model = models.SpaceE(4, 3, 5, 2, 4.0, relation_init="orthogonal", orthogonal_weight=1.0)
+    maps = model.relation_matrices().reshape(-1, 5, 5)
+    np.testing.assert_allclose(np.swapaxes(maps, 1, 2) @ maps, np.broadcast_to(np.eye(5), maps.shape), atol=1e-5)
+    assert not np.allclose(maps[0], maps[1])  # a different random map per relation and side
+    assert float(model.regularization(np.array([0, 1, 2]), np.array([0, 1, 2]), np.array([3, 3, 3]))) < 1e-5
+
+
+def test_spacee_entity_init_bound():
+    paddle.seed(6)
+    default = np.abs(models.SpaceE(500, 2, 4, 5, 8.0).entity_embedding.weight.numpy()).max()
+    wide = np.abs(models.SpaceE(500, 2, 4, 5, 8.0, entity_init_bound=0.3).entity_embedding.weight.numpy()).max()
+    assert 0.9 * 0.5 < default <= 0.5  # (gamma + 2) / (k * m)
+    assert 0.9 * 0.3 < wide <= 0.3
+    with pytest.raises(ValueError, match="entity_init_bound"):
+        models.SpaceE(5, 2, 4, 5, 8.0, entity_init_bound=0.0)
