@@ -313,6 +313,14 @@ class SpaceE(KGEModel):
     MRR 1.0 while test hypernym heads rank like random guesses (median 20,275 of 40,943). A soft
     penalty keeps the maps well conditioned unless the data pays for a singular direction.
 
+    ``entity_radius`` (optional) scores every entity matrix scaled to that Frobenius norm: only its
+    direction is learned. Why: with (near-)orthogonal maps, distances preserve entity norms, and
+    rarely trained entities keep their small initial norm, which puts them near the origin and so
+    close to every mapped query: after 500 steps on WN18RR the top-ranked answers had a mean
+    training degree of 0.6 and norm 0.4 (mean norm 2.9), and the true answer ranked worse than
+    random. On one sphere no entity is close to everything (WN18RR valid MRR after 500 steps: .001
+    -> .44). The relation maps stay free (singular allowed): only entities are normalised.
+
     Initialisation: entity entries uniform in ``+-entity_init_bound``, by default ``(gamma + 2) / (k*m)``
     as in RotatE's embedding range; relation maps ``I + U(-init_noise, init_noise)`` (``relation_init="identity"``) so that
     training starts from a plain distance between entity matrices, or fully uniform in
@@ -326,7 +334,7 @@ class SpaceE(KGEModel):
 
     def __init__(self, num_entities, num_relations, k, m, gamma, norm="fro", head_only=False,
                  relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0,
-                 orthogonal_weight=0.0, entity_init_bound=None, sparse=True):
+                 orthogonal_weight=0.0, entity_init_bound=None, entity_radius=None, sparse=True):
         _check_choice("norm", norm, ("fro", "l1"))
         _check_choice("relation_init", relation_init, ("identity", "uniform", "orthogonal"))
         if k < 1 or m < 1:
@@ -341,6 +349,9 @@ class SpaceE(KGEModel):
         super().__init__(num_entities, num_relations, k * m, self.maps * k * k, float(entity_init_bound), sparse)
         self.spectral_weight, self.n3_weight = float(spectral_weight), float(n3_weight)
         self.orthogonal_weight = float(orthogonal_weight)
+        if entity_radius is not None and not entity_radius > 0:
+            raise ValueError(f"Arch.entity_radius must be positive or null, got {entity_radius}")
+        self.entity_radius = None if entity_radius is None else float(entity_radius)
         rng = np.random.default_rng(int(paddle.randint(0, 2**31 - 1, [1]).item()))  # follows paddle.seed
         if relation_init == "identity":
             init = np.eye(k)[None, None] + rng.uniform(-init_noise, init_noise, (num_relations, self.maps, k, k))
@@ -353,6 +364,12 @@ class SpaceE(KGEModel):
         self.relation_embedding.weight.set_value(init.reshape(num_relations, -1).astype("float32"))
 
     # --- helpers
+    def _on_sphere(self, x):
+        """Flat entity rows scaled to Frobenius norm ``entity_radius`` (unchanged when it is null)."""
+        if self.entity_radius is None:
+            return x
+        return x * (self.entity_radius / paddle.sqrt((x * x).sum(-1, keepdim=True) + EPS))
+
     def _entity_matrix(self, x):
         return x.reshape([*x.shape[:-1], self.k, self.m])
 
@@ -369,12 +386,14 @@ class SpaceE(KGEModel):
         return diff.abs().sum([-2, -1])
 
     def score_embeddings(self, h, r, t):
+        h, t = self._on_sphere(h), self._on_sphere(t)
         r_head, r_tail = self._maps(r)
         mapped_head = paddle.matmul(r_head, self._entity_matrix(h))
         mapped_tail = self._entity_matrix(t) if r_tail is None else paddle.matmul(r_tail, self._entity_matrix(t))
         return self.gamma - self._distance(mapped_head - mapped_tail)
 
     def score_candidates(self, anchor, rel, cand, side):
+        anchor, cand = self._on_sphere(anchor), self._on_sphere(cand)
         if self.norm != "fro":
             return super().score_candidates(anchor, rel, cand, side)
         r_head, r_tail = self._maps(rel)
@@ -537,9 +556,9 @@ class ComplEx(KGEModel):
 @ARCHS.register("SpaceE")
 def spacee(num_entities, num_relations, k=20, m=50, gamma=12.0, norm="fro", head_only=False,
            relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, orthogonal_weight=0.0,
-           entity_init_bound=None, sparse=True):
+           entity_init_bound=None, entity_radius=None, sparse=True):
     return SpaceE(num_entities, num_relations, k, m, gamma, norm, head_only, relation_init, init_noise,
-                  spectral_weight, n3_weight, orthogonal_weight, entity_init_bound, sparse)
+                  spectral_weight, n3_weight, orthogonal_weight, entity_init_bound, entity_radius, sparse)
 
 
 @ARCHS.register("TransE")

@@ -14,6 +14,8 @@ VARIANTS = {
     "SpaceE-head-only": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, head_only=True, **kw),
     "SpaceE-l1": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, norm="l1", **kw),
     "SpaceE-uniform": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, relation_init="uniform", **kw),
+    "SpaceE-sphere": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, relation_init="orthogonal", entity_radius=2.0, **kw),
+    "SpaceE-sphere-l1": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, norm="l1", entity_radius=2.0, **kw),
     "TransE-l1": lambda **kw: models.TransE(N, R, 8, 6.0, **kw),
     "TransE-l2": lambda **kw: models.TransE(N, R, 8, 6.0, p_norm=2, **kw),
     "RotatE": lambda **kw: models.RotatE(N, R, 8, 6.0, **kw),
@@ -251,3 +253,17 @@ def test_spacee_entity_init_bound():
     assert 0.9 * 0.3 < wide <= 0.3
     with pytest.raises(ValueError, match="entity_init_bound"):
         models.SpaceE(5, 2, 4, 5, 8.0, entity_init_bound=0.0)
+
+
+def test_spacee_entity_radius_puts_every_entity_on_one_sphere():
+    paddle.seed(7)
+    model = models.SpaceE(N, R, 3, 4, 5.0, relation_init="orthogonal", entity_radius=2.0)
+    with paddle.no_grad():
+        before = model.score_tails(H, REL).numpy()
+        model.entity_embedding.weight.set_value(model.entity_embedding.weight.numpy() * 7.0)
+        after = model.score_tails(H, REL).numpy()
+        # orthogonal maps of radius-2 matrices: every distance is at most 2 + 2
+        assert before.min() >= 5.0 - 4.0 - 1e-4
+    np.testing.assert_allclose(after, before, atol=2e-5)  # only the direction of an entity matters
+    with pytest.raises(ValueError, match="entity_radius"):
+        models.SpaceE(N, R, 3, 4, 5.0, entity_radius=-1.0)
