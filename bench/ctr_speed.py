@@ -19,8 +19,8 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   ~9.5 ms): the table's lazy Adam ~3 ms (random rows of three 38 MB arrays: cache misses; torch's
   SparseAdam takes ~3.3 ms for the same), MLP matmuls ~4 ms, 8 dense Adam ops ~1 ms, 2 AUC ops
   ~0.5 ms, feed (np.unique) ~0.4 ms. ``--quick`` on the idle machine: 2026-11-27, before: 0.94x
-  (57,022 vs 60,911 examples/s); 2026-11-28, after: 1.19x (70,747 vs 59,327; every one of the 5
-  rounds 1.19-1.33x).
+  (57,022 vs 60,911 examples/s); 2026-11-28, after: 1.19x (67,776 vs 57,138; each of the 5 rounds
+  1.15-1.34x; an earlier run the same day: 70,747 vs 59,327).
 * ``ours_hierarchical``: ``hierarchical_train`` end to end per pass: ``load_working_set`` (store on
   local disk, MEM tier capped at ``--mem-cap-mb``), dense indexing into the HBM tensor, Adam for
   the dense part + row-wise Adagrad, ``commit_pass``. No key folding: full 64-bit keys.

@@ -144,7 +144,7 @@ def build_static_program(body, lookup, vocab_size=0, init_std=0.01, auc_threshol
     lod_level 1, one key each), for ``InMemoryDataset`` + the data module's generator.
 
     Returns a dict with ``use_vars`` (inputs in feed order), ``logit``, ``prob``, ``loss``, ``auc``
-    (accumulated over the stat vars), ``auc_states`` (the stat vars to reset per pass) and
+    (accumulated over the stat vars), ``auc_states`` (its ``[stat_pos, stat_neg]``, reset per pass) and
     ``loss_sum`` (a persistable running sum of per-example losses, for runs whose batches
     Python never sees).
     """
@@ -181,6 +181,7 @@ def build_static_program(body, lookup, vocab_size=0, init_std=0.01, auc_threshol
         paddle.concat([1.0 - prob, prob], axis=1), label, num_thresholds=auc_thresholds, slide_steps=0
     )
     _drop_op_writing(batch_auc)  # with slide_steps=0 it accumulates what the global AUC op does
+    auc_states = auc_states[2:]  # the global op's [stat_pos, stat_neg]; the batch op's are unused now
     loss_sum = paddle.static.create_global_var([1], 0.0, "float32", persistable=True, name=LOSS_SUM)
     count = paddle.cast(paddle.shape(label)[0], "float32")
     paddle.assign(loss_sum + loss.detach() * count, loss_sum)
