@@ -121,10 +121,10 @@ def set_aside_stale_run(config):
     if not os.path.isfile(saved_path):
         return
     with open(saved_path) as handle:
-        saved = yaml.safe_load(handle)
-    current = json.loads(json.dumps(config, default=str))
-    sections = [k for k in current if k != "Global" and not k.startswith("_")]
-    if all(saved.get(k) == current[k] for k in sections):
+        saved = yaml.safe_load(handle) or {}
+    settings = [json.loads(json.dumps({k: v for k, v in c.items() if k != "Global" and not k.startswith("_")},
+                                      sort_keys=True, default=str)) for c in (saved, config)]
+    if same_settings(*settings, default_settings(config["Arch"]["name"])):
         return
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     os.rename(directory, f"{directory}.replaced-{stamp}")

@@ -321,10 +321,11 @@ class SpaceE(KGEModel):
     random. On one sphere no entity is close to everything (WN18RR valid MRR after 500 steps: .001
     -> .44). The relation maps stay free (singular allowed): only entities are normalised.
 
-    Initialisation: entity entries uniform in ``+-entity_init_bound``, by default ``(gamma + 2) / (k*m)``
-    as in RotatE's embedding range; relation maps ``I + U(-init_noise, init_noise)`` (``relation_init="identity"``) so that
-    training starts from a plain distance between entity matrices, or fully uniform in
-    ``+-1/sqrt(k)`` (``relation_init="uniform"``), or random orthogonal (``relation_init="orthogonal"``).
+    Initialisation: entity entries uniform in ``+-entity_init_bound``, by default
+    ``(gamma + 2) / (k*m)`` as in RotatE's embedding range; relation maps
+    ``I + U(-init_noise, init_noise)`` (``relation_init="identity"``) so that training starts from a
+    plain distance between entity matrices, fully uniform in ``+-1/sqrt(k)``
+    (``relation_init="uniform"``), or random orthogonal (``relation_init="orthogonal"``).
 
     Scoring all entities (Frobenius): ``||A - R C||_F^2 = |A|^2 + <R^T R, C C^T> - 2 <R^T A, C>`` for
     a fixed mapped anchor ``A`` and candidate matrices ``C``, i.e. two matrix products against the

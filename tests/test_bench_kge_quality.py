@@ -1,0 +1,24 @@
+"""bench/kge_quality.py's rule for reusing a finished pair or run directory."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench.kge_quality import default_settings, same_settings  # noqa: E402
+
+
+def test_a_key_added_to_the_schema_since_does_not_invalidate_a_pair():
+    defaults = {"Optimizer": {"lr": 0.001, "multi_tensor": False}, "Arch": {"entity_radius": None}}
+    saved = {"Optimizer": {"lr": 0.003}, "Arch": {"k": 20}}
+    assert same_settings(saved, {"Optimizer": {"lr": 0.003, "multi_tensor": False},
+                                 "Arch": {"k": 20, "entity_radius": None}}, defaults)
+    # the new key set to a non-default value, a changed value, a removed key: all invalidate
+    assert not same_settings(saved, {"Optimizer": {"lr": 0.003}, "Arch": {"k": 20, "entity_radius": 4.0}}, defaults)
+    assert not same_settings(saved, {"Optimizer": {"lr": 0.001}, "Arch": {"k": 20}}, defaults)
+    assert not same_settings(saved, {"Optimizer": {"lr": 0.003}, "Arch": {}}, defaults)
+
+
+def test_default_settings_fill_the_schema_and_the_factory_signature():
+    defaults = default_settings("SpaceE")
+    assert defaults["Optimizer"]["multi_tensor"] is False
+    assert defaults["Arch"]["entity_radius"] is None and defaults["Arch"]["orthogonal_weight"] == 0.0
