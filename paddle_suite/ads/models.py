@@ -1,10 +1,10 @@
 """CTR networks (DNN, DeepFM) shared by every training mode of the ads capability.
 
 The network *body* is a ``paddle.nn.Layer`` mapping ``(emb [n, S, sparse_dim], dense [n, D]) ->
-logit [n, 1]``. It works both inside a static program (Fleet parameter server, local static
-training) and in dygraph (the hierarchical pass mode, where ``emb`` is gathered from the per-pass
-HBM table by local row index). Only the embedding lookup differs between modes; see
-``embed_keys`` for the static-graph lookups.
+logit [n, 1]``. Every mode builds it into a static program: the Fleet parameter server and
+local static training look keys up in a sparse table (``embed_keys``), the hierarchical pass
+mode gathers ``emb`` from the per-pass HBM table by local row index
+(``hierarchical_train.PassStep``). Only the embedding lookup differs between modes.
 
 Choices where the papers leave details open:
 

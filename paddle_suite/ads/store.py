@@ -34,11 +34,16 @@ Durability and crash consistency
 --------------------------------
 ``commit_pass`` writes, in bounded LMDB transactions (each commits atomically and fsyncs): (1) a
 redo-log record of the whole pass (all keys and rows of the working set, as sequential 16 MiB
-blobs); (2) the dirty rows evicted from MEM to make room (values of earlier, committed passes);
-(3) the commit point: one small transaction setting ``last_pass``; (4) the rows that did not fit
-in MEM into the SSD table. Records of a pass above ``last_pass`` are ignored and dropped when
-reopening, so a crash before (3) leaves the previous pass, and after ``commit_pass`` returns a
-crash loses nothing of the pass. The redo log is what lets MEM stay write-back: on reopening,
+blobs); (2) the commit point: one small transaction setting ``last_pass``; then it patches the
+open working sets and returns. (3) The rest runs in background threads while the next pass
+trains: the dirty rows evicted from MEM (committed values of earlier passes) are written to the
+SSD table, MEM takes the pass's rows, and the rows that did not fit in MEM go to the SSD table
+(until they land, loads read them from an in-flight buffer; whichever call reads MEM first runs
+a still pending MEM update itself; the next commit, a checkpoint, ``read_rows`` and ``close``
+wait for all of it). Records of a pass above ``last_pass`` are ignored and dropped when
+reopening, so a crash before (2) leaves the previous pass, and after ``commit_pass`` returns a
+crash loses nothing of the pass: every row of (3) is in a
+committed redo record. The redo log is what lets MEM stay write-back: on reopening,
 log records are replayed in pass order into the SSD table (a row's value in the SSD table is
 always one it had at some commit no later than the last log record containing it, so replaying
 in order ends at the latest committed value; replaying twice is harmless). When the log exceeds
@@ -92,8 +97,8 @@ from paddle_suite.ads.data import splitmix64
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LOG_CHUNK_BYTES = 16 << 20
 _IO_BATCH = 1 << 16  # keys per LMDB getmulti/putmulti call: bounds the per-key Python objects alive at once
-_TXN_ROWS = 1 << 15  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
-_FORMAT_VERSION = 1
+_TXN_ROWS = 1 << 14  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
+_FORMAT_VERSION = 2  # 2: float32 Box-Muller init (values differ from 1)
 
 
 def shard_of(keys, num_shards):
@@ -115,17 +120,19 @@ def init_rows(keys, dim, state_dim, init_std, seed, state_init=0.0):
 
 
 def _init_chunk(keys, dim, init_std, seed, out):
+    # one 64-bit hash per pair of normals: its top and bottom 24 bits are the two uniforms of a
+    # Box-Muller draw, in float32 (tails to 5.8 sigma; 3x faster than float64 from two hashes)
     pairs = (dim + 1) // 2
     with np.errstate(over="ignore"):
         base = splitmix64(keys ^ splitmix64(np.uint64(seed) + _GOLDEN))
-        counters = base[:, None] + np.arange(1, pairs + 1, dtype=np.uint64)[None, :] * _GOLDEN
-        h1 = splitmix64(counters)
-        h2 = splitmix64(h1 ^ _GOLDEN)
-    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0 ** -53  # (0, 1]
-    u2 = (h2 >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
-    radius = np.sqrt(-2.0 * np.log(u1))
-    normals = np.stack([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=-1)
-    out[:, :dim] = init_std * normals.reshape(keys.size, 2 * pairs)[:, :dim]
+        h = splitmix64(base[:, None] + np.arange(1, pairs + 1, dtype=np.uint64)[None, :] * _GOLDEN)
+    u1 = ((h >> np.uint64(40)).astype(np.float32) + np.float32(1)) * np.float32(2.0 ** -24)  # (0, 1]
+    angle = (h & np.uint64(0xFFFFFF)).astype(np.float32) * np.float32(2 * np.pi * 2.0 ** -24)
+    radius = np.float32(init_std) * np.sqrt(np.float32(-2) * np.log(u1))
+    normals = np.empty((keys.size, 2 * pairs), dtype=np.float32)
+    np.multiply(radius, np.cos(angle), out=normals[:, 0::2])
+    np.multiply(radius, np.sin(angle), out=normals[:, 1::2])
+    out[:, :dim] = normals[:, :dim]
 
 
 def sorted_unique(values):
@@ -135,6 +142,23 @@ def sorted_unique(values):
     if values.size < 2:
         return values
     return values[np.concatenate([[True], values[1:] != values[:-1]])]
+
+
+def unique_inverse(values):
+    """``(distinct, inverse)`` of a 1-D array: sorted distinct values and, for every value, its
+    position among them (``distinct[inverse] == values``). Sort-based, like ``sorted_unique``: one
+    argsort, no hashing."""
+    values = np.asarray(values).ravel()
+    if values.size == 0:
+        return values.copy(), np.zeros(0, dtype=np.int64)
+    order = np.argsort(values)
+    ordered = values[order]
+    first = np.empty(values.size, dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(values.size, dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return ordered[first], inverse
 
 
 def _as_keys(keys):
@@ -167,20 +191,11 @@ class WorkingSet:
     def index(self, keys):
         """Positions (int64, same shape as ``keys``) of keys in this working set.
 
-        Sort-based: the queries are sorted once and ranked among their distinct values; when those
-        are exactly this set's keys (a pass indexing its own working set) the rank is the position.
+        The queries are ranked among their distinct values (``unique_inverse``); when those are
+        exactly this set's keys (a pass indexing its own working set) the rank is the position.
         (``searchsorted`` of millions of random queries is ~8x slower: a cache miss per step.)"""
         query = np.asarray(keys)
-        flat = query.astype(np.uint64, copy=False).ravel()
-        if flat.size == 0:
-            return np.zeros(query.shape, dtype=np.int64)
-        order = np.argsort(flat)
-        ordered = flat[order]
-        first = np.empty(flat.size, dtype=bool)
-        first[0] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-        distinct = ordered[first]
-        rank = np.cumsum(first) - 1
+        distinct, positions = unique_inverse(query.astype(np.uint64, copy=False).ravel())
         if not np.array_equal(distinct, self.keys):
             pos = np.searchsorted(self.keys, distinct)
             pos_clipped = np.minimum(pos, max(self.keys.size - 1, 0))
@@ -189,9 +204,7 @@ class WorkingSet:
                 missing = distinct[~found]
                 raise KeyError(f"{missing.size} key(s) are not in this working set, e.g. {int(missing[0])}; "
                                "load the pass's working set from all of the pass's keys")
-            rank = pos[rank]
-        positions = np.empty(flat.size, dtype=np.int64)
-        positions[order] = rank
+            positions = pos[positions]
         return positions.reshape(query.shape)
 
 
@@ -254,7 +267,7 @@ class _MemCache:
         self.score[slots] = 1.0
         self.tick[slots] = now
         self.dirty[slots] = dirty
-        self.index_slot = np.argsort(self.keys[: self.size], kind="stable")  # every slot below size is used
+        self.index_slot = np.argsort(self.keys[: self.size])  # distinct keys: any sort; every slot below size is used
         self.index_keys = self.keys[self.index_slot]
 
     def nbytes(self):
@@ -290,15 +303,22 @@ class HierarchicalStore:
         return_freed_memory()  # fixes glibc's mmap threshold before the first working set
         self._lock = threading.RLock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writeback")
+        self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
+        self._in_flight = []  # [(sorted keys, rows, take)] being written by it: read before the SSD table
+        self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
+        self._failure = None  # an error of a background step: the store refuses further work
         self._open_sets = weakref.WeakSet()
         self._previous_keys = np.zeros(0, dtype=np.uint64)
         self._clock = 0
         self._counts = {"hbm": 0, "mem": 0, "ssd": 0, "new": 0}
         self._counters = {"evictions": 0, "writebacks": 0, "checkpoints": 0, "load_s": 0.0, "commit_s": 0.0,
-                          "loads": 0, "commits": 0}
+                          "write_s": 0.0, "loads": 0, "commits": 0}
         self.prepared_pass = None
         self.last_pass = self._read_meta(b"last_pass", -1)
         self._log_bytes = self._recover(defer_prepared)
+        with self.env.begin(db=self.rows_db) as txn:
+            self._ssd_has_rows = txn.stat(self.rows_db)["entries"] > 0  # else loads skip the SSD reads
 
     # ------------------------------------------------------------------ opening / recovery
     def _config(self):
@@ -367,6 +387,7 @@ class HierarchicalStore:
     def resolve_prepared(self, commit):
         """Roll a prepared (logged, not finished) pass forward (``commit=True``) or drop it."""
         with self._lock:
+            self._settle()
             if self.prepared_pass is None:
                 return
             records = [k for p, k in self._log_index() if p == self.prepared_pass]
@@ -385,13 +406,15 @@ class HierarchicalStore:
         """Write ``rows[take]`` under ``keys[take]`` (all when ``take`` is None) to the SSD table, in
         transactions of ``_TXN_ROWS`` rows. Sorted keys spread over a large table touch about one
         4 KiB leaf page each, and LMDB keeps a transaction's dirty pages in RAM until it commits,
-        so this bounds that memory (~128 MiB). ``take`` avoids copying the rows to write.
+        so this bounds that memory (~64 MiB; these writes run beside training). ``take`` avoids
+        copying the rows to write.
 
         Only values that are already durable (committed, or in the redo log) are written here, so
         a crash between these transactions leaves a state that recovery completes."""
         take = np.arange(keys.size) if take is None else np.asarray(take, dtype=np.int64)
         if take.size == 0:
             return
+        self._ssd_has_rows = True
         order = take[np.argsort(keys[take], kind="stable")]
         for txn_start in range(0, order.size, _TXN_ROWS):
             with self.env.begin(write=True, db=self.rows_db) as txn:
@@ -418,6 +441,51 @@ class HierarchicalStore:
                 rows[positions[at]] = np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(-1, self.row_dim)
         return found
 
+    def _read_in_flight(self, keys, rows, positions):
+        """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (rows
+        evicted from MEM, rows that did not fit in it) into ``rows[positions]``; the found mask."""
+        found = np.zeros(keys.size, dtype=bool)
+        for part_keys, part_rows, take in self._in_flight:
+            if not part_keys.size:
+                continue
+            at = np.minimum(np.searchsorted(part_keys, keys), part_keys.size - 1)
+            hit = np.flatnonzero(part_keys[at] == keys)
+            rows[positions[hit]] = part_rows[take[at[hit]]]
+            found[hit] = True
+        return found
+
+    def _run_pending_apply(self):
+        """Run the last commit's MEM update now if no background thread has yet (callers hold
+        ``_lock``): whoever reads MEM first does it, so no read sees MEM without the commit."""
+        if self._failure is not None:
+            raise RuntimeError(f"a background step of the store at {self.path} failed; reopen the store "
+                               "(recovery replays the committed redo log)") from self._failure
+        apply, self._pending_apply = self._pending_apply, None
+        if apply is not None:
+            try:
+                apply()
+            except BaseException as exc:
+                self._failure = exc
+                raise
+
+    def _background_apply(self):
+        with self._lock:
+            if self.env is not None:
+                self._run_pending_apply()
+
+    def _settle(self):
+        """Apply the last commit to MEM and wait for its SSD-table writes (callers hold ``_lock``);
+        re-raises their error."""
+        self._run_pending_apply()
+        writing, self._writing = self._writing, []
+        try:
+            for future in writing:
+                future.result()
+        except BaseException as exc:
+            self._failure = exc
+            raise
+        self._in_flight = []
+
     def _append_log(self, pass_id, keys, rows):
         """Write the pass's redo records, one transaction per chunk. They take effect only when a
         later transaction sets ``last_pass`` (or the ``prepared`` marker) to ``pass_id``."""
@@ -436,6 +504,7 @@ class HierarchicalStore:
         unique = sorted_unique(_as_keys(keys))
         with self._lock:
             self._ensure_open()
+            self._run_pending_apply()
             started = time.perf_counter()
             self._clock += 1
             rows = np.empty((unique.size, self.row_dim), dtype=np.float32)
@@ -444,7 +513,9 @@ class HierarchicalStore:
             rows[hit] = self.mem.rows[slots[hit]]
             self.mem.touch(slots[hit], self._clock)
             miss = np.flatnonzero(~hit)
-            found = self._get_rows(unique[miss], rows, miss)
+            found = self._read_in_flight(unique[miss], rows, miss)
+            if self._ssd_has_rows:
+                found[~found] = self._get_rows(unique[miss[~found]], rows, miss[~found])
             fresh = miss[~found]
             for start in range(0, fresh.size, _IO_BATCH):  # chunks: no working-set-sized temporaries
                 part = fresh[start:start + _IO_BATCH]
@@ -490,6 +561,7 @@ class HierarchicalStore:
         with self._lock:
             self._check_commit(ws, pass_id)
             started = time.perf_counter()
+            self._settle()  # one commit's writes in flight at a time; LMDB has one writer anyway
             self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
             self._finish(ws, pass_id, {})
             self._counters["commit_s"] += time.perf_counter() - started
@@ -501,6 +573,7 @@ class HierarchicalStore:
             self._check_commit(ws, pass_id)
             if self.prepared_pass is not None:
                 raise RuntimeError(f"pass {self.prepared_pass} is already prepared in {self.path}")
+            self._settle()
             self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
             self._delete_records([], meta={b"prepared": pass_id})
             self.prepared_pass = pass_id
@@ -511,18 +584,50 @@ class HierarchicalStore:
             if self.prepared_pass != pass_id:
                 raise RuntimeError(f"pass {pass_id} was not prepared in {self.path} (prepared: {self.prepared_pass})")
             started = time.perf_counter()
+            self._settle()
             self._finish(ws, pass_id, {b"prepared": None})
-            self.prepared_pass = None
             self._counters["commit_s"] += time.perf_counter() - started
         return_freed_memory()
 
     def _finish(self, ws, pass_id, meta):
-        plan = self._plan_finish(ws)
-        # dirty MEM victims hold committed values of earlier passes: safe before the commit point
-        self._put_rows(self.mem.keys, self.mem.rows, plan["writeback"])
+        """The commit point, then the rest in the background while the next pass trains.
+
+        After the commit point only the open working sets are patched here. The MEM update
+        (``_apply_commit``) runs in the prefetch thread, or in whichever call reads MEM first
+        (``_run_pending_apply``): it writes the dirty MEM victims (committed values of earlier
+        passes) to the SSD table, updates MEM, and queues the rows that did not fit in MEM on the
+        writer thread. Every one of those rows is in a committed redo record, so they may land
+        after the commit point (a crash before they land replays the log); until they land, loads
+        read them from ``_in_flight``. When they are most of the working set its rows are used
+        without a copy: they must not change after the commit."""
         self._delete_records([], meta={**meta, b"last_pass": pass_id})  # the commit point
-        self._put_rows(ws.keys, ws.rows, plan["overflow"])  # did not fit in MEM
-        self._apply_finish(ws, plan, pass_id)
+        if b"prepared" in meta:
+            self.prepared_pass = None
+        self.last_pass = pass_id
+        self._open_sets.discard(ws)
+        patch_open_sets(self._open_sets, ws, pass_id)
+        self._pending_apply = lambda: self._apply_commit(ws)
+        self._executor.submit(self._background_apply)
+
+    def _apply_commit(self, ws):
+        plan = self._plan_finish(ws)
+        # dirty victims go to the SSD table before MEM reuses their slots (no copy of them)
+        started = time.perf_counter()
+        self._put_rows(self.mem.keys, self.mem.rows, plan["writeback"])
+        self._counters["write_s"] += time.perf_counter() - started
+        overflow = plan["overflow"]  # ascending positions of sorted keys: sorted
+        keys, rows, take = ws.keys, ws.rows, overflow
+        if 2 * overflow.size < len(ws):  # a copy of the few, so the working set's memory can go now
+            keys, rows, take = ws.keys[overflow], ws.rows[overflow], np.arange(overflow.size)
+        self._in_flight = [(keys[take], rows, take)]
+        self._writing.append(self._writer.submit(self._write_overflow, keys, rows, take))
+        self._apply_finish(ws, plan)
+
+    def _write_overflow(self, keys, rows, overflow):
+        started = time.perf_counter()
+        self._put_rows(keys, rows, overflow)
+        self._in_flight = []  # committed: readers find them in the SSD table (and ws.rows may go)
+        self._counters["write_s"] += time.perf_counter() - started
 
     def _check_commit(self, ws, pass_id):
         self._ensure_open()
@@ -540,7 +645,7 @@ class HierarchicalStore:
             raise FloatingPointError(f"{bad.size} row(s) are not finite (e.g. key {int(bad[0])}); refusing to commit")
 
     def _plan_finish(self, ws):
-        """Decide MEM placement and victims before touching disk (so a failed write changes nothing)."""
+        """Decide MEM placement and victims (before MEM or the disk changes)."""
         slots, hit = self.mem.lookup(ws.keys)
         new = np.flatnonzero(~hit)
         free_slots, victims = self.mem.plan_room(new.size, sorted_unique(slots[hit]), self._clock)
@@ -550,8 +655,8 @@ class HierarchicalStore:
         return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
                 "overflow": overflow, "victims": victims, "writeback": victims[self.mem.dirty[victims]]}
 
-    def _apply_finish(self, ws, plan, pass_id):
-        """After the durable write: update MEM, patch open working sets, maybe checkpoint."""
+    def _apply_finish(self, ws, plan):
+        """Update MEM with the committed rows; checkpoint when the log is over its cap."""
         mem = self.mem
         mem.rows[plan["hit_slots"]] = ws.rows[plan["hit"]]
         mem.dirty[plan["hit_slots"]] = True
@@ -559,24 +664,36 @@ class HierarchicalStore:
         self._counters["evictions"] += int(plan["victims"].size)
         self._counters["writebacks"] += int(plan["writeback"].size)
         self._counters["commits"] += 1
-        self.last_pass = pass_id
-        self._open_sets.discard(ws)
-        patch_open_sets(self._open_sets, ws, pass_id)
         if self._log_bytes > self.log_cap_bytes:
-            self.checkpoint()
+            self.checkpoint(wait=False)
 
-    def checkpoint(self):
-        """Write every dirty MEM row to the SSD table, then drop the redo log."""
+    def checkpoint(self, wait=True):
+        """Write every dirty MEM row to the SSD table, then drop the redo log.
+
+        ``wait=False`` (a commit that took the log over ``log_cap_mb``): the writes are queued on
+        the writer thread behind the commit's own and run while the next pass trains. The rows are
+        written from the MEM arrays without a copy: nothing changes MEM before the next commit,
+        which waits for them. Their dirty marks go now; the log goes only after they landed, so a
+        crash in between replays it."""
         with self._lock:
             self._ensure_open()
+            if wait:
+                self._settle()
             if self.prepared_pass is not None:
                 return  # the prepared record must survive until the pass is resolved
             dirty = np.flatnonzero(self.mem.dirty[: self.mem.size])
-            self._put_rows(self.mem.keys, self.mem.rows, dirty)
-            self._delete_records([k for _, k in self._log_index()])
             self.mem.dirty[dirty] = False
             self._log_bytes = 0
             self._counters["checkpoints"] += 1
+            self._writing.append(self._writer.submit(self._write_checkpoint, dirty, self.last_pass))
+            if wait:
+                self._settle()
+
+    def _write_checkpoint(self, dirty, last_pass):
+        started = time.perf_counter()
+        self._put_rows(self.mem.keys, self.mem.rows, dirty)
+        self._delete_records([k for p, k in self._log_index() if p <= last_pass])
+        self._counters["write_s"] += time.perf_counter() - started
 
     # ------------------------------------------------------------------ inspection
     def read_rows(self, keys):
@@ -585,6 +702,7 @@ class HierarchicalStore:
         unique = sorted_unique(keys)
         with self._lock:
             self._ensure_open()
+            self._settle()
             rows = init_rows(unique, self.dim, self.state_dim, self.init_std, self.seed, self.state_init)
             slots, hit = self.mem.lookup(unique)
             rows[hit] = self.mem.rows[slots[hit]]
@@ -593,6 +711,9 @@ class HierarchicalStore:
         return rows[np.searchsorted(unique, keys)]
 
     def stats(self):
+        """Hit rates, tier sizes and timings. Cheap, so it waits for nothing: MEM and SSD-table
+        counts may not yet include the last commit's background update (``read_rows`` or
+        ``checkpoint`` first to settle)."""
         with self._lock:
             total = max(sum(self._counts.values()), 1)
             with self.env.begin(db=self.rows_db) as txn:
@@ -617,8 +738,10 @@ class HierarchicalStore:
             return
         self._executor.shutdown(wait=True)
         with self._lock:
+            self._settle()
             if self.prepared_pass is None:
                 self.checkpoint()
+            self._writer.shutdown(wait=True)
             self.env.close()
             self.env = None
 
@@ -672,8 +795,13 @@ def patch_open_sets(open_sets, committed, pass_id):
     for other in list(open_sets):
         if other is committed:
             continue
-        _, mine, theirs = np.intersect1d(committed.keys, other.keys, assume_unique=True, return_indices=True)
-        other.rows[theirs] = committed.rows[mine]
+        if not committed.keys.size or not other.keys.size:
+            other.base_pass = pass_id
+            continue
+        # both key arrays are sorted and distinct: one searchsorted (intersect1d sorts both again)
+        at = np.minimum(np.searchsorted(committed.keys, other.keys), committed.keys.size - 1)
+        theirs = np.flatnonzero(committed.keys[at] == other.keys)
+        other.rows[theirs] = committed.rows[at[theirs]]
         other.base_pass = pass_id
 
 

@@ -47,7 +47,7 @@ class CtrTask(Task):
             "initial_g2sum": Field(3.0, float, help="Adagrad: initial squared-gradient sum of a row"),
             "init_std": Field(0.01, float, help="initial scale of new sparse rows"),
             "shard_num": Field(64, int, help="MemorySparseTable shards per server"),
-            "cpu_onednn": Field(True, bool, help="local mode on CPU: matmul / relu on oneDNN kernels"),
+            "cpu_onednn": Field(True, bool, help="local / hierarchical modes on CPU: matmul / relu on oneDNN"),
             "save_every_passes": Field(1, int, help="checkpoint every N passes"),
             "base_every": Field(4, int, help="a base checkpoint every N saves, deltas in between"),
             "max_passes": Field(0, int, help="stop after this many passes (0 = all data)"),

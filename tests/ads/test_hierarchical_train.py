@@ -57,26 +57,96 @@ def test_pass_training_learns_and_evaluates(tmp_path, shards):
     assert dense == ["pass-00002.pdparams", "pass-00003.pdparams"]
 
 
-def test_hbm_table_updates_the_working_set_in_place():
-    """On CPU the HBM tensor is the working set's memory: no second copy, and the in-place sparse
-    update lands in ``ws.rows`` without a read-back."""
+def test_pass_step_updates_rows_by_the_adagrad_rule(tmp_path):
+    """One static step: only the batch's rows change, by G += g*g, w -= lr*g*sqrt(g0/(g0+G)) with g
+    the summed loss's gradient (checked against a dygraph autograd of the same body)."""
     import paddle
 
-    from paddle_suite.ads.hierarchical_train import SparseAdagrad, hbm_table, table_shares_rows
+    import paddle_suite.ads.hierarchical_train as ht
 
-    rows = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    before = rows.copy()
-    table = hbm_table(rows)
-    assert table_shares_rows(table, rows)
-    index = paddle.to_tensor(np.array([3, 7]))
-    grad = paddle.ones([2, 2])
-    SparseAdagrad(lr=0.1, initial_g2sum=3.0, dim=2).apply(table, index, paddle.gather(table, index), grad)
-    changed = np.flatnonzero((rows != before).any(axis=1))
-    assert changed.tolist() == [3, 7]
-    np.testing.assert_allclose(rows[3, 2:], before[3, 2:] + 1.0, rtol=1e-6)  # accumulators: += g^2
-    np.testing.assert_allclose(rows[3, :2], before[3, :2] - 0.1 * np.sqrt(3.0 / (3.0 + rows[3, 2:])), rtol=1e-5)
-    view = np.zeros((8, 6), np.float32)[:, :4]
-    assert not table_shares_rows(hbm_table(view), view)  # a strided view is copied (and read back)
+    config = _config(_overrides(tmp_path, "x", "y", tmp_path / "out", ["PS.sparse_lr=0.1", "PS.initial_g2sum=3.0"]))
+    step = ht.PassStep(config)
+    rng = np.random.default_rng(3)
+    dim, n = step.dim, 6
+    table = np.concatenate([rng.normal(0, 0.1, (40, dim)), np.abs(rng.normal(0, 1, (40, dim)))], 1).astype(np.float32)
+    params = step.state()["model"]
+    local = rng.integers(0, 40, (n, ht.NUM_SLOTS))
+    distinct, inverse = ht.batch_rows(local, np.empty(40, np.int64))
+    dense = rng.normal(size=(n, ht.NUM_DENSE)).astype(np.float32)
+    label = rng.integers(0, 2, (n, 1)).astype(np.float32)
+    shared = table.copy()
+    step.set_table(shared)
+    loss, logit = step.run(distinct, inverse, dense, label)
+    after = step.table()
+    np.testing.assert_array_equal(shared, after)  # on the CPU the table is the working set's memory
+    untouched = np.setdiff1d(np.arange(40), distinct)
+    np.testing.assert_array_equal(after[untouched], table[untouched])
+
+    paddle.disable_static()
+    try:
+        with paddle.utils.unique_name.guard():
+            body = ht.build_body(config)
+        body.set_state_dict({p.name: params[p.name] for p in body.parameters()}, use_structured_name=False)
+        weights = paddle.to_tensor(table[distinct, :dim], stop_gradient=False)
+        emb = paddle.gather(weights, paddle.to_tensor(inverse)).reshape([n, ht.NUM_SLOTS, dim])
+        ref_logit = body(emb, paddle.to_tensor(dense))
+        ref_loss = paddle.nn.functional.binary_cross_entropy_with_logits(ref_logit, paddle.to_tensor(label),
+                                                                         reduction="sum")
+        ref_loss.backward()
+        grad, ref_logit, ref_loss = weights.grad.numpy(), ref_logit.numpy().reshape(-1), float(ref_loss)
+    finally:
+        paddle.enable_static()
+    np.testing.assert_allclose(logit, ref_logit, rtol=1e-4, atol=1e-5)
+    assert abs(loss - ref_loss / n) < 1e-5
+    g2sum = table[distinct, dim:] + grad * grad
+    expected = table[distinct, :dim] - 0.1 * grad * np.sqrt(3.0 / (3.0 + g2sum))
+    np.testing.assert_allclose(after[distinct, dim:], g2sum, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(after[distinct, :dim], expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(after[distinct, :dim] - table[distinct, :dim]).max() > 1e-4
+
+
+def test_pass_step_state_round_trip(tmp_path):
+    """The dense half (parameters and optimiser accumulators) restores exactly: the next step of a
+    restored copy equals the original's."""
+    import paddle_suite.ads.hierarchical_train as ht
+
+    config = _config(_overrides(tmp_path, "x", "y", tmp_path / "out"))
+    rng = np.random.default_rng(4)
+    first, second = ht.PassStep(config), ht.PassStep(config)
+    dim = first.dim
+    table = np.concatenate([rng.normal(0, 0.1, (30, dim)), np.ones((30, dim))], 1).astype(np.float32)
+
+    def batch():
+        return (np.arange(30), rng.integers(0, 30, 8 * ht.NUM_SLOTS),
+                rng.normal(size=(8, ht.NUM_DENSE)).astype(np.float32), rng.integers(0, 2, (8, 1)).astype(np.float32))
+
+    first.set_table(table)
+    for _ in range(3):
+        first.run(*batch())
+    assert first.state()["optimizer"]  # Adam moments travel with the dense state
+    second.set_state(first.state())
+    strided = np.zeros((30, 4 * dim), np.float32)[:, : 2 * dim]  # not contiguous: the device-style copy path
+    strided[:] = first.table()
+    second.set_table(strided)
+    probe = batch()
+    loss_first, logit_first = first.run(*probe)
+    loss_second, logit_second = second.run(*probe)
+    assert loss_first == loss_second and np.array_equal(logit_first, logit_second)
+    assert not np.array_equal(strided, first.table())  # a copy: the update is in the tensor ...
+    second.table_into(strided)  # ... until read back
+    np.testing.assert_array_equal(first.table(), strided)
+
+
+def test_batch_rows_dedupes_with_a_reused_scratch():
+    from paddle_suite.ads.hierarchical_train import batch_rows
+
+    rng = np.random.default_rng(2)
+    scratch = np.empty(1000, dtype=np.int64)
+    for _ in range(5):  # the scratch keeps old values between calls
+        local = rng.integers(0, 1000, (64, 26)) // rng.integers(1, 20)
+        distinct, inverse = batch_rows(local, scratch)
+        assert np.array_equal(np.sort(distinct), np.unique(local))
+        assert np.array_equal(distinct[inverse], local.ravel())
 
 
 def _final_state(run_dir, config_overrides):
