@@ -5,7 +5,7 @@ The two modes apply different sparse rules, so their learning rates are not inte
 * ``async`` (``configs/ctr_dnn_ps.yaml``): Fleet's ``SparseAdaGradSGDRule`` on the servers, pushed
   by the workers' ``Executor.run`` feed path (1 server + 1 worker on loopback, our launcher);
 * ``hierarchical`` (``configs/ctr_hierarchical.yaml``): our row-wise Adagrad on the gradient of
-  the batch's summed loss (``hierarchical_train.SparseAdagrad``), one process.
+  the batch's summed loss (``hierarchical_train.PassStep``), one process.
 
 Data: the generator (``CtrSpec``: 26 slots, vocabulary ``--vocab``, Zipf 1.1, planted model), the
 first ``--rows`` rows trained in passes of ``--pass-size``, the next ``--test-rows`` held out. Each

@@ -305,7 +305,7 @@ class HierarchicalStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writeback")
         self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
-        self._in_flight = []  # [(sorted keys, rows, take)] being written by it: read before the SSD table
+        self._in_flight = None  # (sorted keys, rows, take) being written by it: read before the SSD table
         self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
         self._failure = None  # an error of a background step: the store refuses further work
         self._open_sets = weakref.WeakSet()
@@ -442,16 +442,17 @@ class HierarchicalStore:
         return found
 
     def _read_in_flight(self, keys, rows, positions):
-        """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (rows
-        evicted from MEM, rows that did not fit in it) into ``rows[positions]``; the found mask."""
+        """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (the rows
+        that did not fit in MEM) into ``rows[positions]``; the found mask."""
         found = np.zeros(keys.size, dtype=bool)
-        for part_keys, part_rows, take in self._in_flight:
-            if not part_keys.size:
-                continue
-            at = np.minimum(np.searchsorted(part_keys, keys), part_keys.size - 1)
-            hit = np.flatnonzero(part_keys[at] == keys)
-            rows[positions[hit]] = part_rows[take[at[hit]]]
-            found[hit] = True
+        in_flight = self._in_flight  # (one read: the writer thread clears it when done)
+        if in_flight is None or not in_flight[0].size:
+            return found
+        flight_keys, flight_rows, take = in_flight
+        at = np.minimum(np.searchsorted(flight_keys, keys), flight_keys.size - 1)
+        hit = np.flatnonzero(flight_keys[at] == keys)
+        rows[positions[hit]] = flight_rows[take[at[hit]]]
+        found[hit] = True
         return found
 
     def _run_pending_apply(self):
@@ -484,7 +485,7 @@ class HierarchicalStore:
         except BaseException as exc:
             self._failure = exc
             raise
-        self._in_flight = []
+        self._in_flight = None
 
     def _append_log(self, pass_id, keys, rows):
         """Write the pass's redo records, one transaction per chunk. They take effect only when a
@@ -619,14 +620,14 @@ class HierarchicalStore:
         keys, rows, take = ws.keys, ws.rows, overflow
         if 2 * overflow.size < len(ws):  # a copy of the few, so the working set's memory can go now
             keys, rows, take = ws.keys[overflow], ws.rows[overflow], np.arange(overflow.size)
-        self._in_flight = [(keys[take], rows, take)]
+        self._in_flight = (keys[take], rows, take)
         self._writing.append(self._writer.submit(self._write_overflow, keys, rows, take))
         self._apply_finish(ws, plan)
 
     def _write_overflow(self, keys, rows, overflow):
         started = time.perf_counter()
         self._put_rows(keys, rows, overflow)
-        self._in_flight = []  # committed: readers find them in the SSD table (and ws.rows may go)
+        self._in_flight = None  # committed: readers find them in the SSD table (and ws.rows may go)
         self._counters["write_s"] += time.perf_counter() - started
 
     def _check_commit(self, ws, pass_id):

@@ -74,9 +74,11 @@ def test_pass_step_updates_rows_by_the_adagrad_rule(tmp_path):
     distinct, inverse = ht.batch_rows(local, np.empty(40, np.int64))
     dense = rng.normal(size=(n, ht.NUM_DENSE)).astype(np.float32)
     label = rng.integers(0, 2, (n, 1)).astype(np.float32)
+    predicted = step.predict(table[distinct[inverse], :dim].reshape(n, ht.NUM_SLOTS, dim), dense)
     shared = table.copy()
     step.set_table(shared)
     loss, logit = step.run(distinct, inverse, dense, label)
+    np.testing.assert_allclose(predicted, logit, rtol=1e-5, atol=1e-6)  # same body, no update
     after = step.table()
     np.testing.assert_array_equal(shared, after)  # on the CPU the table is the working set's memory
     untouched = np.setdiff1d(np.arange(40), distinct)

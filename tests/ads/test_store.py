@@ -136,7 +136,7 @@ def test_loads_read_rows_whose_ssd_write_is_still_in_flight(tmp_path):
         ws = store.load_working_set(pass_keys(p))
         at = order[np.searchsorted(UNIVERSE[order], ws.keys)]
         np.testing.assert_array_equal(ws.rows, table[at])
-        pending_rows += sum(k.size for k, _, _ in store._in_flight)
+        pending_rows += store._in_flight[0].size if store._in_flight is not None else 0
         if p:
             release.release()  # lets the previous commit's writes land; the commit below waits for them
         train(ws.rows, ws.keys, p, DIM)
