@@ -81,6 +81,7 @@ pass.
 
 Throughput: ``python -m paddle_suite.ads.store --keys 1e6 --mem-cap-mb 20`` (see ``benchmark``).
 """
+import contextlib
 import ctypes
 import json
 import os
@@ -474,6 +475,15 @@ class HierarchicalStore:
             if self.env is not None:
                 self._run_pending_apply()
 
+    @contextlib.contextmanager
+    def _timed(self, counter):
+        """Add the block's wall time to ``stats()[counter]``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._counters[counter] += time.perf_counter() - started
+
     def _settle(self):
         """Apply the last commit to MEM and wait for its SSD-table writes (callers hold ``_lock``);
         re-raises their error."""
@@ -555,17 +565,17 @@ class HierarchicalStore:
     def commit_pass(self, ws, pass_id):
         """Write the pass's updated rows back; durable when this returns.
 
-        Order: redo records of the pass; dirty rows evicted from MEM (committed values) to the SSD
-        table; then the commit point, one small transaction setting ``last_pass``; then rows that
-        did not fit in MEM go to the SSD table (they are in the log already). Each step is a
-        bounded LMDB transaction, so a pass of any size commits without a huge transaction."""
+        Order: the last commit's background work is waited for; redo records of the pass; the
+        commit point, one small transaction setting ``last_pass``; the open working sets are
+        patched. MEM's update and the SSD-table writes follow in the background (``_finish``).
+        Each step is a bounded LMDB transaction, so a pass of any size commits without a huge
+        transaction."""
         with self._lock:
             self._check_commit(ws, pass_id)
-            started = time.perf_counter()
-            self._settle()  # one commit's writes in flight at a time; LMDB has one writer anyway
-            self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
-            self._finish(ws, pass_id, {})
-            self._counters["commit_s"] += time.perf_counter() - started
+            with self._timed("commit_s"):
+                self._settle()  # one commit's writes in flight at a time; LMDB has one writer anyway
+                self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
+                self._finish(ws, pass_id, {})
         return_freed_memory()
 
     def prepare_pass(self, ws, pass_id):
@@ -584,10 +594,9 @@ class HierarchicalStore:
         with self._lock:
             if self.prepared_pass != pass_id:
                 raise RuntimeError(f"pass {pass_id} was not prepared in {self.path} (prepared: {self.prepared_pass})")
-            started = time.perf_counter()
-            self._settle()
-            self._finish(ws, pass_id, {b"prepared": None})
-            self._counters["commit_s"] += time.perf_counter() - started
+            with self._timed("commit_s"):
+                self._settle()
+                self._finish(ws, pass_id, {b"prepared": None})
         return_freed_memory()
 
     def _finish(self, ws, pass_id, meta):
@@ -613,9 +622,8 @@ class HierarchicalStore:
     def _apply_commit(self, ws):
         plan = self._plan_finish(ws)
         # dirty victims go to the SSD table before MEM reuses their slots (no copy of them)
-        started = time.perf_counter()
-        self._put_rows(self.mem.keys, self.mem.rows, plan["writeback"])
-        self._counters["write_s"] += time.perf_counter() - started
+        with self._timed("write_s"):
+            self._put_rows(self.mem.keys, self.mem.rows, plan["writeback"])
         overflow = plan["overflow"]  # ascending positions of sorted keys: sorted
         keys, rows, take = ws.keys, ws.rows, overflow
         if 2 * overflow.size < len(ws):  # a copy of the few, so the working set's memory can go now
@@ -625,10 +633,9 @@ class HierarchicalStore:
         self._apply_finish(ws, plan)
 
     def _write_overflow(self, keys, rows, overflow):
-        started = time.perf_counter()
-        self._put_rows(keys, rows, overflow)
+        with self._timed("write_s"):
+            self._put_rows(keys, rows, overflow)
         self._in_flight = None  # committed: readers find them in the SSD table (and ws.rows may go)
-        self._counters["write_s"] += time.perf_counter() - started
 
     def _check_commit(self, ws, pass_id):
         self._ensure_open()
@@ -691,10 +698,9 @@ class HierarchicalStore:
                 self._settle()
 
     def _write_checkpoint(self, dirty, last_pass):
-        started = time.perf_counter()
-        self._put_rows(self.mem.keys, self.mem.rows, dirty)
-        self._delete_records([k for p, k in self._log_index() if p <= last_pass])
-        self._counters["write_s"] += time.perf_counter() - started
+        with self._timed("write_s"):
+            self._put_rows(self.mem.keys, self.mem.rows, dirty)
+            self._delete_records([k for p, k in self._log_index() if p <= last_pass])
 
     # ------------------------------------------------------------------ inspection
     def read_rows(self, keys):
