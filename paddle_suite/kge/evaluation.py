@@ -233,17 +233,42 @@ def _summary(head_ranks, tail_ranks):
     return summary
 
 
-def evaluate(model, triples, known_triples, num_entities, categories=None, batch_size=256, progress=False):
+def _group_summaries(head_ranks, tail_ranks, labels, order=None):
+    """``{label: summary with by_side}`` for each label present in ``labels`` (one per triple)."""
+    groups = {}
+    for label in sorted(set(labels.tolist()), key=order):
+        mask = labels == label
+        entry = _summary(head_ranks[mask], tail_ranks[mask])
+        entry["by_side"] = {
+            "head": {**rank_metrics(head_ranks[mask]), "count": int(mask.sum())},
+            "tail": {**rank_metrics(tail_ranks[mask]), "count": int(mask.sum())},
+        }
+        groups[label] = entry
+    return groups
+
+
+def _per_relation(values, name, triples):
+    """Per-relation array (categories or names) checked against the triples' relation ids."""
+    values = np.asarray(values).astype(str)
+    if len(triples) and triples[:, 1].max() >= len(values):
+        raise ValueError(f"{name} has {len(values)} entries but triples use relation id {triples[:, 1].max()}")
+    return values[triples[:, 1]]
+
+
+def evaluate(model, triples, known_triples, num_entities, categories=None, batch_size=256, progress=False,
+             relation_names=None):
     """Filtered link prediction on both sides (see the module docstring for the protocol).
 
     ``model`` has ``score_tails(h, r) -> [B, N]`` and ``score_heads(r, t) -> [B, N]`` (int64 paddle
     tensors in, higher = more plausible). ``known_triples``: ``[m, 3]`` ids of all true triples
     used for filtering (or a prebuilt ``FilterIndex``). ``categories``: per-relation category
-    strings (``relation_categories``) to add ``by_category``.
+    strings (``relation_categories``) to add ``by_category``; ``relation_names`` (indexed by
+    relation id) to add ``by_relation``.
 
     Returns ``{"mrr", "mr", "hits@1", "hits@3", "hits@10", "count",
-    "by_side": {"head": {...}, "tail": {...}}, "by_category": {cat: {..., "count", "by_side"}}}``;
-    ``by_category`` only lists categories present among ``triples``.
+    "by_side": {"head": {...}, "tail": {...}}, "by_category": {cat: {..., "count", "by_side"}},
+    "by_relation": {name: {..., "count", "by_side"}}}``; the groups only list categories and
+    relations present among ``triples``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -264,22 +289,11 @@ def evaluate(model, triples, known_triples, num_entities, categories=None, batch
         "tail": {**rank_metrics(tail_ranks), "count": int(len(triples))},
     }
     if categories is not None:
-        categories = np.asarray(categories).astype(str)
-        if len(triples) and triples[:, 1].max() >= len(categories):
-            raise ValueError(
-                f"categories has {len(categories)} entries but triples use relation id {triples[:, 1].max()}"
-            )
-        query_category = categories[triples[:, 1]]
-        by_category = {}
-        for category in sorted(set(query_category.tolist()), key=_category_order):
-            mask = query_category == category
-            entry = _summary(head_ranks[mask], tail_ranks[mask])
-            entry["by_side"] = {
-                "head": {**rank_metrics(head_ranks[mask]), "count": int(mask.sum())},
-                "tail": {**rank_metrics(tail_ranks[mask]), "count": int(mask.sum())},
-            }
-            by_category[category] = entry
-        result["by_category"] = by_category
+        query_category = _per_relation(categories, "categories", triples)
+        result["by_category"] = _group_summaries(head_ranks, tail_ranks, query_category, _category_order)
+    if relation_names is not None:
+        query_relation = _per_relation(relation_names, "relation_names", triples)
+        result["by_relation"] = _group_summaries(head_ranks, tail_ranks, query_relation)
     return result
 
 
@@ -289,15 +303,14 @@ def _category_order(category):
 
 
 def flatten_metrics(result, prefix=""):
-    """Flatten an ``evaluate`` result for logging: ``mrr``, ``tail/mrr``, ``N-1/mrr``, ``N-1/head/mrr``..."""
+    """Flatten an ``evaluate`` result for logging: ``mrr``, ``tail/mrr``, ``N-1/mrr``, ``N-1/head/mrr``,
+    ``relation:<name>/mrr``..."""
     flat = {}
+    group_prefix = {"by_side": "", "by_category": "", "by_relation": "relation:"}
     for key, value in result.items():
-        if key == "by_side":
-            for side, metrics in value.items():
-                flat.update(flatten_metrics(metrics, f"{prefix}{side}/"))
-        elif key == "by_category":
-            for category, metrics in value.items():
-                flat.update(flatten_metrics(metrics, f"{prefix}{category}/"))
+        if key in group_prefix:
+            for group, metrics in value.items():
+                flat.update(flatten_metrics(metrics, f"{prefix}{group_prefix[key]}{group}/"))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -68,6 +68,7 @@ class KGETask(DenseTask):
         },
         "Metric": {
             "by_category": Field(True, bool, help="also report 1-1 / 1-N / N-1 / N-N metrics"),
+            "by_relation": Field(False, bool, help="also report metrics per relation (relation:<name>/mrr ...)"),
             "valid_subset": Field(0, int, help="evaluate on this many random valid triples during training; 0 = all"),
             "show_progress": Field(False, bool, help="tqdm bar over evaluation batches"),
         },
@@ -202,6 +203,7 @@ class KGETask(DenseTask):
                 categories=self.categories,
                 batch_size=self.config["DataLoader"]["eval_batch_size"],
                 progress=self.config["Metric"]["show_progress"],
+                relation_names=self.dataset.relations if self.config["Metric"]["by_relation"] else None,
             )
         self.last_evaluation = {"split": split, "result": result}
         return {k: float(v) for k, v in evaluation.flatten_metrics(result).items()}

@@ -118,6 +118,25 @@ def test_by_category_matches_bruteforce_on_subsets():
     assert sum(e["count"] for e in result["by_category"].values()) == len(triples)
 
 
+def test_by_relation_matches_bruteforce_per_relation():
+    table, known, triples = random_case(12, num_relations=5, num_eval=40)
+    names = np.array(["/film/actor", "_hypernym", "r2", "r3", "r4"])
+    head_ref, tail_ref = reference_ranks(table, triples, known)
+    result = evaluate(TableModel(table), triples, known, table.shape[0], batch_size=9, relation_names=names)
+    assert "by_category" not in result
+    assert set(result["by_relation"]) == set(names[np.unique(triples[:, 1])])
+    for relation_id, name in enumerate(names):
+        mask = triples[:, 1] == relation_id
+        if not mask.any():
+            continue
+        entry = result["by_relation"][name]
+        assert entry["count"] == mask.sum()
+        assert_metrics_close(entry, reference_metrics(np.concatenate([head_ref[mask], tail_ref[mask]])))
+        assert_metrics_close(entry["by_side"]["tail"], reference_metrics(tail_ref[mask]))
+    flat = flatten_metrics(result)
+    assert flat["relation:_hypernym/head/mrr"] == result["by_relation"]["_hypernym"]["by_side"]["head"]["mrr"]
+
+
 def test_target_missing_from_known_is_still_ranked():
     # evaluation triples absent from the filter set (e.g. filtering with train only)
     table, known, _ = random_case(3)
@@ -210,6 +229,8 @@ def test_bad_inputs_fail_clearly():
         evaluate(model, np.minimum(triples, 11), np.minimum(known, 11), 12)
     with pytest.raises(ValueError, match="categories has 2 entries"):
         evaluate(model, triples, known, 13, categories=np.array(["1-1", "N-1"]))
+    with pytest.raises(ValueError, match="relation_names has 1 entries"):
+        evaluate(model, triples, known, 13, relation_names=["r0"])
 
 
 def test_flatten_metrics_keys():
