@@ -228,8 +228,14 @@ def rank_metrics(ranks):
 
 
 def _summary(head_ranks, tail_ranks):
+    """Metrics over both sides with ``count`` (triples) and ``by_side`` (head / tail metrics)."""
+    count = int(len(head_ranks))
     summary = rank_metrics(np.concatenate([head_ranks, tail_ranks]))
-    summary["count"] = int(len(head_ranks))
+    summary["count"] = count
+    summary["by_side"] = {
+        "head": {**rank_metrics(head_ranks), "count": count},
+        "tail": {**rank_metrics(tail_ranks), "count": count},
+    }
     return summary
 
 
@@ -238,12 +244,7 @@ def _group_summaries(head_ranks, tail_ranks, labels, order=None):
     groups = {}
     for label in sorted(set(labels.tolist()), key=order):
         mask = labels == label
-        entry = _summary(head_ranks[mask], tail_ranks[mask])
-        entry["by_side"] = {
-            "head": {**rank_metrics(head_ranks[mask]), "count": int(mask.sum())},
-            "tail": {**rank_metrics(tail_ranks[mask]), "count": int(mask.sum())},
-        }
-        groups[label] = entry
+        groups[label] = _summary(head_ranks[mask], tail_ranks[mask])
     return groups
 
 
@@ -284,10 +285,6 @@ def evaluate(model, triples, known_triples, num_entities, categories=None, batch
 
     head_ranks, tail_ranks = compute_ranks(model, triples, filter_index, num_entities, batch_size, progress)
     result = _summary(head_ranks, tail_ranks)
-    result["by_side"] = {
-        "head": {**rank_metrics(head_ranks), "count": int(len(triples))},
-        "tail": {**rank_metrics(tail_ranks), "count": int(len(triples))},
-    }
     if categories is not None:
         query_category = _per_relation(categories, "categories", triples)
         result["by_category"] = _group_summaries(head_ranks, tail_ranks, query_category, _category_order)
