@@ -149,7 +149,8 @@ class Trainer:
         total = self._total_steps(steps_per_epoch)
         optimizer, scheduler = build_optimizer(self.config["Optimizer"], self.model.parameters(), total)
 
-        state = {"best": None, "best_metrics": None, "evals_without_improvement": 0}
+        # train_seconds: wall time of training (with its validations) summed over resumed sessions
+        state = {"best": None, "best_metrics": None, "evals_without_improvement": 0, "train_seconds": 0.0}
         step = 0
         resume_from = self._checkpoint_to_resume()
         if resume_from:
@@ -161,7 +162,14 @@ class Trainer:
             ckpt.set_rng_state(saved["rng"])
             step = saved["step"]
             state.update({k: saved[k] for k in state if k in saved})
+            if "train_seconds" not in saved:  # a checkpoint from before the record: total unknown
+                state["train_seconds"] = None
             log.info("resumed from %s at step %d", resume_from, step)
+        earlier_seconds, session_start = state["train_seconds"], time.perf_counter()
+
+        def record_time():
+            if earlier_seconds is not None:
+                state["train_seconds"] = earlier_seconds + time.perf_counter() - session_start
 
         model = fleet.distributed_model(self.model)
         optimizer = fleet.distributed_optimizer(optimizer)
@@ -176,6 +184,7 @@ class Trainer:
         artifacts = task.artifacts()
 
         def save(at_step):
+            record_time()
             if not is_main:
                 return None
             if not _all_finite(self.model):
@@ -256,7 +265,9 @@ class Trainer:
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
 
-        result = {"step": step, "best": state["best"], "best_metrics": state["best_metrics"], "run_dir": self.run_dir}
+        record_time()
+        result = {"step": step, "best": state["best"], "best_metrics": state["best_metrics"], "run_dir": self.run_dir,
+                  "train_seconds": state["train_seconds"]}
         if is_main:
             log.info("done: %d steps; best %s=%s; outputs in %s", step, task.best_metric, state["best"], self.run_dir)
             if g["test_split"]:

@@ -1,4 +1,5 @@
 import glob
+import time
 import types
 
 import numpy as np
@@ -52,10 +53,17 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path):
         Trainer(config, InterruptAt(config), ARGS).train()
     assert ckpt.list_checkpoints(str(tmp_path / "out" / "stopped"))[-1].endswith("step_00000011")
 
+    interrupted_seconds = ckpt.load_trainer_state(ckpt.list_checkpoints(str(tmp_path / "out" / "stopped"))[-1])[
+        "train_seconds"]
+    assert interrupted_seconds > 0
+
     InterruptAt.stop_at = None
     resumed = Trainer(config, InterruptAt(config), ARGS)
+    started = time.perf_counter()
     result = resumed.train()
     assert result["step"] == 24
+    # the training time covers both sessions: the interrupted one's plus this one's
+    assert interrupted_seconds < result["train_seconds"] <= interrupted_seconds + time.perf_counter() - started
     a, b = params(straight.model), params(resumed.model)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
