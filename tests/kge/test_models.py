@@ -9,6 +9,16 @@ from paddle_suite.kge import models
 from paddle_suite.registry import ARCHS
 
 N, R = 13, 4
+
+
+def with_random_offsets(model, seed=0):
+    """SpaceE with ``translation``: offsets start at zero, which would hide sign errors; randomise them."""
+    table = model.relation_embedding.weight.numpy()
+    table[:, model.map_width :] = np.random.default_rng(seed).normal(0.0, 0.5, table[:, model.map_width :].shape)
+    model.relation_embedding.weight.set_value(table)
+    return model
+
+
 VARIANTS = {
     "SpaceE-fro": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, **kw),
     "SpaceE-head-only": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, head_only=True, **kw),
@@ -16,6 +26,11 @@ VARIANTS = {
     "SpaceE-uniform": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, relation_init="uniform", **kw),
     "SpaceE-sphere": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, relation_init="orthogonal", entity_radius=2.0, **kw),
     "SpaceE-sphere-l1": lambda **kw: models.SpaceE(N, R, 3, 4, 5.0, norm="l1", entity_radius=2.0, **kw),
+    "SpaceE-translation": lambda **kw: with_random_offsets(models.SpaceE(N, R, 3, 4, 5.0, translation=True, **kw)),
+    "SpaceE-translation-head-only-sphere": lambda **kw: with_random_offsets(
+        models.SpaceE(N, R, 3, 4, 5.0, head_only=True, entity_radius=2.0, translation=True, **kw)),
+    "SpaceE-translation-l1": lambda **kw: with_random_offsets(
+        models.SpaceE(N, R, 3, 4, 5.0, norm="l1", translation=True, **kw)),
     "TransE-l1": lambda **kw: models.TransE(N, R, 8, 6.0, **kw),
     "TransE-l2": lambda **kw: models.TransE(N, R, 8, 6.0, p_norm=2, **kw),
     "RotatE": lambda **kw: models.RotatE(N, R, 8, 6.0, **kw),
@@ -98,6 +113,28 @@ def test_spacee_distance_is_frobenius_or_l1_of_mapped_difference():
         diff = maps[0] @ ents[0] - maps[1] @ ents[1]
         distance = np.sqrt((diff**2).sum()) if norm == "fro" else np.abs(diff).sum()
         assert float(model.score(np.array([0]), np.array([0]), np.array([1]))[0]) == pytest.approx(7.0 - distance, abs=1e-5)
+
+
+def test_spacee_translation_adds_an_offset_to_the_mapped_head():
+    paddle.seed(5)
+    for head_only in (False, True):
+        model = with_random_offsets(models.SpaceE(2, 1, 2, 3, 7.0, head_only=head_only, translation=True))
+        maps = model.relation_matrices()[0]
+        offset = model.relation_embedding.weight.numpy()[0, model.map_width :].reshape(2, 3)
+        assert np.abs(offset).max() > 0.1
+        ents = model.entity_embedding.weight.numpy().reshape(2, 2, 3)
+        tail = ents[1] if head_only else maps[1] @ ents[1]
+        distance = np.sqrt(((maps[0] @ ents[0] + offset - tail) ** 2).sum())
+        assert float(model.score(np.array([0]), np.array([0]), np.array([1]))[0]) == pytest.approx(7.0 - distance, abs=1e-5)
+    # offsets start at zero: a fresh model scores as the linear one given the same maps and entities
+    linear = models.SpaceE(N, R, 3, 4, 5.0, relation_init="uniform")
+    affine = models.SpaceE(N, R, 3, 4, 5.0, relation_init="uniform", translation=True)
+    assert not affine.relation_embedding.weight.numpy()[:, affine.map_width :].any()
+    affine.entity_embedding.weight.set_value(linear.entity_embedding.weight.numpy())
+    table = affine.relation_embedding.weight.numpy()
+    table[:, : affine.map_width] = linear.relation_embedding.weight.numpy()
+    affine.relation_embedding.weight.set_value(table)
+    np.testing.assert_allclose(affine.score_tails(H, REL).numpy(), linear.score_tails(H, REL).numpy(), atol=1e-5)
 
 
 def test_rotate_relations_are_unit_rotations():
