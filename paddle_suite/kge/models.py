@@ -398,6 +398,10 @@ class SpaceE(KGEModel):
             return mats[..., 0, :, :], None
         return mats[..., 0, :, :], mats[..., 1, :, :]
 
+    def _offset(self, r):
+        """``B_r`` as ``[..., k, m]`` from flat relation rows (``translation`` only)."""
+        return self._entity_matrix(r[..., self.map_width :])
+
     def _distance(self, diff):
         if self.norm == "fro":
             return paddle.sqrt((diff * diff).sum([-2, -1]) + EPS)
@@ -408,7 +412,7 @@ class SpaceE(KGEModel):
         r_head, r_tail = self._maps(r)
         mapped_head = paddle.matmul(r_head, self._entity_matrix(h))
         if self.translation:
-            mapped_head = mapped_head + self._entity_matrix(r[..., self.map_width :])
+            mapped_head = mapped_head + self._offset(r)
         mapped_tail = self._entity_matrix(t) if r_tail is None else paddle.matmul(r_tail, self._entity_matrix(t))
         return self.gamma - self._distance(mapped_head - mapped_tail)
 
@@ -421,8 +425,7 @@ class SpaceE(KGEModel):
         a = self._entity_matrix(anchor)
         fixed = a if anchor_map is None else paddle.matmul(anchor_map, a)  # [G, B, k, m]
         if self.translation:  # ||R_h E_h + B - R_t E_t||: B joins the fixed side with its sign
-            shift = self._entity_matrix(rel[..., self.map_width :])
-            fixed = fixed + shift if side == "tail" else fixed - shift
+            fixed = fixed + self._offset(rel) if side == "tail" else fixed - self._offset(rel)
         groups, batch = fixed.shape[0], fixed.shape[1]
         if cand_map is None:
             sq = _pairwise_sq_l2(fixed.reshape([groups, batch, -1]), cand)
