@@ -17,7 +17,7 @@ Budgets. The configs carry the published schedules (RotatE's: 80-100k steps of b
 so the default ``--budget cpu`` trains every model with the same short-run settings
 (``CPU_BUDGET``): batch 512, 128 negatives shared per chunk of 128 triples, 1,000 floats per
 entity (RotatE dim 500 complex, TransE dim 1000 on FB15k-237 as configured and 500 on WN18RR as
-configured, SpaceE k x m = 10 x 100 on FB15k-237 and 20 x 50 on WN18RR; ``CPU_ARCH``), the
+configured, SpaceE k x m = 20 x 50; ``CPU_ARCH``), the
 published step schedule shape compressed to ``--max-steps`` (lr / 10 at half), and a larger Adam
 learning rate per model (``CPU_LR``), chosen by a probe of 1,500 steps on FB15k-237 (valid MRR on
 1,000 valid triples), recorded in ``CPU_LR_PROBE``.
@@ -56,7 +56,7 @@ CATEGORIES = ("1-1", "1-N", "N-1", "N-N")
 CPU_BUDGET = ["DataLoader.batch_size=512", "DataLoader.num_negatives=128", "DataLoader.neg_chunk_size=128"]
 CPU_ARCH = {  # 1,000 floats per entity for every model (the FB15k-237 configs have RotatE's published 2,000)
     ("RotatE", "FB15k-237"): ["Arch.dim=500"],
-    ("SpaceE", "FB15k-237"): ["Arch.k=10"],  # 10 x 100: see configs/spacee_fb15k237.yaml
+    ("SpaceE", "FB15k-237"): ["Arch.m=50"],  # 20 x 50: see configs/spacee_fb15k237.yaml
 }
 CPU_LR = {"SpaceE": 0.003, "RotatE": 0.001, "TransE": 0.001}
 CPU_LR_PROBE = {  # FB15k-237, CPU_BUDGET, constant lr, 1,500 steps: valid MRR (1,000 triples), 2026-11-27

@@ -320,6 +320,11 @@ class SpaceE(KGEModel):
     training degree of 0.6 and norm 0.4 (mean norm 2.9), and the true answer ranked worse than
     random. On one sphere no entity is close to everything (WN18RR valid MRR after 500 steps: .001
     -> .44). The relation maps stay free (singular allowed): only entities are normalised.
+    On the sphere the raw row's length sets the step size: an Adam step moves every entry by about
+    ``lr``, which turns a row of length ``|x|`` by about ``lr * sqrt(k*m) / |x|`` radians. RotatE's
+    default initial range ``(gamma + 2) / (k*m)`` gives rows of length ~0.1 at ``k*m = 1000``, so the
+    first steps turn entities almost at random; ``entity_init_bound`` 0.03 (length ~0.55) did better
+    (bench-schedule probes, 2026-11-28: WN18RR valid MRR .490 vs .485, seed 7 .482 vs .478).
 
     ``translation`` (optional, our addition to the reading above) makes the maps affine: a
     per-relation ``k x m`` offset ``B_r``, initialised to zero, is added to the mapped head,
@@ -328,8 +333,9 @@ class SpaceE(KGEModel):
     offset lets a relation shift its image as TransE does, and with ``B_r = 0`` every pattern above
     is still reachable. Relation rows store the maps' entries, then ``B_r`` row-major. Measured
     (bench-schedule probes, 6,000 steps, 2026-11-28): WN18RR valid MRR .484 vs .482 with seed 42
-    and .477 vs .471 with seed 7, mean rank 2,800 vs 4,400; on FB15k-237 it trailed (.291 vs .297
-    after 2,500 steps), so only ``spacee_wn18rr.yaml`` turns it on.
+    and .477 vs .471 with seed 7, mean rank 2,800 vs 4,400. On FB15k-237 it trailed with free
+    entity norms (.291 vs .297 after 2,500 steps) and leads with ``entity_radius`` (valid MRR .338 vs
+    .324 at ``k x m = 20 x 50``), so both configs turn it on with the sphere.
 
     Initialisation: entity entries uniform in ``+-entity_init_bound``, by default
     ``(gamma + 2) / (k*m)`` as in RotatE's embedding range; relation maps
