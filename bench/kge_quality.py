@@ -17,10 +17,10 @@ Budgets. The configs carry the published schedules (RotatE's: 80-100k steps of b
 so the default ``--budget cpu`` trains every model with the same short-run settings
 (``CPU_BUDGET``): batch 512, 128 negatives shared per chunk of 128 triples, 1,000 floats per
 entity (RotatE dim 500 complex, TransE dim 1000 on FB15k-237 as configured and 500 on WN18RR as
-configured, SpaceE k x m = 20 x 50; ``CPU_ARCH``), the
-published step schedule shape compressed to ``--max-steps`` (lr / 10 at half), and a larger Adam
-learning rate per model (``CPU_LR``), chosen by a probe of 1,500 steps on FB15k-237 (valid MRR on
-1,000 valid triples), recorded in ``CPU_LR_PROBE``.
+configured, SpaceE k x m = 20 x 50; ``CPU_ARCH``), the published step schedule shape compressed
+to ``--max-steps`` (lr / 10 at half), and a larger Adam learning rate per model (``CPU_LR``), chosen
+by a probe of 1,500 steps on FB15k-237 (valid MRR on 1,000 valid triples), recorded in
+``CPU_LR_PROBE``.
 """
 import argparse
 import datetime
