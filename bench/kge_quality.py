@@ -53,6 +53,8 @@ PUBLISHED = {  # RotatE paper (Sun et al., 2019), Table 5/6, filtered MRR / H@1 
     "WN18RR": {"RotatE": (0.476, 0.428, 0.571), "TransE": (0.226, None, 0.501)},
 }
 CATEGORIES = ("1-1", "1-N", "N-1", "N-N")
+DEFAULT_PATHS = {"--results": os.path.join(ROOT, "bench", "results", "kge_quality.json"),
+                 "--markdown": os.path.join(ROOT, "bench", "kge_quality.md")}
 CPU_BUDGET = ["DataLoader.batch_size=512", "DataLoader.num_negatives=128", "DataLoader.neg_chunk_size=128"]
 CPU_ARCH = {  # 1,000 floats per entity for every model (the FB15k-237 configs have RotatE's published 2,000)
     ("RotatE", "FB15k-237"): ["Arch.dim=500"],
@@ -257,6 +259,9 @@ def canonical_command(args):
     parts = ["python bench/kge_quality.py", f"--budget {args.budget}", f"--max-steps {args.max_steps}",
              f"--eval-every {args.eval_every}", f"--valid-subset {args.valid_subset}"]
     parts += [f"-o {shlex.quote(o)}" for o in args.override]
+    for flag, path in (("--results", args.results), ("--markdown", args.markdown)):
+        if os.path.abspath(path) != DEFAULT_PATHS[flag]:  # e.g. a longer budget kept beside the default table
+            parts.append(f"{flag} {shlex.quote(os.path.relpath(path, ROOT))}")
     return " ".join(parts)
 
 
@@ -287,8 +292,8 @@ def main():
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--valid-subset", type=int, default=2000, help="valid triples used for model selection")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "bench_kge_quality"))
-    parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "kge_quality.json"))
-    parser.add_argument("--markdown", default=os.path.join(ROOT, "bench", "kge_quality.md"))
+    parser.add_argument("--results", default=DEFAULT_PATHS["--results"])
+    parser.add_argument("--markdown", default=DEFAULT_PATHS["--markdown"])
     parser.add_argument("--budget", choices=["cpu", "published"], default="cpu",
                         help="cpu: CPU_BUDGET settings for every model (see above); published: the configs as they are")
     parser.add_argument("-o", "--override", action="append", default=[], help="extra config override for every run")

@@ -4,7 +4,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench.kge_quality import default_settings, same_settings  # noqa: E402
+import types  # noqa: E402
+
+from bench.kge_quality import DEFAULT_PATHS, ROOT, canonical_command, default_settings, same_settings  # noqa: E402
 
 
 def test_a_key_added_to_the_schema_since_does_not_invalidate_a_pair():
@@ -22,3 +24,13 @@ def test_default_settings_fill_the_schema_and_the_factory_signature():
     defaults = default_settings("SpaceE")
     assert defaults["Optimizer"]["multi_tensor"] is False
     assert defaults["Arch"]["entity_radius"] is None and defaults["Arch"]["orthogonal_weight"] == 0.0
+
+
+def test_the_recorded_command_names_a_results_file_other_than_the_default():
+    args = types.SimpleNamespace(budget="cpu", max_steps=24000, eval_every=2000, valid_subset=1000, override=[],
+                                 results=DEFAULT_PATHS["--results"], markdown=DEFAULT_PATHS["--markdown"])
+    assert "--results" not in canonical_command(args) and "--markdown" not in canonical_command(args)
+    args.results = os.path.join(ROOT, "bench", "results", "kge_quality_24000.json")
+    args.markdown = os.path.join(ROOT, "bench", "kge_quality_24000.md")
+    assert canonical_command(args).endswith(
+        "--results bench/results/kge_quality_24000.json --markdown bench/kge_quality_24000.md")
