@@ -1,10 +1,9 @@
-"""bench/kge_quality.py's rule for reusing a finished pair or run directory."""
+"""bench/kge_quality.py: its rule for reusing a finished pair or run directory, and the command it records."""
 import os
 import sys
+import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import types  # noqa: E402
 
 from bench.kge_quality import DEFAULT_PATHS, ROOT, canonical_command, default_settings, same_settings  # noqa: E402
 
