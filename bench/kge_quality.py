@@ -1,7 +1,7 @@
 """Link-prediction quality of SpaceE vs RotatE vs TransE, trained by our own configs.
 
     python bench/kge_quality.py                      # FB15k-237 and WN18RR: bench/results/kge_quality.json, bench/kge_quality.md
-    python bench/kge_quality.py --max-steps 24000 --valid-subset 1000 --results bench/results/kge_quality_24000.json --markdown bench/kge_quality_24000.md
+    python bench/kge_quality.py --max-steps 24000 --eval-every 2000 --models SpaceE RotatE --results bench/results/kge_quality_24000.json --markdown bench/kge_quality_24000.md
                                                      # 4x the steps, in their own table
     python bench/kge_quality.py --budget published   # the configs' own 80-100k-step schedules (days on 2 CPU cores)
     python bench/kge_quality.py --quick              # nations, a few hundred steps (< 5 minutes); writes nothing
@@ -54,6 +54,7 @@ PUBLISHED = {  # RotatE paper (Sun et al., 2019), Table 5/6, filtered MRR / H@1 
     "WN18RR": {"RotatE": (0.476, 0.428, 0.571), "TransE": (0.226, None, 0.501)},
 }
 CATEGORIES = ("1-1", "1-N", "N-1", "N-N")
+MODELS = ["SpaceE", "RotatE", "TransE"]  # the table's order
 DEFAULT_PATHS = {"--results": os.path.join(ROOT, "bench", "results", "kge_quality.json"),
                  "--markdown": os.path.join(ROOT, "bench", "kge_quality.md")}
 CPU_BUDGET = ["DataLoader.batch_size=512", "DataLoader.num_negatives=128", "DataLoader.neg_chunk_size=128"]
@@ -254,11 +255,14 @@ def finished_pairs(args):
     return kept
 
 
-def canonical_command(args):
-    """The one command that produces every pair of the results file (the pairs may have been run
-    in parts: each pair also records the invocation that ran it)."""
+def canonical_command(args, results):
+    """The one command that produces every pair of ``results`` (the pairs may have been run in
+    parts: each pair also records the invocation that ran it)."""
     parts = ["python bench/kge_quality.py", f"--budget {args.budget}", f"--max-steps {args.max_steps}",
              f"--eval-every {args.eval_every}", f"--valid-subset {args.valid_subset}"]
+    models = [m for m in MODELS if any(m in pairs for pairs in results.values())]
+    if models != MODELS:  # e.g. a longer budget run for SpaceE and RotatE only
+        parts.append("--models " + " ".join(models))
     parts += [f"-o {shlex.quote(o)}" for o in args.override]
     for flag, path in (("--results", args.results), ("--markdown", args.markdown)):
         if os.path.abspath(path) != DEFAULT_PATHS[flag]:  # e.g. a longer budget kept beside the default table
@@ -274,10 +278,10 @@ def save_pair(args, dataset=None, model=None, pair=None):
         results = finished_pairs(args)
         if pair is not None:
             results.setdefault(dataset, {})[model] = pair
-        order = ["SpaceE", "RotatE", "TransE"]
-        results = {d: dict(sorted(results[d].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+        results = {d: dict(sorted(results[d].items(), key=lambda kv: MODELS.index(kv[0]) if kv[0] in MODELS else 99))
                    for d in CONFIG_KEYS if d in results}  # stable order in the table
-        results.update(machine=machine(), date=datetime.date.today().isoformat(), command=canonical_command(args))
+        command = canonical_command(args, results)
+        results.update(machine=machine(), date=datetime.date.today().isoformat(), command=command)
         with atomic_write(args.results) as handle:
             json.dump(results, handle, indent=2)
         with atomic_write(args.markdown) as handle:
@@ -288,10 +292,10 @@ def save_pair(args, dataset=None, model=None, pair=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["FB15k-237", "WN18RR"], choices=sorted(CONFIG_KEYS))
-    parser.add_argument("--models", nargs="+", default=["SpaceE", "RotatE", "TransE"])
+    parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--max-steps", type=int, default=6000)
-    parser.add_argument("--eval-every", type=int, default=2000)
-    parser.add_argument("--valid-subset", type=int, default=2000, help="valid triples used for model selection")
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--valid-subset", type=int, default=1000, help="valid triples used for model selection")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "bench_kge_quality"))
     parser.add_argument("--results", default=DEFAULT_PATHS["--results"])
     parser.add_argument("--markdown", default=DEFAULT_PATHS["--markdown"])

@@ -28,8 +28,18 @@ def test_default_settings_fill_the_schema_and_the_factory_signature():
 def test_the_recorded_command_names_a_results_file_other_than_the_default():
     args = types.SimpleNamespace(budget="cpu", max_steps=24000, eval_every=2000, valid_subset=1000, override=[],
                                  results=DEFAULT_PATHS["--results"], markdown=DEFAULT_PATHS["--markdown"])
-    assert "--results" not in canonical_command(args) and "--markdown" not in canonical_command(args)
+    every_model = {"FB15k-237": {"SpaceE": {}, "RotatE": {}}, "WN18RR": {"TransE": {}}}
+    assert "--results" not in canonical_command(args, every_model)
+    assert "--markdown" not in canonical_command(args, every_model)
     args.results = os.path.join(ROOT, "bench", "results", "kge_quality_24000.json")
     args.markdown = os.path.join(ROOT, "bench", "kge_quality_24000.md")
-    assert canonical_command(args).endswith(
+    assert canonical_command(args, every_model).endswith(
         "--results bench/results/kge_quality_24000.json --markdown bench/kge_quality_24000.md")
+
+
+def test_the_recorded_command_names_the_models_when_the_table_lacks_one():
+    args = types.SimpleNamespace(budget="cpu", max_steps=24000, eval_every=2000, valid_subset=1000, override=[],
+                                 results=DEFAULT_PATHS["--results"], markdown=DEFAULT_PATHS["--markdown"])
+    assert "--models" not in canonical_command(args, {"FB15k-237": {"TransE": {}, "SpaceE": {}, "RotatE": {}}})
+    two_models = {"FB15k-237": {"RotatE": {}, "SpaceE": {}}, "WN18RR": {"SpaceE": {}}}
+    assert canonical_command(args, two_models).endswith("--models SpaceE RotatE")
