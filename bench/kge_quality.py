@@ -55,6 +55,7 @@ PUBLISHED = {  # RotatE paper (Sun et al., 2019), Table 5/6, filtered MRR / H@1 
 }
 CATEGORIES = ("1-1", "1-N", "N-1", "N-N")
 MODELS = ["SpaceE", "RotatE", "TransE"]  # the table's order
+DATASETS = ["FB15k-237", "WN18RR"]
 DEFAULT_PATHS = {"--results": os.path.join(ROOT, "bench", "results", "kge_quality.json"),
                  "--markdown": os.path.join(ROOT, "bench", "kge_quality.md")}
 CPU_BUDGET = ["DataLoader.batch_size=512", "DataLoader.num_negatives=128", "DataLoader.neg_chunk_size=128"]
@@ -260,9 +261,11 @@ def canonical_command(args, results):
     parts: each pair also records the invocation that ran it)."""
     parts = ["python bench/kge_quality.py", f"--budget {args.budget}", f"--max-steps {args.max_steps}",
              f"--eval-every {args.eval_every}", f"--valid-subset {args.valid_subset}"]
+    datasets = [d for d in DATASETS if d in results]
     models = [m for m in MODELS if any(m in pairs for pairs in results.values())]
-    if models != MODELS:  # e.g. a longer budget run for SpaceE and RotatE only
-        parts.append("--models " + " ".join(models))
+    for flag, names, defaults in (("--datasets", datasets, DATASETS), ("--models", models, MODELS)):
+        if names != defaults:  # e.g. a longer budget run for SpaceE and RotatE only
+            parts.append(f"{flag} " + " ".join(names))
     parts += [f"-o {shlex.quote(o)}" for o in args.override]
     for flag, path in (("--results", args.results), ("--markdown", args.markdown)):
         if os.path.abspath(path) != DEFAULT_PATHS[flag]:  # e.g. a longer budget kept beside the default table
@@ -291,7 +294,7 @@ def save_pair(args, dataset=None, model=None, pair=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["FB15k-237", "WN18RR"], choices=sorted(CONFIG_KEYS))
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=sorted(CONFIG_KEYS))
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--max-steps", type=int, default=6000)
     parser.add_argument("--eval-every", type=int, default=1000)

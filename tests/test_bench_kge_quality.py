@@ -25,9 +25,14 @@ def test_default_settings_fill_the_schema_and_the_factory_signature():
     assert defaults["Arch"]["entity_radius"] is None and defaults["Arch"]["orthogonal_weight"] == 0.0
 
 
-def test_the_recorded_command_names_a_results_file_other_than_the_default():
-    args = types.SimpleNamespace(budget="cpu", max_steps=24000, eval_every=2000, valid_subset=1000, override=[],
+def bench_args():
+    """The parsed arguments ``canonical_command`` reads, at the 24k table's settings."""
+    return types.SimpleNamespace(budget="cpu", max_steps=24000, eval_every=2000, valid_subset=1000, override=[],
                                  results=DEFAULT_PATHS["--results"], markdown=DEFAULT_PATHS["--markdown"])
+
+
+def test_the_recorded_command_names_a_results_file_other_than_the_default():
+    args = bench_args()
     every_model = {"FB15k-237": {"SpaceE": {}, "RotatE": {}}, "WN18RR": {"TransE": {}}}
     assert "--results" not in canonical_command(args, every_model)
     assert "--markdown" not in canonical_command(args, every_model)
@@ -38,8 +43,14 @@ def test_the_recorded_command_names_a_results_file_other_than_the_default():
 
 
 def test_the_recorded_command_names_the_models_when_the_table_lacks_one():
-    args = types.SimpleNamespace(budget="cpu", max_steps=24000, eval_every=2000, valid_subset=1000, override=[],
-                                 results=DEFAULT_PATHS["--results"], markdown=DEFAULT_PATHS["--markdown"])
-    assert "--models" not in canonical_command(args, {"FB15k-237": {"TransE": {}, "SpaceE": {}, "RotatE": {}}})
+    args = bench_args()
+    every_pair = {"FB15k-237": {"TransE": {}, "SpaceE": {}, "RotatE": {}}, "WN18RR": {"SpaceE": {}}}
+    assert "--models" not in canonical_command(args, every_pair)
     two_models = {"FB15k-237": {"RotatE": {}, "SpaceE": {}}, "WN18RR": {"SpaceE": {}}}
     assert canonical_command(args, two_models).endswith("--models SpaceE RotatE")
+
+
+def test_the_recorded_command_names_the_datasets_when_the_table_lacks_one():
+    args = bench_args()
+    assert "--datasets" not in canonical_command(args, {"FB15k-237": {"SpaceE": {}}, "WN18RR": {"SpaceE": {}}})
+    assert "--datasets WN18RR" in canonical_command(args, {"WN18RR": {"SpaceE": {}}})
