@@ -62,16 +62,15 @@ def _as_triples(triples, name, num_entities=None, num_relations=None):
     return array
 
 
-def relation_categories(train_triples, num_relations):
-    """Category of each relation: "1-1", "1-N", "N-1" or "N-N" (Bordes et al. 2013; Wang et al. 2014).
+def relation_sides(train_triples, num_relations):
+    """Which relations have many heads per tail and many tails per head in training.
 
     For relation ``r`` over the *distinct* training triples:
     ``tph_r`` (tails per head) = number of triples of ``r`` / number of distinct heads of ``r``
     (= the mean, over the distinct pairs ``(h, r)``, of the number of tails ``t`` with ``(h, r, t)``);
     ``hpt_r`` (heads per tail) = number of triples of ``r`` / number of distinct tails of ``r``.
-    Then ``tph < 1.5 and hpt < 1.5`` -> "1-1"; ``tph >= 1.5 and hpt < 1.5`` -> "1-N";
-    ``tph < 1.5 and hpt >= 1.5`` -> "N-1"; otherwise "N-N". A relation with no training triple gets
-    "unseen". Returns a numpy array of strings indexed by relation id.
+    Returns boolean arrays ``(many_heads, many_tails, seen)`` indexed by relation id:
+    ``hpt >= 1.5``, ``tph >= 1.5`` and "has a training triple".
     """
     triples = np.unique(_as_triples(train_triples, "train_triples", num_relations=num_relations), axis=0)
     per_relation = np.bincount(triples[:, 1], minlength=num_relations)
@@ -82,8 +81,18 @@ def relation_categories(train_triples, num_relations):
     seen = per_relation > 0
     tph = np.divide(per_relation, distinct_heads, out=np.zeros(num_relations), where=seen)
     hpt = np.divide(per_relation, distinct_tails, out=np.zeros(num_relations), where=seen)
-    many_tails = tph >= CATEGORY_THRESHOLD
-    many_heads = hpt >= CATEGORY_THRESHOLD
+    return hpt >= CATEGORY_THRESHOLD, tph >= CATEGORY_THRESHOLD, seen
+
+
+def relation_categories(train_triples, num_relations):
+    """Category of each relation: "1-1", "1-N", "N-1" or "N-N" (Bordes et al. 2013; Wang et al. 2014).
+
+    With ``relation_sides``' ``tph`` and ``hpt``: ``tph < 1.5 and hpt < 1.5`` -> "1-1";
+    ``tph >= 1.5 and hpt < 1.5`` -> "1-N"; ``tph < 1.5 and hpt >= 1.5`` -> "N-1"; otherwise "N-N".
+    A relation with no training triple gets "unseen". Returns a numpy array of strings indexed by
+    relation id.
+    """
+    many_heads, many_tails, seen = relation_sides(train_triples, num_relations)
     # index = 2 * many_heads + many_tails: 0 -> 1-1, 1 -> 1-N, 2 -> N-1, 3 -> N-N
     categories = np.array(CATEGORIES, dtype=object)[many_heads * 2 + many_tails]
     categories[~seen] = UNSEEN

@@ -305,6 +305,13 @@ class SpaceE(KGEModel):
     times the N3 norm (Lacroix et al. 2018, mean over the batch of the summed cubed absolute
     values) of the batch's entity matrices, and ``orthogonal_weight`` times the mean over the
     batch's maps of ``||R^T R - I||_F^2 / k``, a soft pull toward orthogonal maps.
+    ``many_side_orthogonal_weight`` (optional) sets that pull for the maps on a relation's "many"
+    side instead: the tail map of a 1-N relation, the head map of an N-1 relation, both maps of an
+    N-N one (sides from the training triples, ``relation_sides``: 1.5 heads per tail / tails per
+    head). Why: those are the maps that must collapse many entities to one point, while the map on
+    the "one" side must keep its entities apart (stay injective), so one weight for both asks the
+    two for opposite things. It needs the training triples' sides (``relation_sides`` argument);
+    null gives every map ``orthogonal_weight``.
 
     Why the orthogonal pull exists: unpenalised, every map collapses to rank 1-4 within a few
     thousand steps (WN18RR, 6,000 steps: top singular value ~5, the fifth 0.1-0.5). Each relation
@@ -352,7 +359,7 @@ class SpaceE(KGEModel):
     def __init__(self, num_entities, num_relations, k, m, gamma, norm="fro", head_only=False,
                  relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0,
                  orthogonal_weight=0.0, entity_init_bound=None, entity_radius=None, translation=False,
-                 sparse=True):
+                 many_side_orthogonal_weight=None, relation_sides=None, sparse=True):
         _check_choice("norm", norm, ("fro", "l1"))
         _check_choice("relation_init", relation_init, ("identity", "uniform", "orthogonal"))
         if k < 1 or m < 1:
@@ -370,6 +377,7 @@ class SpaceE(KGEModel):
                          float(entity_init_bound), sparse)
         self.spectral_weight, self.n3_weight = float(spectral_weight), float(n3_weight)
         self.orthogonal_weight = float(orthogonal_weight)
+        self.map_weights = self._orthogonal_weights(num_relations, many_side_orthogonal_weight, relation_sides)
         if entity_radius is not None and not entity_radius > 0:
             raise ValueError(f"Arch.entity_radius must be positive or null, got {entity_radius}")
         self.entity_radius = None if entity_radius is None else float(entity_radius)
@@ -388,6 +396,23 @@ class SpaceE(KGEModel):
         self.relation_embedding.weight.set_value(init.astype("float32"))
 
     # --- helpers
+    def _orthogonal_weights(self, num_relations, many_side_weight, relation_sides):
+        """``[num_relations, maps]`` weights of the orthogonal pull, or None when all are equal."""
+        if many_side_weight is None:
+            return None
+        if not many_side_weight >= 0:
+            raise ValueError(f"Arch.many_side_orthogonal_weight must be >= 0 or null, got {many_side_weight}")
+        if relation_sides is None:
+            raise ValueError("Arch.many_side_orthogonal_weight needs the training triples' relation sides; "
+                             "build SpaceE through the kge task, or pass relation_sides=(many_heads, many_tails)")
+        many_heads, many_tails = (np.asarray(x, dtype=bool) for x in relation_sides)
+        if many_heads.shape != (num_relations,) or many_tails.shape != (num_relations,):
+            raise ValueError(f"relation_sides must be two boolean arrays of length {num_relations}, "
+                             f"got shapes {many_heads.shape} and {many_tails.shape}")
+        many = np.stack([many_heads, many_tails], axis=1)[:, : self.maps]  # head_only: the head map only
+        weights = np.where(many, float(many_side_weight), self.orthogonal_weight).astype("float32")
+        return paddle.to_tensor(weights)
+
     def _on_sphere(self, x):
         """Flat entity rows scaled to Frobenius norm ``entity_radius`` (unchanged when it is null)."""
         if self.entity_radius is None:
@@ -450,15 +475,21 @@ class SpaceE(KGEModel):
 
     def regularization(self, h, r, t):
         terms = []
-        if self.spectral_weight > 0 or self.orthogonal_weight > 0:
+        orthogonal = self.orthogonal_weight > 0 or self.map_weights is not None
+        if self.spectral_weight > 0 or orthogonal:
             maps = self._maps(self.relation_embedding(_ids(r)))
             mats = paddle.concat([x for x in maps if x is not None], axis=0)
         if self.spectral_weight > 0:
             top = paddle.linalg.svd(mats, full_matrices=False)[1][:, 0]
             terms.append(self.spectral_weight * (top * top).mean())
-        if self.orthogonal_weight > 0:
+        if orthogonal:
             gram = paddle.matmul(mats, mats, transpose_x=True) - paddle.eye(self.k)
-            terms.append(self.orthogonal_weight * (gram * gram).sum([-2, -1]).mean() / self.k)
+            penalty = (gram * gram).sum([-2, -1]) / self.k  # [maps * batch], head maps first
+            if self.map_weights is None:
+                terms.append(self.orthogonal_weight * penalty.mean())
+            else:  # per relation and side, in the order of ``mats``
+                weights = paddle.gather(self.map_weights, _ids(r)).transpose([1, 0]).reshape([-1])
+                terms.append((weights * penalty).mean())
         if self.n3_weight > 0:
             ents = self.entity_embedding(paddle.concat([_ids(h), _ids(t)]))
             terms.append(self.n3_weight * (ents.abs() ** 3).sum(-1).mean())
@@ -587,13 +618,16 @@ class ComplEx(KGEModel):
 
 # ============================================================================ registry
 @ARCHS.register("SpaceE")
-def spacee(num_entities, num_relations, k=20, m=50, gamma=12.0, norm="fro", head_only=False,
+def spacee(num_entities, num_relations, relation_sides, k=20, m=50, gamma=12.0, norm="fro", head_only=False,
            relation_init="identity", init_noise=0.1, spectral_weight=0.0, n3_weight=0.0, orthogonal_weight=0.0,
-           entity_init_bound=None, entity_radius=None, translation=False, sparse=True):
+           entity_init_bound=None, entity_radius=None, translation=False, many_side_orthogonal_weight=None,
+           sparse=True):
     return SpaceE(num_entities, num_relations, k, m, gamma, norm=norm, head_only=head_only,
                   relation_init=relation_init, init_noise=init_noise, spectral_weight=spectral_weight,
                   n3_weight=n3_weight, orthogonal_weight=orthogonal_weight, entity_init_bound=entity_init_bound,
-                  entity_radius=entity_radius, translation=translation, sparse=sparse)
+                  entity_radius=entity_radius, translation=translation,
+                  many_side_orthogonal_weight=many_side_orthogonal_weight, relation_sides=relation_sides,
+                  sparse=sparse)
 
 
 @ARCHS.register("TransE")

@@ -108,7 +108,10 @@ class KGETask(DenseTask):
     # ------------------------------------------------------------------ model
     def build_model(self):
         return build_arch(
-            self.config, num_entities=self.dataset.num_entities, num_relations=self.dataset.num_relations
+            self.config,
+            num_entities=self.dataset.num_entities,
+            num_relations=self.dataset.num_relations,
+            relation_sides=evaluation.relation_sides(self.dataset.train, self.dataset.num_relations)[:2],
         )
 
     # ------------------------------------------------------------------ batches

@@ -11,6 +11,7 @@ from paddle_suite.kge.evaluation import (
     flatten_metrics,
     rank_metrics,
     relation_categories,
+    relation_sides,
 )
 
 
@@ -268,6 +269,10 @@ def test_relation_categories_definition():
     ]
     categories = relation_categories(np.array(triples), 7)
     assert categories.tolist() == ["1-1", "1-N", "N-1", "N-N", "1-N", "1-1", "unseen"]
+    many_heads, many_tails, seen = relation_sides(np.array(triples), 7)
+    assert many_heads.tolist() == [False, False, True, True, False, False, False]
+    assert many_tails.tolist() == [False, True, False, True, True, False, False]
+    assert seen.tolist() == [True] * 6 + [False]
     with pytest.raises(ValueError, match="relation id 7"):
         relation_categories(np.array([[0, 7, 1]]), 7)
 

@@ -1,4 +1,6 @@
 """Scoring interface of every KGE model: all-entity and chunked-negative paths agree with score()."""
+import inspect
+
 import numpy as np
 import pytest
 
@@ -151,8 +153,11 @@ def test_rotate_relations_are_unit_rotations():
 
 
 def test_registered_factories_and_bad_choices():
+    from_data = dict(num_entities=5, num_relations=2, relation_sides=(np.zeros(2, bool), np.ones(2, bool)))
     for name in ("SpaceE", "TransE", "RotatE", "DistMult", "ComplEx"):
-        model = ARCHS.get(name)(num_entities=5, num_relations=2)
+        factory = ARCHS.get(name)
+        accepted = inspect.signature(factory).parameters  # as build_arch passes the data's values
+        model = factory(**{k: v for k, v in from_data.items() if k in accepted})
         assert isinstance(model, models.KGEModel)
         assert model.score_tails(np.array([0]), np.array([1])).shape == [1, 5]
     with pytest.raises(ValueError, match="Arch.norm"):
@@ -271,6 +276,40 @@ def test_spacee_orthogonal_penalty_is_zero_on_orthogonal_maps_and_grows_off_them
     assert zero == pytest.approx(0.0, abs=1e-5)
     # mean over the batch's 4 maps (two rows x head/tail): one map with ||.||_F^2 = 1, over k = 3
     assert penalty == pytest.approx(2.0 * (1.0 + 0.0) / 2 / 3, rel=1e-5)
+
+
+def penalties(maps):
+    """``||R^T R - I||_F^2 / k`` of each map, numpy."""
+    k = maps.shape[-1]
+    return (((np.swapaxes(maps, -1, -2) @ maps - np.eye(k)) ** 2).sum((-2, -1))) / k
+
+
+def test_spacee_many_side_orthogonal_weight_weighs_each_side_by_the_relation_sides():
+    paddle.seed(3)
+    # relation 0: 1-N (many tails), 1: N-1 (many heads), 2: N-N, 3: 1-1
+    sides = (np.array([False, True, True, False]), np.array([True, False, True, False]))
+    model = models.SpaceE(6, 4, 3, 2, 4.0, relation_init="uniform", orthogonal_weight=2.0,
+                          many_side_orthogonal_weight=0.5, relation_sides=sides)
+    each = penalties(model.relation_matrices())  # [relation, (head, tail)]
+    weights = np.array([[2.0, 0.5], [0.5, 2.0], [0.5, 0.5], [2.0, 2.0]])
+    r = np.array([0, 1, 2, 3, 0])
+    got = float(model.regularization(np.zeros(5, np.int64), r, np.ones(5, np.int64)))
+    assert got == pytest.approx((weights[r] * each[r]).mean(), rel=1e-5)
+
+    head_only = models.SpaceE(6, 4, 3, 2, 4.0, relation_init="uniform", head_only=True, orthogonal_weight=2.0,
+                              many_side_orthogonal_weight=0.5, relation_sides=sides)
+    each = penalties(head_only.relation_matrices())[:, 0]
+    got = float(head_only.regularization(np.zeros(5, np.int64), r, np.ones(5, np.int64)))
+    assert got == pytest.approx((weights[r, 0] * each[r]).mean(), rel=1e-5)  # many heads: its one map
+
+
+def test_spacee_many_side_orthogonal_weight_errors():
+    with pytest.raises(ValueError, match="relation sides"):
+        models.SpaceE(6, 4, 3, 2, 4.0, orthogonal_weight=1.0, many_side_orthogonal_weight=0.5)
+    with pytest.raises(ValueError, match="length 4"):
+        models.SpaceE(6, 4, 3, 2, 4.0, many_side_orthogonal_weight=0.5, relation_sides=(np.zeros(3), np.zeros(3)))
+    with pytest.raises(ValueError, match="many_side_orthogonal_weight"):
+        models.SpaceE(6, 4, 3, 2, 4.0, many_side_orthogonal_weight=-1.0, relation_sides=(np.zeros(4), np.zeros(4)))
 
 
 def test_spacee_orthogonal_init_gives_orthogonal_maps_and_zero_penalty():

@@ -17,7 +17,7 @@ import paddle
 from paddle_suite.kge import evaluation, losses, models
 
 
-def train_full_batch(model, triples, num_entities, steps=400, lr=0.02):
+def train_full_batch(model, triples, num_entities, steps=400, lr=0.02, regularise=False):
     triples = np.asarray(triples, np.int64)
     known = {tuple(t) for t in triples.tolist()}
     every = np.arange(num_entities)
@@ -29,6 +29,8 @@ def train_full_batch(model, triples, num_entities, steps=400, lr=0.02):
         positive = model.score(h, r, t)
         loss = losses.self_adversarial_loss(positive, model.score_tails(h, r), 1.0, valid=tail_valid)
         loss = loss + losses.self_adversarial_loss(positive, model.score_heads(r, t), 1.0, valid=head_valid)
+        if regularise:
+            loss = loss + model.regularization(h, r, t)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
@@ -165,3 +167,30 @@ def test_injective_baselines_fit_n_to_one_worse():
         rotate = max(mrr(lambda: models.RotatE(n, 4, 2, g, sparse=False), seed) for g in (2.0, 6.0))
         assert ours >= 0.95, ours
         assert ours >= max(transe, rotate) + 0.08, (ours, transe, rotate)
+
+
+def test_many_side_pull_lets_only_the_many_side_map_collapse():
+    """The same graph read as 1-N (heads and tails swapped), with a map on each side and a strong
+    orthogonal pull. Given the training triples' sides, ``many_side_orthogonal_weight`` 0 frees the
+    tail map of the 1-N relations, which then collapses each group of tails, while the head map
+    (the "one" side, which must keep heads apart) stays orthogonal; with one weight for every map
+    neither collapses."""
+    triples, n, _ = n_to_one_graph()
+    triples = triples[:, ::-1].copy()  # (tail, r, head): relations 0-2 are 1-N, relation 3 1-1
+    one_to_n = triples[triples[:, 1] <= 2]
+    sides = evaluation.relation_sides(triples, 4)[:2]
+
+    def trained(many_side_weight):
+        paddle.seed(0)
+        model = models.SpaceE(n, 4, 4, 4, 4.0, relation_init="orthogonal", orthogonal_weight=1.0,
+                              many_side_orthogonal_weight=many_side_weight, relation_sides=sides, sparse=False)
+        train_full_batch(model, triples, n, regularise=True)
+        spectra = np.linalg.svd(model.relation_matrices()[:3], compute_uv=False)  # [3, maps, k]
+        return filtered(model, one_to_n, triples, n)["mrr"], spectra[..., -1] / spectra[..., 0]
+
+    mrr, conditioning = trained(0.0)
+    assert mrr >= 0.95
+    assert conditioning[:, 1].max() < 0.1, conditioning  # tail maps: singular
+    assert conditioning[:, 0].min() > 0.5, conditioning  # head maps: still well conditioned
+    _, conditioning = trained(None)
+    assert conditioning[:, 1].min() > 0.3, conditioning

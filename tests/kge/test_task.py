@@ -10,6 +10,7 @@ import paddle_suite  # noqa: F401
 import paddle
 
 from paddle_suite.config import load_config
+from paddle_suite.kge import evaluation
 from paddle_suite.kge.task import KGETask
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -94,6 +95,14 @@ def test_train_step_and_evaluation(tmp_path):
     assert task.last_evaluation["split"] == "valid" and "by_side" in task.last_evaluation["result"]
     names = task.artifacts()["entities.txt"].splitlines()
     assert names == task.dataset.entities and len(task.artifacts()["relations.txt"].splitlines()) == 3
+
+
+def test_spacee_gets_the_training_triples_sides_from_the_task(tmp_path):
+    task = KGETask(config(tmp_path, Arch={"orthogonal_weight": 1.0, "many_side_orthogonal_weight": 0.25}))
+    many_heads, many_tails, _ = evaluation.relation_sides(task.dataset.train, task.dataset.num_relations)
+    assert many_heads.any() or many_tails.any()  # the toy graph has "many" sides to weigh
+    weights = task.build_model().map_weights.numpy()
+    np.testing.assert_array_equal(weights, np.where(np.stack([many_heads, many_tails], 1), 0.25, 1.0))
 
 
 def test_self_negatives_add_the_anchor_as_a_negative(tmp_path):
