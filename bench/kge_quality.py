@@ -13,6 +13,11 @@ overall and by relation category. Runs live in ``output/bench_kge_quality/`` and
 their checkpoints, and finished pairs are kept in the results file, so an interrupted benchmark
 continues where it stopped when rerun with the same arguments.
 
+Each run also keeps its test ranks (``test_ranks.npz`` in its run directory). Where SpaceE and
+another model both have them, the results file gets ``paired_differences`` and the table a row per
+model: SpaceE's MRR minus that model's, overall and by category, with a 95% paired-bootstrap
+interval over the test triples, so a lead or a gap can be told from the test set's sampling noise.
+
 Budgets. The configs carry the published schedules (RotatE's: 80-100k steps of batch 512-1024 with
 256-1024 negatives at Adam lr 5e-5). On a 2-core CPU RotatE at that size takes seconds per step,
 so the default ``--budget cpu`` trains every model with the same short-run settings
@@ -36,6 +41,7 @@ import tempfile
 import time
 import types
 
+import numpy as np
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +52,7 @@ from paddle_suite.cli import setup_logging  # noqa: E402
 from paddle_suite.config import load_config, run_dir  # noqa: E402
 from paddle_suite.engine import Trainer  # noqa: E402
 from paddle_suite.io import atomic_write  # noqa: E402
+from paddle_suite.kge.evaluation import paired_mrr_difference, relation_categories  # noqa: E402
 from paddle_suite.registry import TASKS  # noqa: E402
 
 CONFIG_KEYS = {"FB15k-237": "fb15k237", "WN18RR": "wn18rr", "nations": "nations"}  # dataset -> config suffix
@@ -178,6 +185,7 @@ def run_pair(dataset, model, args):
     trainer.evaluate("test")
     eval_seconds = time.perf_counter() - started
     summary = summarise(task.last_evaluation["result"])
+    summary["ranks_file"] = save_ranks(config, task)
     summary.update(
         steps=trained["step"],
         best_valid_mrr=trained["best"],
@@ -190,6 +198,44 @@ def run_pair(dataset, model, args):
         lr=config["Optimizer"]["lr"],
     )
     return summary
+
+
+def save_ranks(config, task):
+    """Each test triple's (head, tail) ranks and relation category, beside the run (``test_ranks.npz``),
+    for the paired comparisons; returns its path relative to the repository."""
+    triples = task.eval_triples("test")
+    ranks = task.last_evaluation["result"]["ranks"]
+    path = os.path.join(run_dir(config), "test_ranks.npz")
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, triples=triples, ranks=np.stack([ranks["head"], ranks["tail"]], axis=1),
+                 category=relation_categories(task.dataset.train, task.dataset.num_relations)[triples[:, 1]])
+    return os.path.relpath(path, ROOT)
+
+
+def paired_differences(results, previous):
+    """SpaceE minus each other model, MRR overall and by category, with 95% paired-bootstrap intervals
+    over the test triples (``paired_mrr_difference``), from the runs' saved ranks. A comparison
+    whose ranks files are gone (e.g. a fresh clone) is kept from ``previous`` while both pairs are."""
+    out = {}
+    for dataset in (d for d in results if d in CONFIG_KEYS):
+        models = results[dataset]
+        if "SpaceE" not in models:
+            continue
+        for model in (m for m in models if m != "SpaceE"):
+            paths = [os.path.join(ROOT, models[m].get("ranks_file") or "") for m in ("SpaceE", model)]
+            if not all(os.path.isfile(p) for p in paths):
+                if model in previous.get(dataset, {}):
+                    out.setdefault(dataset, {})[model] = previous[dataset][model]
+                continue
+            ours, theirs = (np.load(p) for p in paths)
+            if not np.array_equal(ours["triples"], theirs["triples"]):
+                raise ValueError(f"{dataset}: {paths[0]} and {paths[1]} rank different test triples")
+            groups = {"overall": np.ones(len(ours["triples"]), bool)}
+            groups.update({c: ours["category"] == c for c in CATEGORIES if (ours["category"] == c).any()})
+            out.setdefault(dataset, {})[model] = {
+                group: paired_mrr_difference(ours["ranks"][mask], theirs["ranks"][mask])
+                for group, mask in groups.items()}
+    return out
 
 
 def fmt(value):
@@ -228,6 +274,7 @@ def markdown(results):
         for model, (mrr, h1, h10) in PUBLISHED.get(dataset, {}).items():
             lines.append(f"| {model} (published) | | | {fmt(mrr)} | {fmt(h1)} | {fmt(h10)} |" + " |" * len(CATEGORIES))
         lines.append("")
+        lines += difference_table(results.get("paired_differences", {}).get(dataset, {}))
         for model, m in results[dataset].items():
             arch = ", ".join(f"{k}={v}" for k, v in m["arch"].items() if k != "name")
             self_neg = m.get("settings", {}).get("DataLoader", {}).get("self_negatives", False)
@@ -235,6 +282,24 @@ def markdown(results):
                          f"with `{' '.join(m.get('overrides', []))}`")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def difference_table(differences):
+    """Markdown rows of SpaceE's MRR minus each model's, with the 95% interval, or nothing."""
+    if not differences:
+        return []
+    lines = ["SpaceE's MRR minus the model's on the same test triples, with a 95% paired-bootstrap interval"
+             " (2,000 resamples of the triples: the test set's sampling noise for these trained models, not"
+             " the spread over training seeds). An interval that excludes 0 is a difference the test set can"
+             " tell apart.", "",
+             "| SpaceE minus | overall | " + " | ".join(CATEGORIES) + " |", "|---" * (2 + len(CATEGORIES)) + "|"]
+    for model, groups in differences.items():
+        cells = []
+        for group in ("overall",) + CATEGORIES:
+            d = groups.get(group)
+            cells.append("-" if d is None else f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def finished_pairs(args):
@@ -278,13 +343,20 @@ def save_pair(args, dataset=None, model=None, pair=None):
     re-reading the file, so parts of the benchmark may run as concurrent processes."""
     with open(args.results + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = {}
+        if os.path.isfile(args.results):
+            with open(args.results) as handle:
+                previous = json.load(handle).get("paired_differences", {})
         results = finished_pairs(args)
         if pair is not None:
             results.setdefault(dataset, {})[model] = pair
         results = {d: dict(sorted(results[d].items(), key=lambda kv: MODELS.index(kv[0]) if kv[0] in MODELS else 99))
                    for d in CONFIG_KEYS if d in results}  # stable order in the table
         command = canonical_command(args, results)
+        differences = paired_differences(results, previous)
         results.update(machine=machine(), date=datetime.date.today().isoformat(), command=command)
+        if differences:
+            results["paired_differences"] = differences
         with atomic_write(args.results) as handle:
             json.dump(results, handle, indent=2)
         with atomic_write(args.markdown) as handle:

@@ -1,11 +1,23 @@
-"""bench/kge_quality.py: its rule for reusing a finished pair or run directory, and the command it records."""
+"""bench/kge_quality.py: its rule for reusing a finished pair or run directory, the command it records,
+and the paired comparison it draws from the runs' saved ranks."""
 import os
 import sys
 import types
 
+import numpy as np
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench.kge_quality import DEFAULT_PATHS, ROOT, canonical_command, default_settings, same_settings  # noqa: E402
+from bench.kge_quality import (  # noqa: E402
+    DEFAULT_PATHS,
+    ROOT,
+    canonical_command,
+    default_settings,
+    difference_table,
+    paired_differences,
+    same_settings,
+)
 
 
 def test_a_key_added_to_the_schema_since_does_not_invalidate_a_pair():
@@ -54,3 +66,41 @@ def test_the_recorded_command_names_the_datasets_when_the_table_lacks_one():
     args = bench_args()
     assert "--datasets" not in canonical_command(args, {"FB15k-237": {"SpaceE": {}}, "WN18RR": {"SpaceE": {}}})
     assert "--datasets WN18RR" in canonical_command(args, {"WN18RR": {"SpaceE": {}}})
+
+
+def ranks_file(folder, name, ranks, triples, categories):
+    path = folder / f"{name}.npz"
+    np.savez(path, triples=triples, ranks=np.asarray(ranks, float), category=np.asarray(categories))
+    return str(path)  # absolute: os.path.join(ROOT, path) keeps it
+
+
+def test_paired_differences_compare_spacee_with_each_model_overall_and_by_category(tmp_path):
+    triples = np.arange(12).reshape(4, 3)
+    categories = ["1-N", "1-N", "N-1", "N-N"]
+    results = {"WN18RR": {
+        "SpaceE": {"ranks_file": ranks_file(tmp_path, "s", [[1, 1], [1, 1], [2, 2], [4, 4]], triples, categories)},
+        "RotatE": {"ranks_file": ranks_file(tmp_path, "r", [[2, 2], [2, 2], [2, 2], [4, 4]], triples, categories)},
+    }, "machine": "m"}
+    got = paired_differences(results, {})["WN18RR"]["RotatE"]
+    assert got["1-N"]["difference"] == pytest.approx(0.5) and got["1-N"]["ci"] == pytest.approx([0.5, 0.5])
+    assert got["N-1"]["difference"] == 0 and "1-1" not in got
+    assert got["overall"]["difference"] == pytest.approx(0.25) and got["overall"]["count"] == 4
+    table = "\n".join(difference_table({"RotatE": got}))
+    assert "| RotatE | +0.250 [" in table and "| +0.500 [+0.500, +0.500] |" in table
+
+    # ranks files gone (a fresh clone): the recorded comparison stays while both pairs are in the table
+    os.remove(results["WN18RR"]["RotatE"]["ranks_file"])
+    previous = {"WN18RR": {"RotatE": got}}
+    assert paired_differences(results, previous) == previous
+    del results["WN18RR"]["RotatE"]
+    assert paired_differences(results, previous) == {}
+
+
+def test_paired_differences_refuse_ranks_of_different_triples(tmp_path):
+    triples = np.arange(6).reshape(2, 3)
+    results = {"FB15k-237": {
+        "SpaceE": {"ranks_file": ranks_file(tmp_path, "s", [[1, 1], [1, 1]], triples, ["1-1", "1-1"])},
+        "TransE": {"ranks_file": ranks_file(tmp_path, "t", [[1, 1], [1, 1]], triples[::-1], ["1-1", "1-1"])},
+    }}
+    with pytest.raises(ValueError, match="different test triples"):
+        paired_differences(results, {})

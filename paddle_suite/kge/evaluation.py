@@ -266,7 +266,7 @@ def _per_relation(values, name, triples):
 
 
 def evaluate(model, triples, known_triples, num_entities, categories=None, batch_size=256, progress=False,
-             relation_names=None):
+             relation_names=None, return_ranks=False):
     """Filtered link prediction on both sides (see the module docstring for the protocol).
 
     ``model`` has ``score_tails(h, r) -> [B, N]`` and ``score_heads(r, t) -> [B, N]`` (int64 paddle
@@ -278,7 +278,9 @@ def evaluate(model, triples, known_triples, num_entities, categories=None, batch
     Returns ``{"mrr", "mr", "hits@1", "hits@3", "hits@10", "count",
     "by_side": {"head": {...}, "tail": {...}}, "by_category": {cat: {..., "count", "by_side"}},
     "by_relation": {name: {..., "count", "by_side"}}}``; the groups only list categories and
-    relations present among ``triples``.
+    relations present among ``triples``. ``return_ranks`` adds ``"ranks": {"head": [n], "tail": [n]}``,
+    each triple's two realistic ranks in the order of ``triples`` (for paired comparisons,
+    ``paired_mrr_difference``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -300,7 +302,36 @@ def evaluate(model, triples, known_triples, num_entities, categories=None, batch
     if relation_names is not None:
         query_relation = _per_relation(relation_names, "relation_names", triples)
         result["by_relation"] = _group_summaries(head_ranks, tail_ranks, query_relation)
+    if return_ranks:
+        result["ranks"] = {"head": head_ranks, "tail": tail_ranks}
     return result
+
+
+def paired_mrr_difference(ranks_a, ranks_b, resamples=2000, level=0.95, seed=0, chunk=100):
+    """MRR of model A minus MRR of model B on the same triples, with a paired bootstrap interval.
+
+    ``ranks_a``/``ranks_b``: ``[n, 2]`` realistic (head, tail) ranks of the same ``n`` triples in the
+    same order. The difference is over both sides (as the overall MRR). The interval resamples
+    *triples* with replacement (a triple's two queries stay together, as do the two models' ranks
+    of it) and takes the percentile interval of ``resamples`` resampled differences. It measures
+    the test set's sampling noise for these two trained models, not the spread over training seeds.
+    Returns ``{"difference", "ci", "count"}``.
+    """
+    a, b = np.asarray(ranks_a, np.float64), np.asarray(ranks_b, np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"ranks must both be [n, 2] (head, tail) arrays of the same triples, got {a.shape} and {b.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    per_triple = (1.0 / a - 1.0 / b).mean(axis=1)
+    n = len(per_triple)
+    if n == 0:
+        return {"difference": float("nan"), "ci": [float("nan"), float("nan")], "count": 0}
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([per_triple[rng.integers(0, n, (min(chunk, resamples - start), n))].mean(axis=1)
+                            for start in range(0, resamples, chunk)])
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"difference": float(per_triple.mean()), "ci": [float(low), float(high)], "count": int(n)}
 
 
 def _category_order(category):
@@ -314,6 +345,8 @@ def flatten_metrics(result, prefix=""):
     flat = {}
     group_prefix = {"by_side": "", "by_category": "", "by_relation": "relation:"}
     for key, value in result.items():
+        if key == "ranks":  # per-triple arrays, not metrics
+            continue
         if key in group_prefix:
             for group, metrics in value.items():
                 flat.update(flatten_metrics(metrics, f"{prefix}{group_prefix[key]}{group}/"))

@@ -207,6 +207,7 @@ class KGETask(DenseTask):
                 batch_size=self.config["DataLoader"]["eval_batch_size"],
                 progress=self.config["Metric"]["show_progress"],
                 relation_names=self.dataset.relations if self.config["Metric"]["by_relation"] else None,
+                return_ranks=True,  # kept in last_evaluation for paired comparisons (bench/kge_quality.py)
             )
         self.last_evaluation = {"split": split, "result": result}
         return {k: float(v) for k, v in evaluation.flatten_metrics(result).items()}

@@ -9,6 +9,7 @@ from paddle_suite.kge.evaluation import (
     FilterIndex,
     evaluate,
     flatten_metrics,
+    paired_mrr_difference,
     rank_metrics,
     relation_categories,
     relation_sides,
@@ -101,6 +102,9 @@ def test_matches_bruteforce_with_ties(seed, batch_size):
     assert_metrics_close(result["by_side"]["head"], reference_metrics(head_ref))
     assert_metrics_close(result["by_side"]["tail"], reference_metrics(tail_ref))
     assert result["by_side"]["head"]["count"] == len(triples)
+    ranks = evaluate(TableModel(table), triples, known, table.shape[0], batch_size=batch_size, return_ranks=True)["ranks"]
+    np.testing.assert_array_equal(ranks["head"], head_ref)
+    np.testing.assert_array_equal(ranks["tail"], tail_ref)
 
 
 def test_by_category_matches_bruteforce_on_subsets():
@@ -237,7 +241,7 @@ def test_bad_inputs_fail_clearly():
 def test_flatten_metrics_keys():
     table, known, triples = random_case(0)
     categories = np.array(["1-1", "N-1", "N-1", "N-N"])
-    flat = flatten_metrics(evaluate(TableModel(table), triples, known, 13, categories=categories))
+    flat = flatten_metrics(evaluate(TableModel(table), triples, known, 13, categories=categories, return_ranks=True))
     for key in ("mrr", "mr", "hits@10", "count", "tail/mrr", "head/hits@1", "N-1/mrr", "N-1/count", "N-1/head/mrr"):
         assert key in flat
     assert all(isinstance(v, (int, float)) for v in flat.values())
@@ -283,3 +287,19 @@ def test_progress_bar_does_not_change_results(capsys):
     loud = evaluate(TableModel(table), triples, known, 13, batch_size=8, progress=True)
     assert flatten_metrics(quiet) == flatten_metrics(loud)
     assert "evaluate" in capsys.readouterr().err
+
+
+def test_paired_mrr_difference_and_its_bootstrap_interval():
+    same = paired_mrr_difference([[1, 2], [3, 4]], [[1, 2], [3, 4]])
+    assert same["difference"] == 0 and same["ci"] == [0, 0] and same["count"] == 2
+    shifted = paired_mrr_difference(np.ones((5, 2)), np.full((5, 2), 2.0))  # every query 1 vs 1/2
+    assert shifted["difference"] == pytest.approx(0.5) and shifted["ci"] == pytest.approx([0.5, 0.5])
+    rng = np.random.default_rng(0)
+    wide, narrow = (paired_mrr_difference(rng.integers(1, 20, (n, 2)), rng.integers(1, 20, (n, 2)), seed=1)
+                    for n in (50, 5000))
+    for d in (wide, narrow):
+        assert d["ci"][0] <= d["difference"] <= d["ci"][1]
+    assert narrow["ci"][1] - narrow["ci"][0] < 0.5 * (wide["ci"][1] - wide["ci"][0])  # ~ 1 / sqrt(n)
+    assert -0.02 < narrow["ci"][0] < 0 < narrow["ci"][1] < 0.02  # same distribution: 0 inside
+    with pytest.raises(ValueError, match="same triples"):
+        paired_mrr_difference(np.ones((3, 2)), np.ones((4, 2)))
