@@ -257,7 +257,8 @@ def markdown(results):
         " with the overrides listed under each table (the `--budget cpu` settings of `bench/kge_quality.py`:"
         " the same batch, negatives and embedding floats for every model; see its docstring);"
         " published RotatE/TransE numbers (Sun et al., 2019, full 80-100k-step schedules) are given for reference."
-        " Category MRRs are over both prediction sides; (head / tail) are the two sides.",
+        " Category MRRs are over both prediction sides; (head / tail) are the two sides. Train time is the wall"
+        " clock of the run as it happened (pairs may run two at a time on the machine's cores).",
         "",
     ]
     for dataset in (d for d in results if d in CONFIG_KEYS):
@@ -274,7 +275,12 @@ def markdown(results):
         for model, (mrr, h1, h10) in PUBLISHED.get(dataset, {}).items():
             lines.append(f"| {model} (published) | | | {fmt(mrr)} | {fmt(h1)} | {fmt(h10)} |" + " |" * len(CATEGORIES))
         lines.append("")
-        lines += difference_table(results.get("paired_differences", {}).get(dataset, {}))
+        differences = results.get("paired_differences", {}).get(dataset, {})
+        lines += difference_table(differences)
+        missing = [m for m in results[dataset] if m != "SpaceE" and m not in differences]
+        if "SpaceE" in results[dataset] and missing:
+            lines += [f"No paired comparison of SpaceE with {', '.join(missing)}: the test ranks of those runs were"
+                      " not kept (runs from before the benchmark saved them); rerunning the pairs adds it.", ""]
         for model, m in results[dataset].items():
             arch = ", ".join(f"{k}={v}" for k, v in m["arch"].items() if k != "name")
             self_neg = m.get("settings", {}).get("DataLoader", {}).get("self_negatives", False)

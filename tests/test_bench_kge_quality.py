@@ -15,6 +15,7 @@ from bench.kge_quality import (  # noqa: E402
     canonical_command,
     default_settings,
     difference_table,
+    markdown,
     paired_differences,
     same_settings,
 )
@@ -104,3 +105,13 @@ def test_paired_differences_refuse_ranks_of_different_triples(tmp_path):
     }}
     with pytest.raises(ValueError, match="different test triples"):
         paired_differences(results, {})
+
+
+def test_the_table_says_which_models_lack_a_paired_comparison():
+    pair = {"steps": 6000, "train_seconds": 60.0, "mrr": 0.3, "hits@1": 0.2, "hits@10": 0.5, "by_category": {},
+            "arch": {"name": "X"}, "lr": 0.001, "config": "configs/x.yaml"}
+    results = {"WN18RR": {"SpaceE": pair, "RotatE": pair, "TransE": pair}, "machine": "m", "date": "d", "command": "c",
+               "paired_differences": {"WN18RR": {"RotatE": {"overall": {"difference": 0.01, "ci": [0.0, 0.02]}}}}}
+    text = markdown(results)
+    assert "| RotatE | +0.010 [+0.000, +0.020] | - | - | - | - |" in text
+    assert "No paired comparison of SpaceE with TransE:" in text
