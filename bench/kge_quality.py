@@ -52,7 +52,7 @@ from paddle_suite.cli import setup_logging  # noqa: E402
 from paddle_suite.config import load_config, run_dir  # noqa: E402
 from paddle_suite.engine import Trainer  # noqa: E402
 from paddle_suite.io import atomic_write  # noqa: E402
-from paddle_suite.kge.evaluation import paired_mrr_difference, relation_categories  # noqa: E402
+from paddle_suite.kge.evaluation import categories_of_sides, paired_mrr_difference  # noqa: E402
 from paddle_suite.registry import TASKS  # noqa: E402
 
 CONFIG_KEYS = {"FB15k-237": "fb15k237", "WN18RR": "wn18rr", "nations": "nations"}  # dataset -> config suffix
@@ -208,7 +208,7 @@ def save_ranks(config, task):
     path = os.path.join(run_dir(config), "test_ranks.npz")
     with atomic_write(path, "wb") as handle:
         np.savez(handle, triples=triples, ranks=np.stack([ranks["head"], ranks["tail"]], axis=1),
-                 category=relation_categories(task.dataset.train, task.dataset.num_relations)[triples[:, 1]])
+                 category=categories_of_sides(*task.relation_sides)[triples[:, 1]])
     return os.path.relpath(path, ROOT)
 
 

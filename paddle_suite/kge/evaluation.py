@@ -92,7 +92,11 @@ def relation_categories(train_triples, num_relations):
     A relation with no training triple gets "unseen". Returns a numpy array of strings indexed by
     relation id.
     """
-    many_heads, many_tails, seen = relation_sides(train_triples, num_relations)
+    return categories_of_sides(*relation_sides(train_triples, num_relations))
+
+
+def categories_of_sides(many_heads, many_tails, seen):
+    """``relation_categories`` from ``relation_sides``' arrays (when the sides are already at hand)."""
     # index = 2 * many_heads + many_tails: 0 -> 1-1, 1 -> 1-N, 2 -> N-1, 3 -> N-N
     categories = np.array(CATEGORIES, dtype=object)[many_heads * 2 + many_tails]
     categories[~seen] = UNSEEN

@@ -96,10 +96,10 @@ class KGETask(DenseTask):
             data_cfg["filter_negatives"],
         )
         self.subsampling = losses.subsampling_weights(self.dataset.train) if config["Loss"]["subsampling"] else None
+        # (many_heads, many_tails, seen) per relation: SpaceE's side-aware pull and the categories
+        self.relation_sides = evaluation.relation_sides(self.dataset.train, self.dataset.num_relations)
         self.categories = (
-            evaluation.relation_categories(self.dataset.train, self.dataset.num_relations)
-            if config["Metric"]["by_category"]
-            else None
+            evaluation.categories_of_sides(*self.relation_sides) if config["Metric"]["by_category"] else None
         )
         self._filter_index = None
         self._self_loops = None  # entity * num_relations + relation of training triples (x, r, x)
@@ -111,7 +111,7 @@ class KGETask(DenseTask):
             self.config,
             num_entities=self.dataset.num_entities,
             num_relations=self.dataset.num_relations,
-            relation_sides=evaluation.relation_sides(self.dataset.train, self.dataset.num_relations)[:2],
+            relation_sides=self.relation_sides[:2],
         )
 
     # ------------------------------------------------------------------ batches
