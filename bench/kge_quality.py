@@ -279,8 +279,11 @@ def markdown(results):
         lines += difference_table(differences)
         missing = [m for m in results[dataset] if m != "SpaceE" and m not in differences]
         if "SpaceE" in results[dataset] and missing:
-            lines += [f"No paired comparison of SpaceE with {', '.join(missing)}: the test ranks of those runs were"
-                      " not kept (runs from before the benchmark saved them); rerunning the pairs adds it.", ""]
+            unranked = [m for m in ("SpaceE", *missing) if not results[dataset][m].get("ranks_file")]
+            reason = (f"the test ranks of the {', '.join(unranked)} run(s) were not kept (runs from before the"
+                      " benchmark saved them)" if unranked else "their saved test ranks were not found")
+            lines += [f"No paired comparison of SpaceE with {', '.join(missing)}: {reason}; rerunning the pairs"
+                      " adds it.", ""]
         for model, m in results[dataset].items():
             arch = ", ".join(f"{k}={v}" for k, v in m["arch"].items() if k != "name")
             self_neg = m.get("settings", {}).get("DataLoader", {}).get("self_negatives", False)

@@ -114,4 +114,4 @@ def test_the_table_says_which_models_lack_a_paired_comparison():
                "paired_differences": {"WN18RR": {"RotatE": {"overall": {"difference": 0.01, "ci": [0.0, 0.02]}}}}}
     text = markdown(results)
     assert "| RotatE | +0.010 [+0.000, +0.020] | - | - | - | - |" in text
-    assert "No paired comparison of SpaceE with TransE:" in text
+    assert "No paired comparison of SpaceE with TransE: the test ranks of the SpaceE, TransE run(s)" in text
