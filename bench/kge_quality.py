@@ -286,9 +286,13 @@ def markdown(results):
                       " adds it.", ""]
         for model, m in results[dataset].items():
             arch = ", ".join(f"{k}={v}" for k, v in m["arch"].items() if k != "name")
-            self_neg = m.get("settings", {}).get("DataLoader", {}).get("self_negatives", False)
-            lines.append(f"- {model} ({arch}; lr {m['lr']}; self_negatives {str(self_neg).lower()}): `{m['config']}` "
-                         f"with `{' '.join(m.get('overrides', []))}`")
+            settings = m.get("settings", {})
+            self_neg = settings.get("DataLoader", {}).get("self_negatives", False)
+            # the loss's temperature differs between configs (and changed in spacee_wn18rr.yaml), so say it
+            temperature = settings.get("Loss", {}).get("adversarial_temperature")
+            loss = "" if temperature is None else f"; adversarial temperature {temperature}"
+            lines.append(f"- {model} ({arch}; lr {m['lr']}{loss}; self_negatives {str(self_neg).lower()}): "
+                         f"`{m['config']}` with `{' '.join(m.get('overrides', []))}`")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -115,3 +115,14 @@ def test_the_table_says_which_models_lack_a_paired_comparison():
     text = markdown(results)
     assert "| RotatE | +0.010 [+0.000, +0.020] | - | - | - | - |" in text
     assert "No paired comparison of SpaceE with TransE: the test ranks of the SpaceE, TransE run(s)" in text
+
+
+def test_the_settings_line_names_the_adversarial_temperature_when_recorded():
+    pair = {"steps": 6000, "train_seconds": 60.0, "mrr": 0.3, "hits@1": 0.2, "hits@10": 0.5, "by_category": {},
+            "arch": {"name": "X", "k": 20}, "lr": 0.003, "config": "configs/x.yaml", "overrides": ["Global.seed=7"]}
+    recorded = dict(pair, settings={"Loss": {"adversarial_temperature": 1.0}, "DataLoader": {"self_negatives": True}})
+    results = {"WN18RR": {"SpaceE": recorded, "RotatE": pair}, "machine": "m", "date": "d", "command": "c"}
+    text = markdown(results)
+    assert "- SpaceE (k=20; lr 0.003; adversarial temperature 1.0; self_negatives true): `configs/x.yaml` with" in text
+    rotate_line = next(line for line in text.splitlines() if line.startswith("- RotatE ("))
+    assert "temperature" not in rotate_line  # a pair recorded without its settings claims none
