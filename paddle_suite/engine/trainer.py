@@ -106,19 +106,23 @@ class Trainer:
         return resume
 
     def _check_same_arch(self, checkpoint):
-        """Refuse to auto-resume a run directory whose saved ``Arch`` differs from this config's: the
-        weights would load (same shapes) into a different model. Keys absent from the saved config
-        (added to the schema since) are not compared."""
+        """Refuse to auto-resume a run directory whose saved ``Arch`` or ``Global.seed`` differs from
+        this config's: the weights would load (same shapes) into a different model, or a run of
+        another seed would be reported as this one. Keys absent from the saved config (added to the
+        schema since) are not compared."""
         saved_path = os.path.join(self.run_dir, "config.yaml")
         if not os.path.isfile(saved_path):
             return
         with open(saved_path) as handle:
-            saved = (yaml.safe_load(handle) or {}).get("Arch", {})
-        changed = [f"Arch.{k}: {saved[k]!r} -> {v!r}" for k, v in self.config["Arch"].items()
-                   if k in saved and saved[k] != v]
+            saved = yaml.safe_load(handle) or {}
+        saved_arch, saved_global = saved.get("Arch", {}), saved.get("Global", {})
+        changed = [f"Arch.{k}: {saved_arch[k]!r} -> {v!r}" for k, v in self.config["Arch"].items()
+                   if k in saved_arch and saved_arch[k] != v]
+        if "seed" in saved_global and saved_global["seed"] != self.g["seed"]:
+            changed.append(f"Global.seed: {saved_global['seed']!r} -> {self.g['seed']!r}")
         if changed:
             raise ValueError(
-                f"{self.run_dir} holds a run of a different model ({'; '.join(changed)}); its checkpoint "
+                f"{self.run_dir} holds a different run ({'; '.join(changed)}); its checkpoint "
                 f"{checkpoint} would load into this one. Set another Global.run_name / Global.output_dir, "
                 "or Global.resume=none to start over in this directory."
             )

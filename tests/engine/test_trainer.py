@@ -157,12 +157,15 @@ def test_resume_from_explicit_path_must_exist(tmp_path):
         Trainer(config, toy_task.ToyRegression(config), ARGS).train()
 
 
-def test_auto_resume_refuses_a_run_of_another_architecture(tmp_path):
+def test_auto_resume_refuses_a_run_of_another_architecture_or_seed(tmp_path):
     config = make_config(tmp_path, "Global.run_name=arch", "Global.epochs=1")
     Trainer(config, toy_task.ToyRegression(config), ARGS).train()
     other = make_config(tmp_path, "Global.run_name=arch", "Global.epochs=2", "Arch.dropout=0.5")  # same shapes
     with pytest.raises(ValueError, match=r"Arch.dropout: 0.2 -> 0.5.*Global.resume=none"):
         Trainer(other, toy_task.ToyRegression(other), ARGS).train()
+    reseeded = make_config(tmp_path, "Global.run_name=arch", "Global.epochs=2", "Global.seed=7")
+    with pytest.raises(ValueError, match=r"Global.seed: 42 -> 7"):
+        Trainer(reseeded, toy_task.ToyRegression(reseeded), ARGS).train()
     longer = make_config(tmp_path, "Global.run_name=arch", "Global.epochs=2")  # same model: resumes
     assert Trainer(longer, toy_task.ToyRegression(longer), ARGS).train()["step"] == 16
 
