@@ -96,7 +96,7 @@ class Trainer:
         if resume == "auto":
             found = ckpt.list_checkpoints(self.run_dir)
             if found:
-                self._check_same_arch(found[-1])
+                self._check_same_run(found[-1])
             return found[-1] if found else None
         if not os.path.isfile(os.path.join(resume, "trainer.pkl")):
             raise FileNotFoundError(
@@ -105,7 +105,7 @@ class Trainer:
             )
         return resume
 
-    def _check_same_arch(self, checkpoint):
+    def _check_same_run(self, checkpoint):
         """Refuse to auto-resume a run directory whose saved ``Arch`` or ``Global.seed`` differs from
         this config's: the weights would load (same shapes) into a different model, or a run of
         another seed would be reported as this one. Keys absent from the saved config (added to the
