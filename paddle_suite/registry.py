@@ -51,6 +51,8 @@ class Registry:
 
 TASKS = Registry("task")
 ARCHS = Registry("architecture")
+LOSSES = Registry("loss")
+METRICS = Registry("metric")
 
 _loaded = False
 
