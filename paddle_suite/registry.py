@@ -1,13 +1,24 @@
 """Name -> builder registries, so configs select tasks, architectures and datasets by name.
 
 Capabilities register themselves when their package is imported; ``load_capabilities`` imports
-them all. A capability never imports another one: only this core module is shared.
+them all. Import rule: a capability (``kge``, ``ads``, ``vision``, ``backdoor``, ``hessian``, ``oie``)
+imports the core (``config``, ``registry``, ``task``, ``engine``, ``data``, ``io``) and the shared
+kits (``classification``: image datasets, augmentation, classification losses and metrics), never
+another capability. Models of another capability are reached by name through ``ARCHS``.
 """
 import difflib
 import importlib
 
 # Capability packages whose import registers their tasks/archs/datasets.
-CAPABILITIES = ("paddle_suite.kge", "paddle_suite.ads")
+CAPABILITIES = (
+    "paddle_suite.kge",
+    "paddle_suite.ads",
+    "paddle_suite.classification",
+    "paddle_suite.vision",
+    "paddle_suite.backdoor",
+    "paddle_suite.hessian",
+    "paddle_suite.oie",
+)
 
 
 class Registry:
