@@ -42,6 +42,8 @@ class Example:
     # spansaoke only: for each role (E1, R, E2), the (start, end) character spans it was read from.
     spans: Optional[Tuple[Tuple[Tuple[int, int], ...], ...]] = None
     source: str = ""  # "file:line" of the (first) line it came from
+    # Dependency heads per token (-1 = root) when a parser was run; Logician's graph: auto uses them.
+    heads: Optional[List[int]] = None
 
 
 def _fail(path, line_no, message):
