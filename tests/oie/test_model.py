@@ -1,0 +1,194 @@
+"""Logician: distribution sums to one, coverage loss, graphs, target grammar, beam search, training."""
+import numpy as np
+import paddle
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paddle_suite.oie.model import Logician, coverage_loss, make_batch, sentence_graph
+from paddle_suite.oie.readers import Example
+from paddle_suite.oie.saoke import Fact, parse_facts, serialize_facts
+from paddle_suite.oie.tokens import (KEYWORD_ID, KEYWORDS, NUM_KEYWORDS, FactGrammar, GrammarState, Vocab,
+                                     decode_actions, encode_target, tokenize)
+
+SENTENCES = [
+    Example("李白出生于碎叶城，是唐代诗人。", parse_facts("(李白, 出生于, 碎叶城) (李白, ISA, [唐代|诗人])")),
+    Example("萨克斯是乐器。", parse_facts("(萨克斯, ISA, 乐器)")),
+    Example("他在北京工作。", parse_facts("(他, 工作, _, @PLACE=北京)")),
+]
+
+
+def tiny_model(graph="auto", coverage=True, seed=0):
+    paddle.seed(seed)
+    vocab = Vocab.build([tokenize(e.sentence, "zh") for e in SENTENCES])
+    return Logician(len(vocab), embedding_dim=16, hidden_size=24, graph=graph, coverage=coverage, dropout=0.0), vocab
+
+
+def run_steps(model, batch, steps=5):
+    src_mask = batch["src_mask"]
+    memory, memory_proj, hidden = model.encode(batch["src_ids"], src_mask)
+    state = model.init_state(memory, src_mask)
+    graph = batch["graph"] if model.graph != "none" else None
+    inputs = model.embed_inputs(batch["tgt_in"])
+    outputs = []
+    for t in range(steps):
+        distribution, hidden, state, cov = model.step(inputs[:, t], hidden, state, memory, memory_proj, src_mask,
+                                                      graph)
+        outputs.append((distribution.numpy(), state["attention"].numpy(), cov.numpy()))
+    return outputs
+
+
+@pytest.mark.parametrize("graph, coverage", [("auto", True), ("none", True), ("adjacency", False)])
+def test_output_distribution_sums_to_one(graph, coverage):
+    model, vocab = tiny_model(graph, coverage)
+    batch, _ = make_batch(SENTENCES, vocab, "zh")
+    lengths = batch["src_mask"].numpy().sum(axis=1).astype(int)
+    for distribution, attention, _ in run_steps(model, batch):
+        np.testing.assert_allclose(distribution.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
+        assert (distribution >= 0).all()
+        assert np.abs(distribution[:, [KEYWORD_ID["<pad>"], KEYWORD_ID["<bos>"]]]).max() < 1e-8
+        for b, length in enumerate(lengths):  # no copy mass on padding positions
+            assert np.abs(distribution[b, NUM_KEYWORDS + length:]).max(initial=0.0) < 1e-8
+
+
+def test_coverage_loss_is_zero_on_fresh_words_and_grows_on_revisits():
+    eye = paddle.eye(4)
+    coverage = paddle.zeros([1, 4])
+    fresh = []
+    for t in range(4):
+        fresh.append(coverage_loss(eye[t:t + 1], coverage).item())
+        coverage = coverage + eye[t:t + 1]
+    assert fresh == [0.0, 0.0, 0.0, 0.0]
+    assert coverage_loss(eye[1:2], coverage).item() == 1.0  # attending word 1 again
+    spread = paddle.full([1, 4], 0.25)
+    assert coverage_loss(spread, spread * 2).item() == pytest.approx(1.0)
+
+
+def test_model_coverage_term_starts_at_zero_and_has_gradients():
+    model, vocab = tiny_model()
+    batch, _ = make_batch(SENTENCES, vocab, "zh")
+    outputs = run_steps(model, batch, steps=3)
+    assert np.abs(outputs[0][2]).max() == 0.0 and (outputs[2][2] > 0).all()
+    loss, parts = model(batch, coverage_weight=1.0)
+    loss.backward()
+    assert float(parts["coverage"]) > 0 and np.isfinite(float(loss))
+    assert float(model.attn_coverage.weight.grad.abs().sum()) > 0
+    assert float(model.dep_gate.weight.grad.abs().sum()) > 0
+
+
+def test_sentence_graphs():
+    chain = sentence_graph(4)
+    np.testing.assert_allclose(chain.sum(axis=1), 1.0)
+    assert (chain > 0).astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]
+    arcs = sentence_graph(4, heads=[1, -1, 1, 2])
+    assert (arcs > 0).astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]
+    star = sentence_graph(4, heads=[-1, 0, 0, 0])
+    assert (star[0] > 0).all() and star[1, 2] == 0
+    with pytest.raises(ValueError, match="outside the sentence"):
+        sentence_graph(3, heads=[-1, 0, 5])
+
+
+def test_dependency_arcs_change_attention_only_when_the_graph_is_on():
+    examples = [Example("甲乙丙丁", [Fact("甲", "乙", ("丙",))])]
+    with_arcs = [Example("甲乙丙丁", [Fact("甲", "乙", ("丙",))], heads=[-1, 0, 0, 0])]
+    for graph, differs in (("auto", True), ("none", False)):
+        model, _ = tiny_model(graph)
+        vocab = Vocab.build([list("甲乙丙丁")])
+        a = run_steps(model, make_batch(examples, vocab, "zh", graph)[0], steps=3)[-1][1]
+        b = run_steps(model, make_batch(with_arcs, vocab, "zh", graph)[0], steps=3)[-1][1]
+        assert (np.abs(a - b).max() > 1e-6) == differs
+    with pytest.raises(ValueError, match="needs dependency heads"):
+        make_batch(examples, vocab, "zh", "dependency")
+
+
+def test_gold_marks_every_position_of_a_repeated_word():
+    example = Example("甲乙甲", [Fact("甲", "乙", ("甲",))])
+    vocab = Vocab.build([list("甲乙")])
+    batch, unreachable = make_batch([example], vocab, "zh")
+    gold = batch["tgt_gold"].numpy()[0]
+    assert unreachable == 0
+    assert gold[1, NUM_KEYWORDS:].tolist() == [1.0, 0.0, 1.0]  # step 1 spells the subject 甲
+    assert (gold[batch["tgt_mask"].numpy()[0] > 0].sum(axis=1) >= 1).all()
+
+
+def test_targets_of_real_span_data_decode_back(shared_data):
+    from paddle_suite.oie.readers import spansaoke_split
+
+    for example in spansaoke_split("dev", shared_data / "oie" / "spansaoke")[:300]:
+        tokens = tokenize(example.sentence, "zh")
+        encoded = encode_target(example.facts, tokens, "zh")
+        assert encoded.unreachable == 0
+        assert decode_actions(encoded.actions, tokens, "zh") == example.facts
+
+
+def test_unreachable_words_become_unk():
+    encoded = encode_target(parse_facts("(李白, 是, 诗仙)"), list("李白是诗人"), "zh")
+    assert encoded.unreachable == 1
+    assert ("kw", KEYWORD_ID["<unk>"]) in encoded.actions
+
+
+def test_grammar_rejects_malformed_prefixes():
+    grammar = FactGrammar()
+    kw = lambda name: ("kw", KEYWORD_ID[name])  # noqa: E731
+    with pytest.raises(ValueError, match="cannot follow"):
+        grammar.advance(GrammarState(), kw(")"))
+    state = GrammarState()
+    for action in [kw("("), ("copy", 0), kw(","), ("copy", 1)]:
+        state = grammar.advance(state, action)
+    with pytest.raises(ValueError, match="cannot follow"):
+        grammar.advance(state, kw(")"))  # only two arguments so far
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10 ** 6), min_size=1, max_size=60))
+def test_random_grammatical_walks_decode_to_well_formed_facts(choices):
+    """Any action sequence the grammar allows spells facts that serialise and parse back."""
+    tokens = list("李白是诗人")
+    grammar, state, actions = FactGrammar(), GrammarState(), []
+    for choice in choices:
+        keywords, copy_ok = grammar.allowed(state)
+        options = [("kw", k) for k in keywords] + ([("copy", i) for i in range(len(tokens))] if copy_ok else [])
+        action = options[choice % len(options)]
+        actions.append(action)
+        state = grammar.advance(state, action)
+        if state.phase == "done":
+            break
+    facts = decode_actions(actions, tokens, "zh")
+    assert parse_facts(serialize_facts(facts)) == facts
+    assert all(KEYWORDS[v] != "<bos>" for kind, v in actions if kind == "kw")
+
+
+@pytest.mark.parametrize("max_steps", [3, 40])
+def test_beam_search_returns_well_formed_facts(max_steps):
+    model, vocab = tiny_model()
+    for example in SENTENCES:
+        facts = model.extract(example.sentence, vocab, "zh", beam_size=3, max_steps=max_steps)
+        assert all(isinstance(f, Fact) for f in facts)
+        assert parse_facts(serialize_facts(facts)) == facts
+    assert model.training  # extract restores the training mode
+
+
+@pytest.mark.slow
+def test_training_on_real_span_data_lowers_the_loss(shared_data):
+    from paddle_suite.oie.readers import spansaoke_split
+
+    examples = [e for e in spansaoke_split("dev", shared_data / "oie" / "spansaoke") if len(e.sentence) <= 40][:200]
+    assert len(examples) == 200
+    paddle.seed(0)
+    rng = np.random.default_rng(0)
+    vocab = Vocab.build([tokenize(e.sentence, "zh") for e in examples])
+    model = Logician(len(vocab), embedding_dim=32, hidden_size=64, dropout=0.0)
+    optimizer = paddle.optimizer.Adam(learning_rate=3e-3, parameters=model.parameters())
+    losses = []
+    for _ in range(100):
+        batch, _ = make_batch([examples[i] for i in rng.choice(len(examples), 16, replace=False)], vocab, "zh")
+        loss, parts = model(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        losses.append(float(parts["nll"]))
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.6 * first, (first, last)
+    facts = model.extract(examples[0].sentence, vocab, "zh")
+    assert parse_facts(serialize_facts(facts)) == facts

@@ -1,0 +1,105 @@
+"""Readers: real-file counts from the data README, BIO decoding and its errors, SAOKE JSON lines."""
+import json
+
+import pytest
+
+from paddle_suite.oie.readers import (OIE2016_SPLITS, Example, OieDataError, decode_bio, oie2016_split,
+                                      read_oie_benchmark, read_saoke_jsonl, read_spansaoke, spansaoke_split,
+                                      write_saoke_jsonl)
+from paddle_suite.oie.saoke import MISSING, Fact, parse_facts
+
+
+@pytest.mark.parametrize("split, lines", [("dev", 4373), ("test", 4440), ("coer_test", 2000)])
+def test_spansaoke_counts_match_the_data_readme(shared_data, split, lines):
+    examples = spansaoke_split(split, shared_data / "oie" / "spansaoke")
+    assert len(examples) == lines
+    for example in examples:
+        (fact,) = example.facts
+        for arg, spans in zip((fact.subject, fact.predicate, fact.objects[0]), example.spans):
+            expected = "".join(example.sentence[a:b] for a, b in spans)
+            assert arg == (expected or MISSING)
+
+
+def test_spansaoke_discontinuous_and_missing_roles(shared_data):
+    coer = spansaoke_split("coer_test", shared_data / "oie" / "spansaoke")
+    missing_subject = [e for e in coer if e.facts[0].subject is MISSING]
+    assert len(missing_subject) == 2
+    two_part_subject = [e for e in coer if len(e.spans[0]) == 2]
+    assert two_part_subject and all(len(e.facts[0].subject) == sum(b - a for a, b in e.spans[0])
+                                    for e in two_part_subject)
+
+
+@pytest.mark.parametrize("split, tuples, sentences", [("train", 5078, 1759), ("dev", 1673, 582),
+                                                      ("test", 1730, 603)])
+def test_oie2016_counts_match_the_data_readme(shared_data, split, tuples, sentences):
+    examples = oie2016_split(split, shared_data / "oie" / "oie2016" / "oie_corpus")
+    assert len(examples) == sentences
+    assert sum(len(e.facts) for e in examples) == tuples
+
+
+def test_oie_benchmark_reader_converts_tuples(tmp_path):
+    path = tmp_path / "mine.oie"
+    path.write_text("John works for Google .\tworks\tworks for\tJohn\tGoogle\n"
+                    "John works for Google .\tworks\tworks\tJohn\n"
+                    "Mary sings .\tsings\tsings\tMary\n", encoding="utf-8")
+    first, second = read_oie_benchmark(path)
+    assert first.facts == [Fact("John", "works for", ("Google",)), Fact("John", "works", (MISSING,))]
+    assert second.sentence == "Mary sings ." and len(second.facts) == 1
+    bad = tmp_path / "bad.oie"
+    bad.write_text("A sentence .\tpred\tpred\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match=r"bad.oie:1: 3 tab-separated fields"):
+        read_oie_benchmark(bad)
+
+
+@pytest.mark.parametrize("label, message", [
+    ("O I-E1 O", "tag 1 is 'I-E1' after 'O'"),
+    ("B-E1 I-R O", "tag 1 is 'I-R' after 'B-E1'"),
+    ("B-E3 O O", "unknown role"),
+    ("O X O", "expected O, B-<role> or I-<role>"),
+    ("O O", "2 tags for a sentence of 3 characters"),
+])
+def test_malformed_bio_names_file_line_and_tag(tmp_path, label, message):
+    path = tmp_path / "spans.txt"
+    good = json.dumps({"sentence": "abc", "label": "B-E1 B-R B-E2"})
+    bad = json.dumps({"sentence": "abc", "label": label})
+    path.write_text(good + "\n" + bad + "\n", encoding="utf-8")
+    with pytest.raises(OieDataError) as info:
+        read_spansaoke(path)
+    assert str(info.value).startswith(f"{path}:2: ") and message in str(info.value)
+
+
+def test_decode_bio_joins_nothing_itself():
+    spans = decode_bio("B-E1 I-E1 B-R B-E1 O B-E2".split())
+    assert spans == {"E1": [(0, 2), (3, 4)], "R": [(2, 3)], "E2": [(5, 6)]}
+
+
+def test_saoke_jsonl_write_then_read(tmp_path):
+    examples = [Example("李白出生于碎叶城。", parse_facts("(李白, 出生于, 碎叶城, @TIME=701年) (李白, ISA, [诗人|X])")),
+                Example("没有事实。", [])]
+    path = tmp_path / "saoke.json"
+    write_saoke_jsonl(path, examples)
+    back = read_saoke_jsonl(path)
+    assert [(e.sentence, e.facts) for e in back] == [(e.sentence, e.facts) for e in examples]
+    record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    assert record["logic"][1] == {"subject": "李白", "predicate": "ISA", "object": ["[诗人|X]"], "time": "_",
+                                  "place": "_", "qualifier": "_"}
+
+
+def test_saoke_jsonl_accepts_facts_in_notation_and_reports_errors(tmp_path):
+    path = tmp_path / "saoke.json"
+    lines = [{"natural": "s", "logic": ["(a, b, c)"]}, {"natural": "t", "logic": ["(a, b)"]}]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match=r"saoke.json:2: logic\[0\]: position 5"):
+        read_saoke_jsonl(path)
+    path.write_text(json.dumps({"natural": "s"}) + "\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match="saoke.json:1: missing key 'logic'"):
+        read_saoke_jsonl(path)
+    path.write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match="saoke.json:1: not valid JSON"):
+        read_saoke_jsonl(path)
+
+
+def test_unknown_split_names_the_known_ones():
+    with pytest.raises(KeyError, match="train, dev, test"):
+        oie2016_split("valid")
+    assert OIE2016_SPLITS == ("train", "dev", "test")
