@@ -39,8 +39,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from paddle_suite.oie.tokens import (BOS, EOS, KEYWORD_ID, NUM_KEYWORDS, PAD, FactGrammar, GrammarState,
+from paddle_suite.oie.tokens import (BOS, KEYWORD_ID, NUM_KEYWORDS, PAD, FactGrammar, GrammarState,
                                      decode_actions, encode_target, tokenize)
+from paddle_suite.registry import ARCHS
 
 GRAPHS = ("auto", "dependency", "adjacency", "none")
 NEG_INF = -1e9
@@ -69,7 +70,11 @@ def coverage_loss(attention, coverage):
     return paddle.minimum(attention, coverage).sum(axis=-1)
 
 
+@ARCHS.register("Logician")
 class Logician(nn.Layer):
+    """Arch keys: ``vocab_size`` (from the data), ``embedding_dim``, ``hidden_size``, ``rnn`` (gru|lstm),
+    ``graph`` (auto|dependency|adjacency|none), ``coverage``, ``dropout``."""
+
     def __init__(self, vocab_size, embedding_dim=128, hidden_size=256, rnn="gru", graph="auto",
                  coverage=True, dropout=0.1):
         super().__init__()
@@ -297,5 +302,3 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None):
                "tgt_gold": tgt_gold, "tgt_mask": tgt_mask}
     return {k: paddle.to_tensor(v) for k, v in tensors.items()}, unreachable
 
-
-__all__ = ["Logician", "make_batch", "sentence_graph", "coverage_loss", "GRAPHS", "EOS"]

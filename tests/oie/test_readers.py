@@ -37,6 +37,14 @@ def test_oie2016_counts_match_the_data_readme(shared_data, split, tuples, senten
     assert sum(len(e.facts) for e in examples) == tuples
 
 
+def test_generic_reader_reads_the_other_oie2016_files(shared_data):
+    corpus = shared_data / "oie" / "oie2016" / "oie_corpus"
+    assert sum(len(e.facts) for e in read_oie_benchmark(corpus / "all.oie")) == 5078 + 1673 + 1730
+    for path in sorted(corpus.glob("*/*.oie")):  # newswire/ and wiki/ subsets
+        examples = read_oie_benchmark(path)
+        assert examples and all(e.facts for e in examples)
+
+
 def test_oie_benchmark_reader_converts_tuples(tmp_path):
     path = tmp_path / "mine.oie"
     path.write_text("John works for Google .\tworks\tworks for\tJohn\tGoogle\n"
