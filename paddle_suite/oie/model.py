@@ -28,7 +28,8 @@ Architecture, with the readings we chose where the paper leaves details open:
   coverage loss, averaged over real target steps.
 - **Beam search** keeps only continuations the fact grammar allows
   (:class:`paddle_suite.oie.tokens.FactGrammar`), so every finished hypothesis is a sequence of
-  well-formed facts; it stops when ``beam_size`` hypotheses have finished, ranked by
+  well-formed facts; a word's copy probability is summed over its positions (one action per
+  distinct word); it stops when ``beam_size`` hypotheses have finished, ranked by
   log-probability divided by ``length ** length_penalty``.
 
 The decoder loops over target steps in Python, batched over sentences: coverage and the
@@ -176,9 +177,16 @@ class Logician(nn.Layer):
 
     # ------------------------------------------------------------------ decoding
     @paddle.no_grad()
-    def beam_search(self, src_ids, graph, beam_size=4, max_steps=60, length_penalty=1.0):
-        """Best grammatical action sequence for one sentence (``src_ids``: list of word ids)."""
+    def beam_search(self, src_ids, graph, tokens=None, beam_size=4, max_steps=60, length_penalty=1.0):
+        """Best grammatical action sequence for one sentence (``src_ids``: its word ids; ``tokens``:
+        its tokens, so repeated words are merged; without them equal ids are merged)."""
         length = len(src_ids)
+        keys = tokens if tokens is not None else src_ids
+        if len(keys) != length:
+            raise ValueError(f"{len(keys)} tokens for {length} word ids")
+        first_of = {}
+        first_position = np.asarray([first_of.setdefault(key, i) for i, key in enumerate(keys)])
+        is_first = first_position == np.arange(length)
         ids = paddle.to_tensor(np.asarray([src_ids], dtype="int64"))
         src_mask = paddle.ones([1, length])
         memory, memory_proj, hidden = self.encode(ids, src_mask)
@@ -196,13 +204,19 @@ class Logician(nn.Layer):
                 self.embed_inputs(paddle.to_tensor(np.asarray(last_input, dtype="int64"))),
                 hidden, state, paddle.gather(memory, expand), paddle.gather(memory_proj, expand),
                 paddle.gather(src_mask, expand), None if graph_t is None else paddle.gather(graph_t, expand))
-            log_probs = np.log(np.maximum(distribution.numpy(), 1e-30))
+            probs = distribution.numpy()
+            # A word's probability is the sum over every position holding it (as in the loss);
+            # it is credited to its first position and the other positions are closed.
+            merged = np.zeros_like(probs[:, NUM_KEYWORDS:])
+            np.add.at(merged.T, first_position, probs[:, NUM_KEYWORDS:].T)
+            probs[:, NUM_KEYWORDS:] = merged
+            log_probs = np.log(np.maximum(probs, 1e-30))
             allowed = np.full_like(log_probs, -np.inf)
             for b, (_, _, gstate) in enumerate(beams):
                 keywords, copy_ok = grammar.allowed(gstate)
                 allowed[b, keywords] = 0.0
                 if copy_ok:
-                    allowed[b, NUM_KEYWORDS:] = 0.0
+                    allowed[b, NUM_KEYWORDS:][is_first] = 0.0
             scores = (log_probs + allowed) + np.asarray([score for _, score, _ in beams])[:, None]
             order = np.argsort(-scores, axis=None)[: 2 * beam_size]
             new_beams, rows, inputs = [], [], []
@@ -239,7 +253,8 @@ class Logician(nn.Layer):
         was_training = self.training
         self.eval()
         try:
-            actions = self.beam_search(vocab.ids(tokens), self.graph_for(len(tokens), heads), **beam_options)
+            actions = self.beam_search(vocab.ids(tokens), self.graph_for(len(tokens), heads), tokens,
+                                       **beam_options)
         finally:
             if was_training:
                 self.train()

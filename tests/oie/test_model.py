@@ -122,6 +122,28 @@ def test_targets_of_real_span_data_decode_back(shared_data):
         assert decode_actions(encoded.actions, tokens, "zh") == example.facts
 
 
+def test_english_targets_decode_back(shared_data):
+    from paddle_suite.oie.readers import oie2016_split
+
+    checked = 0
+    for example in oie2016_split("dev", shared_data / "oie" / "oie2016" / "oie_corpus")[:200]:
+        tokens = tokenize(example.sentence, "en")
+        encoded = encode_target(example.facts, tokens, "en")
+        if encoded.unreachable == 0:
+            assert decode_actions(encoded.actions, tokens, "en") == example.facts
+            checked += 1
+    assert checked >= 90  # 100 of these 200: OIE2016 predicates often add words ("might", "is")
+
+
+def test_beam_search_copies_each_repeated_word_from_its_first_position():
+    model, _ = tiny_model()
+    vocab = Vocab.build([list("甲乙")])
+    tokens = list("甲乙甲乙甲乙")
+    actions = model.beam_search(vocab.ids(tokens), sentence_graph(len(tokens)), tokens, beam_size=3, max_steps=30)
+    copied = [position for kind, position in actions if kind == "copy"]
+    assert set(copied) <= {0, 1}
+
+
 def test_unreachable_words_become_unk():
     encoded = encode_target(parse_facts("(李白, 是, 诗仙)"), list("李白是诗人"), "zh")
     assert encoded.unreachable == 1
