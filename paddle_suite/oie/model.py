@@ -155,6 +155,9 @@ class Logician(nn.Layer):
     # ------------------------------------------------------------------ training
     def forward(self, batch, coverage_weight=1.0):
         """Teacher-forced loss; returns (loss, {"nll": ..., "coverage": ...})."""
+        if self.graph != "none" and batch["graph_mode"] != self.graph:
+            raise ValueError(f"batch built with graph_mode={batch['graph_mode']!r} for a model with "
+                             f"graph={self.graph!r}: pass make_batch(..., graph_mode=model.graph)")
         src_mask = batch["src_mask"]
         memory, memory_proj, hidden = self.encode(batch["src_ids"], src_mask)
         graph = batch["graph"] if self.graph != "none" else None
@@ -273,8 +276,11 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None):
     """Padded tensors for teacher forcing from :class:`paddle_suite.oie.readers.Example` objects.
 
     ``tgt_gold[b, t]`` marks every action spelling the gold token at step t: its keyword, or
-    every source position holding the copied word. Returns (batch dict, unreachable token count).
+    every source position holding the copied word. ``graph_mode`` must be the model's ``graph``.
+    Returns (batch dict, unreachable token count).
     """
+    if graph_mode not in GRAPHS:
+        raise ValueError(f"graph_mode must be one of {GRAPHS}, got {graph_mode!r}")
     sources, targets, graphs, unreachable = [], [], [], 0
     for example in examples:
         tokens = tokenize(example.sentence, language)[:max_source]
@@ -315,5 +321,7 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None):
                 previous = NUM_KEYWORDS + int(word_ids[value])
     tensors = {"src_ids": src_ids, "src_mask": src_mask, "graph": graph, "tgt_in": tgt_in,
                "tgt_gold": tgt_gold, "tgt_mask": tgt_mask}
-    return {k: paddle.to_tensor(v) for k, v in tensors.items()}, unreachable
+    tensors = {k: paddle.to_tensor(v) for k, v in tensors.items()}
+    tensors["graph_mode"] = graph_mode
+    return tensors, unreachable
 

@@ -18,10 +18,12 @@ SENTENCES = [
 ]
 
 
-def tiny_model(graph="auto", coverage=True, seed=0):
+def tiny_model(graph="auto", coverage=True, seed=0, rnn="gru"):
     paddle.seed(seed)
     vocab = Vocab.build([tokenize(e.sentence, "zh") for e in SENTENCES])
-    return Logician(len(vocab), embedding_dim=16, hidden_size=24, graph=graph, coverage=coverage, dropout=0.0), vocab
+    model = Logician(len(vocab), embedding_dim=16, hidden_size=24, rnn=rnn, graph=graph, coverage=coverage,
+                     dropout=0.0)
+    return model, vocab
 
 
 def run_steps(model, batch, steps=5):
@@ -38,10 +40,11 @@ def run_steps(model, batch, steps=5):
     return outputs
 
 
-@pytest.mark.parametrize("graph, coverage", [("auto", True), ("none", True), ("adjacency", False)])
-def test_output_distribution_sums_to_one(graph, coverage):
-    model, vocab = tiny_model(graph, coverage)
-    batch, _ = make_batch(SENTENCES, vocab, "zh")
+@pytest.mark.parametrize("graph, coverage, rnn", [("auto", True, "gru"), ("none", True, "gru"),
+                                                  ("adjacency", False, "lstm")])
+def test_output_distribution_sums_to_one(graph, coverage, rnn):
+    model, vocab = tiny_model(graph, coverage, rnn=rnn)
+    batch, _ = make_batch(SENTENCES, vocab, "zh", graph)
     lengths = batch["src_mask"].numpy().sum(axis=1).astype(int)
     for distribution, attention, _ in run_steps(model, batch):
         np.testing.assert_allclose(distribution.sum(axis=1), 1.0, rtol=1e-5)
@@ -75,6 +78,8 @@ def test_model_coverage_term_starts_at_zero_and_has_gradients():
     assert float(parts["coverage"]) > 0 and np.isfinite(float(loss))
     assert float(model.attn_coverage.weight.grad.abs().sum()) > 0
     assert float(model.dep_gate.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="graph_mode='adjacency' for a model with graph='auto'"):
+        model(make_batch(SENTENCES, vocab, "zh", "adjacency")[0])
 
 
 def test_sentence_graphs():
