@@ -37,7 +37,7 @@ setup(
         "lmdb>=1.4",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "hypothesis>=6"],
         # peers for bench/: PyTorch 2.13.0 CPU (installable offline here) and PyKEEN
         "bench": ["torch==2.13.0", "pykeen>=1.10"],
     },
