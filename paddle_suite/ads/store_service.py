@@ -420,6 +420,7 @@ class ShardServer:
         self.prepared = None  # (pass, merged working set)
         self.done = set()
         self.last_seen = {}  # worker -> time.monotonic() of its last authenticated call
+        self.listening = threading.Event()  # set once ``serve`` accepts connections
         if self.shard_id == 0:
             os.makedirs(self.dense_dir, exist_ok=True)
             with atomic_write(os.path.join(self.path, "layout.json"), "w") as handle:
@@ -696,6 +697,7 @@ class ShardServer:
             log.warning("shard server %d listens on every interface (%r)", self.shard_id, host)
         server = self._grpc_server(host, port)
         server.start()
+        self.listening.set()
         print(f"shard server {self.shard_id}/{self.num_shards} on {_target(host, port)}, "
               f"last pass {self.store.last_pass}", flush=True)
         try:
