@@ -19,7 +19,9 @@ code, no protobuf runtime) carry frames that cannot run code: a fixed header (ma
 worker id, request nonce, time, sizes), a small JSON object of scalar arguments, then numpy
 buffers each described by a dtype from an allow-list and a shape, all bounds checked before
 ``np.frombuffer`` (``max_message_mb`` for the buffers, 64 KiB for the JSON, 1024 arrays), and an
-HMAC-SHA256 of the frame with the job's shared key. Nothing received is unpickled or evaluated.
+HMAC-SHA256 of the frame with the job's shared key. A call also carries a signed timestamp in its
+metadata, checked before the message is read, so an unauthenticated client cannot make the server
+buffer a large message. Nothing received is unpickled or evaluated.
 The key never crosses the network; a request is accepted once (its nonce is remembered for the
 replay window) and only within ``replay_window_s`` of its timestamp (hosts' clocks must agree to
 that), and replies are signed and bound to the request's nonce, so a host on the path can neither
@@ -104,6 +106,7 @@ KEY_ENV = "PADDLE_SUITE_STORE_AUTHKEY"
 KEYFILE_ENV = "PADDLE_SUITE_STORE_KEYFILE"
 MIN_KEY_BYTES = 16
 METHOD = "/paddle_suite.StoreShard/Call"
+AUTH_METADATA = "paddle-suite-store-auth"
 _DENSE_FILE = re.compile(r"pass-(\d+)\.npz$")
 
 # ---------------------------------------------------------------------------------------- frames
@@ -152,6 +155,27 @@ class Message:
 
 def _mac(key, body):
     return hmac.new(key, body, hashlib.sha256).digest()
+
+
+def call_token(key, now=None):
+    """The call's metadata token: time and its HMAC, checked before the server reads the message."""
+    stamp = f"{time.time() if now is None else now:.3f}"
+    return stamp + ":" + hmac.new(key, b"paddle_suite-store-call:" + stamp.encode(), hashlib.sha256).hexdigest()
+
+
+def check_call_token(key, token, window):
+    """None if ``token`` is a fresh token of ``key``, else what is wrong with it."""
+    stamp, _, mac = (token or "").partition(":")
+    try:
+        age = time.time() - float(stamp)
+    except ValueError:
+        return f"call without a valid {AUTH_METADATA} token"
+    want = hmac.new(key, b"paddle_suite-store-call:" + stamp.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, mac):
+        return "call not signed with this job's key (wrong PADDLE_SUITE_STORE_AUTHKEY / PADDLE_SUITE_STORE_KEYFILE)"
+    if abs(age) > window:
+        return f"call token {age:+.0f} s off this host's clock (limit {window:.0f} s): replayed, or clocks disagree"
+    return None
 
 
 def encode(key, op, meta=None, arrays=None, worker=-1, nonce=None, max_bytes=None):
@@ -662,6 +686,17 @@ class ShardServer:
             failure = (grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}")
         context.abort(*failure)
 
+    def _intercept(self, continuation, details):
+        """Authenticate a call from its metadata, before its message is read: an unauthenticated
+        client cannot make the server buffer a large message (the reject handler streams its
+        request and never reads it)."""
+        token = dict(details.invocation_metadata or ()).get(AUTH_METADATA)
+        problem = check_call_token(self.key, token, self.replay.window)
+        if problem is None:
+            return continuation(details)
+        return grpc.stream_unary_rpc_method_handler(
+            lambda _requests, context: self._reject(context, grpc.StatusCode.UNAUTHENTICATED, problem))
+
     def _grpc_server(self, host, port):
         options = [
             ("grpc.so_reuseport", 0),  # no other process may bind our port beside us
@@ -675,7 +710,8 @@ class ShardServer:
         ]
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.threads,
                                                         thread_name_prefix=f"shard{self.shard_id}"),
-                             options=options, maximum_concurrent_rpcs=2 * self.threads)
+                             options=options, maximum_concurrent_rpcs=2 * self.threads,
+                             interceptors=(_Interceptor(self),))
         handler = grpc.unary_unary_rpc_method_handler(self._serve_call)  # raw bytes in and out
         service, method = METHOD.strip("/").split("/")
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
@@ -720,6 +756,14 @@ class ShardServer:
 
 
 _FRAME_SLACK = 2 * 2**20  # header, arguments and array descriptors on top of the arrays
+
+
+class _Interceptor(grpc.ServerInterceptor):
+    def __init__(self, server):
+        self.server = server
+
+    def intercept_service(self, continuation, handler_call_details):
+        return self.server._intercept(continuation, handler_call_details)
 
 
 def load_dense(path):
@@ -822,7 +866,8 @@ class RemoteStore:
             frame = encode(self.key, op, kwargs, arrays, worker=worker, max_bytes=self.max_bytes)
             nonce = _HEADER.unpack_from(frame)[3]
             try:
-                reply = self.stubs[shard](frame, timeout=max(0.01, deadline - time.monotonic()))
+                reply = self.stubs[shard](frame, timeout=max(0.01, deadline - time.monotonic()),
+                                          metadata=((AUTH_METADATA, call_token(self.key)),))
                 break
             except grpc.RpcError as error:
                 code = error.code()

@@ -99,11 +99,13 @@ def legitimate_pass(endpoints, shards, threads, errors):
     assert all(s.done == {0, 1} for s in shards)
 
 
-def raw_call(endpoint, frame, timeout=10.0):
-    """Send bytes to the store method as any gRPC client could; returns (status code, details)."""
+def raw_call(endpoint, frame, key=KEY, timeout=10.0):
+    """Send bytes to the store method as any gRPC client could, with the call token of ``key``
+    (None: without); returns (status code, details)."""
+    metadata = ((ss.AUTH_METADATA, ss.call_token(key)),) if key else None
     with grpc.insecure_channel(endpoint) as channel:
         try:
-            channel.unary_unary(ss.METHOD)(frame, timeout=timeout)
+            channel.unary_unary(ss.METHOD)(frame, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             return error.code(), error.details()
     return grpc.StatusCode.OK, ""
@@ -146,6 +148,20 @@ def test_silent_connections_block_nobody_and_are_dropped(tmp_path):
                 sock.close()
 
 
+def test_a_connection_flood_is_bounded(tmp_path):
+    """Past max_connections the server closes new connections at once; the silent ones it kept
+    go after the handshake timeout, and the workers' reconnect backoff then gets them in."""
+    with servers(tmp_path, max_connections=4, handshake_timeout_s=3.0) as running:
+        flood = [socket.create_connection(ss.parse_endpoint(running[0][0]), timeout=10) for _ in range(12)]
+        try:
+            refused = sum(closed_within(sock, 0.1) for sock in flood)  # well before the 3 s handshake timeout
+            assert refused >= 8, f"only {refused} of 12 connections over the bound of 4 were closed"
+            legitimate_pass(*running)
+        finally:
+            for sock in flood:
+                sock.close()
+
+
 def test_forged_pickle_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
 
@@ -161,7 +177,8 @@ def test_forged_pickle_runs_nothing(tmp_path):
         with pytest.raises(Exception):
             conn = Client(ss.parse_endpoint(endpoint), authkey=derived)
             conn.send(Exploit())
-        assert raw_call(endpoint, payload)[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert raw_call(endpoint, payload, key=None)[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert raw_call(endpoint, payload)[0] == grpc.StatusCode.UNAUTHENTICATED  # frame not signed
         # even signed with the job's key, a pickle is just bytes that do not parse
         signed = payload + ss._mac(KEY, payload)
         assert raw_call(endpoint, signed)[0] == grpc.StatusCode.INVALID_ARGUMENT
@@ -190,9 +207,12 @@ def test_wrong_key_is_refused_with_a_clear_error(tmp_path):
     with servers(tmp_path) as running:
         with pytest.raises(RuntimeError, match="UNAUTHENTICATED.*key"):
             ss.RemoteStore(running[0], 0, 2, DIM, authkey=b"not-the-key-0123456789", connect_timeout=10)
-        frame = ss.encode(b"not-the-key-0123456789", "done", worker=0)
+        wrong = b"not-the-key-0123456789"
+        frame = ss.encode(wrong, "done", worker=0)
         for endpoint in running[0]:  # an impersonated "done" cannot stop the job
-            assert raw_call(endpoint, frame)[0] == grpc.StatusCode.UNAUTHENTICATED
+            for key in (wrong, KEY, None):  # call token of the wrong key, of the right one, none
+                code, details = raw_call(endpoint, frame, key=key)
+                assert code == grpc.StatusCode.UNAUTHENTICATED, (key, code, details)
         assert all(s.done == set() for s in running[1])
         legitimate_pass(*running)
 
@@ -200,7 +220,8 @@ def test_wrong_key_is_refused_with_a_clear_error(tmp_path):
 def test_oversize_frames_are_refused(tmp_path):
     with servers(tmp_path, max_message_mb=1.0) as running:
         endpoint = running[0][0]
-        # over the transport's limit: gRPC refuses it before our code reads it
+        # without a call token it is refused before it is read; with one, past the transport's limit
+        assert raw_call(endpoint, os.urandom(4 * 2**20), key=None)[0] == grpc.StatusCode.UNAUTHENTICATED
         assert raw_call(endpoint, os.urandom(4 * 2**20))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
         # a signed frame whose descriptor claims 2^40 keys: refused before any allocation
         frame = bytearray(ss.encode(KEY, "read_rows", {}, {"keys": np.zeros(1, np.uint64)})[:-ss._MAC_BYTES])
@@ -242,6 +263,10 @@ def test_replayed_frames_are_refused(tmp_path):
         body[:ss._HEADER.size] = ss._HEADER.pack(*fields)
         code, details = raw_call(endpoint, bytes(body) + ss._mac(KEY, bytes(body)))
         assert code == grpc.StatusCode.UNAUTHENTICATED and "clock" in details
+        with grpc.insecure_channel(endpoint) as channel:  # an old call token
+            with pytest.raises(grpc.RpcError, match="clock"):
+                channel.unary_unary(ss.METHOD)(ss.encode(KEY, "status"), timeout=10, metadata=(
+                    (ss.AUTH_METADATA, ss.call_token(KEY, now=time.time() - 600)),))
         legitimate_pass(*running)
 
 
@@ -260,6 +285,16 @@ def test_stray_authenticated_calls_never_stop_the_servers(tmp_path):
         assert all(t.is_alive() for t in running[2]) and not running[3]
         assert all(s.done == set() for s in running[1])
         legitimate_pass(*running)
+
+
+def test_a_silent_worker_fails_the_servers_instead_of_hanging_them(tmp_path):
+    with servers(tmp_path, worker_timeout_s=1.0) as (endpoints, shards, threads, errors):
+        for endpoint in endpoints:
+            assert raw_call(endpoint, ss.encode(KEY, "alive", worker=1))[0] == grpc.StatusCode.OK
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(t.is_alive() for t in threads)
+        assert len(errors) == 2 and all("worker(s) [1] silent" in str(e) for e in errors), errors
 
 
 def test_bad_arguments_get_an_error_reply_not_a_crash(tmp_path):
