@@ -119,6 +119,7 @@ _MAC_BYTES = hashlib.sha256().digest_size
 MAX_META_BYTES = 64 * 1024
 MAX_ARRAYS = 1024
 MAX_NDIM = 8
+_FRAME_SLACK = 2 * 2**20  # gRPC's message limit: header, arguments and descriptors on top of the arrays
 _NAME = re.compile(r"[A-Za-z0-9_.@/\-]{1,200}")
 # little-endian only, so both ends agree whatever their byte order
 _DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<f2"), 4: np.dtype("<i8"), 5: np.dtype("<i4"),
@@ -753,9 +754,6 @@ class ShardServer:
         with self.cond:
             if self.prepared is None:
                 self.store.close()
-
-
-_FRAME_SLACK = 2 * 2**20  # header, arguments and array descriptors on top of the arrays
 
 
 class _Interceptor(grpc.ServerInterceptor):
