@@ -18,7 +18,9 @@ a server exiting non-zero while workers still run, fails the job: the whole grou
 non-zero (the worker's own status, or 1). A server exiting 0 is not a failure (the hierarchical
 store's shard servers stop once every worker said it is done). When every worker has exited 0 the
 servers are stopped and the launcher exits 0. SIGINT / SIGTERM to the launcher kill the group too
-(exit 130 / 143). ``PADDLE_SUITE_STORE_AUTHKEY`` (random per job) authenticates the shard servers.
+(exit 130 / 143). ``PADDLE_SUITE_STORE_AUTHKEY`` (a random 256-bit key per job, passed in the
+children's environment only, which other users cannot read) authenticates the hierarchical store's
+shard servers and workers; the launcher binds every role to loopback, so it runs one-host jobs.
 Logs: ``<log_dir>/serverlog.N`` and ``workerlog.N`` (as fleetrun names them).
 """
 import argparse
@@ -59,7 +61,7 @@ def role_environments(server_num, worker_num, gloo_dir, host="127.0.0.1"):
         "PADDLE_WITH_GLOO": "1",
         "PADDLE_GLOO_RENDEZVOUS": "2",
         "PADDLE_GLOO_FS_PATH": gloo_dir,
-        "PADDLE_SUITE_STORE_AUTHKEY": secrets.token_hex(16),  # hierarchical shard servers (store_service)
+        "PADDLE_SUITE_STORE_AUTHKEY": secrets.token_hex(32),  # hierarchical shard servers (store_service)
     }
     roles = []
     for i, endpoint in enumerate(servers):
@@ -205,12 +207,12 @@ def main(argv=None):
     server_num, worker_num, log_dir = args.server_num, args.worker_num, args.log_dir
     if args.config:
         from paddle_suite.config import load_config
-        from paddle_suite.ads.fleet_ps import run_directory
+        from paddle_suite.engine.run import Run
 
         config = load_config(args.config, args.override)
         server_num = server_num or config["PS"]["server_num"]
         worker_num = worker_num or config["PS"]["worker_num"]
-        log_dir = log_dir or os.path.join(run_directory(config), "logs")
+        log_dir = log_dir or os.path.join(Run(config).dir, "logs")
         train_script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                     "tools", "train.py")
         command = [sys.executable, train_script, "-c", args.config, "--no-progress"]

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = os.path.join(ROOT, "configs", "ctr_hierarchical.yaml")
 PASSES = 6
 PASS_SIZE = 8192
+KEY = b"test-secret-0123456789"  # the store refuses keys under 16 bytes
 
 
 def _planted(tmp_path, rows, test_rows=8000, vocab=50000):
@@ -40,12 +41,12 @@ def _config(overrides):
 
 # ------------------------------------------------------------------------------ delta merge
 def _start_servers(path, endpoints, workers, dim, state_dim, seed):
-    env = dict(os.environ, PADDLE_SUITE_STORE_AUTHKEY="test-secret")
+    env = dict(os.environ, PADDLE_SUITE_STORE_AUTHKEY=KEY.decode())
     procs = []
     for shard, endpoint in enumerate(endpoints):
         code = ("from paddle_suite.ads.store_service import ShardServer, parse_endpoint;"
                 f"ShardServer({str(path)!r}, {shard}, {len(endpoints)}, {workers}, {dim}, {state_dim}, mem_cap_mb=1.0,"
-                f" init_std=0.1, seed={seed}).serve(parse_endpoint({endpoint!r}), b'test-secret')")
+                f" init_std=0.1, seed={seed}).serve(parse_endpoint({endpoint!r}), {KEY!r})")
         procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     return procs
@@ -102,7 +103,7 @@ def test_two_workers_updates_of_one_key_are_both_applied(tmp_path):
     expected = init_rows(keys, dim, state_dim, 0.1, seed)
     averages = []
     try:
-        stores = _in_threads(lambda w: RemoteStore(endpoints, w, 2, dim, authkey=b"test-secret"), 2)
+        stores = _in_threads(lambda w: RemoteStore(endpoints, w, 2, dim, authkey=KEY), 2)
 
         def work(w):
             store = stores[w]
@@ -160,7 +161,7 @@ def test_restart_after_a_crash_inside_the_two_phase_commit(tmp_path):
         for key, row, want in zip(keys, store.read_rows(keys), expected):
             np.testing.assert_allclose(row, want, rtol=0, atol=1e-5, err_msg=f"key {int(key)}")
         assert store.pull_dense(expected_pass)["model"]["w"].tolist() == [float(expected_pass)] * 2
-        assert sorted(os.listdir(tmp_path / "store" / "dense")) == [f"pass-{p:05d}.pkl" for p in range(expected_pass + 1)]
+        assert sorted(os.listdir(tmp_path / "store" / "dense")) == [f"pass-{p:05d}.npz" for p in range(expected_pass + 1)]
 
     def interrupted_pass_1(store, finish_one):
         ws = store.load_working_set(keys)
@@ -179,15 +180,15 @@ def test_restart_after_a_crash_inside_the_two_phase_commit(tmp_path):
         return _start_servers(tmp_path / "store", endpoints, 1, dim, state_dim, seed)
 
     try:
-        store = RemoteStore(endpoints, 0, 1, dim, authkey=b"test-secret")
+        store = RemoteStore(endpoints, 0, 1, dim, authkey=KEY)
         ws = store.load_working_set(keys)
         ws.rows += deltas[0]
         store.commit_pass(ws, 0, dense={"model": {"w": np.zeros(2, np.float32)}, "optimizer": {}})
         servers = interrupted_pass_1(store, finish_one=False)
-        store = RemoteStore(endpoints, 0, 1, dim, authkey=b"test-secret")
+        store = RemoteStore(endpoints, 0, 1, dim, authkey=KEY)
         check(store, 0)
         servers = interrupted_pass_1(store, finish_one=True)
-        store = RemoteStore(endpoints, 0, 1, dim, authkey=b"test-secret")
+        store = RemoteStore(endpoints, 0, 1, dim, authkey=KEY)
         check(store, 1)
         store.close()
         _join(servers)
@@ -210,10 +211,9 @@ def _run_job(job):
 
 
 def _final_state(out, train, test):
-    import pickle
-
     from paddle_suite.ads.data import read_ctr
     from paddle_suite.ads.hierarchical_train import open_store, store_path
+    from paddle_suite.ads.store_service import load_dense
 
     config = _config(_overrides(train, test, out))
     batch, _ = read_ctr(train)
@@ -226,8 +226,7 @@ def _final_state(out, train, test):
     finally:
         store.close()
     dense_dir = os.path.join(store_path(config), "dense")
-    with open(os.path.join(dense_dir, f"pass-{last:05d}.pkl"), "rb") as handle:
-        dense = pickle.load(handle)["state"]["model"]
+    dense = load_dense(os.path.join(dense_dir, f"pass-{last:05d}.npz"))["model"]
     return last, passes, rows, dense, sorted(os.listdir(dense_dir))
 
 
@@ -283,7 +282,7 @@ def test_two_servers_two_workers_learn_and_resume_after_kill_9(tmp_path):
     last_ref, shards_ref, rows_ref, dense_ref, files_ref = _final_state(tmp_path / "ref", train, test)
     last, shards, rows, dense, files = _final_state(tmp_path / "crash", train, test)
     assert last == last_ref == PASSES - 1 and shards == shards_ref == {PASSES - 1}
-    assert files == files_ref == [f"pass-{PASSES - 2:05d}.pkl", f"pass-{PASSES - 1:05d}.pkl"]
+    assert files == files_ref == [f"pass-{PASSES - 2:05d}.npz", f"pass-{PASSES - 1:05d}.npz"]
     np.testing.assert_allclose(rows, rows_ref, rtol=0, atol=1e-5)
     assert dense.keys() == dense_ref.keys()
     for name in dense:
