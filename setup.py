@@ -35,6 +35,9 @@ setup(
         "scipy>=1.10",
         "scikit-learn>=1.3",
         "lmdb>=1.4",
+        # the hierarchical store's transport (raw-bytes generic handlers: no protobuf codegen);
+        # 1.66 is the first with grpc.max_allowed_incoming_connections
+        "grpcio>=1.66,<2",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
