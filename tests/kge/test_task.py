@@ -89,10 +89,15 @@ def test_train_step_and_evaluation(tmp_path):
     assert count == 32 and np.isfinite(float(loss))
     loss.backward()
     assert model.entity_embedding.weight.grad is not None
-    metrics = task.evaluate_model(model, "valid")
+    result = task.evaluate_model(model, "valid")
     for key in ("mrr", "mr", "hits@1", "hits@10", "head/mrr", "tail/mrr"):
-        assert key in metrics and isinstance(metrics[key], float)
-    assert task.last_evaluation["split"] == "valid" and "by_side" in task.last_evaluation["result"]
+        assert key in result.metrics and isinstance(result.metrics[key], float)
+    assert result.split == "valid" and "by_side" in result.extras["report"]
+    ranks, triples = result.extras["ranks"], result.extras["triples"]
+    assert len(ranks["head"]) == len(ranks["tail"]) == len(triples) == len(task.dataset.valid)
+    # the ranks are the metrics' source: their mean reciprocal is the reported MRR
+    mrr = np.mean(1.0 / np.concatenate([ranks["head"], ranks["tail"]]))
+    assert result.metrics["mrr"] == pytest.approx(mrr)
     names = task.artifacts()["entities.txt"].splitlines()
     assert names == task.dataset.entities and len(task.artifacts()["relations.txt"].splitlines()) == 3
 
