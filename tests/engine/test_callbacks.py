@@ -6,8 +6,9 @@ import numpy as np
 import paddle
 import pytest
 import toy_task
+from test_trainer import make_config as trainer_config
+from test_trainer import params
 
-from paddle_suite.config import load_config
 from paddle_suite.engine import Callback, EvalResult, Trainer, load_run
 from paddle_suite.engine import checkpoint as ckpt
 
@@ -54,17 +55,7 @@ class StopAfter(Callback):
 
 
 def make_config(tmp_path, *overrides):
-    path = tmp_path / "toy.yaml"
-    path.write_text(
-        "Global: {task: toy_regression, epochs: 3, log_every: 2, eval_every: 4}\n"
-        "Arch: {name: ToyMLP, dropout: 0.2}\n"
-        "Optimizer: {lr: 0.01, schedule: {name: cosine, warmup_steps: 3}}\n"
-    )
-    return load_config(str(path), [f"Global.output_dir={tmp_path / 'out'}", *overrides])
-
-
-def params(model):
-    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    return trainer_config(tmp_path, "Global.eval_every=4", *overrides)
 
 
 def test_user_callbacks_observe_steps_and_evaluations_with_extras(tmp_path):
