@@ -74,7 +74,7 @@ CPU_ARCH = {  # 1,000 floats per entity for every model (the FB15k-237 configs h
 CPU_LR = {"SpaceE": 0.003, "RotatE": 0.001, "TransE": 0.001}
 CPU_LR_PROBE = {  # FB15k-237, CPU_BUDGET, constant lr, 1,500 steps: valid MRR (1,000 triples), 2026-11-27
     "SpaceE": {0.001: 0.225, 0.003: 0.251},  # (the SpaceE recipe of 2026-11-27; the configs' maps and
-    # entities changed after it: see configs/spacee_wn18rr.yaml)
+    # entities changed after it: see bench/kge_config_notes.md)
     "RotatE": {0.001: 0.228, 0.003: 0.057},
     "TransE": {0.001: 0.211, 0.003: 0.138},
 }
