@@ -36,6 +36,10 @@ class RunError(FileNotFoundError):
     """A run directory or checkpoint that is missing or unusable; the message says what to do."""
 
 
+class OtherRun(ValueError):
+    """The run directory holds a run of another model or seed (the message says how to proceed)."""
+
+
 class Run:
     """The run directory of a config (``Global.output_dir`` / ``Global.run_name``), or ``directory``."""
 
@@ -81,7 +85,7 @@ class Run:
         saved = self.saved_config()
         changed = [] if saved is None else changed_settings(saved, self.config)
         if changed:
-            raise ValueError(
+            raise OtherRun(
                 f"{self.dir} holds a different run ({'; '.join(changed)}); its checkpoint "
                 f"{checkpoint} would load into this one. Set another Global.run_name / Global.output_dir, "
                 "or Global.resume=none to start over in this directory."

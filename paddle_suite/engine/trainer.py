@@ -89,11 +89,12 @@ class Loop:
     ``model`` is the task's layer, ``wrapped`` the Fleet-wrapped one that the steps run through.
     """
 
-    def __init__(self, trainer, optimizer, scheduler, total):
+    def __init__(self, trainer, optimizer, scheduler, steps_per_epoch, total):
         self.trainer, self.task, self.run = trainer, trainer.task, trainer.run
         self.model, self.wrapped = trainer.model, trainer.model
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.steps_per_epoch, self.total = trainer.task.steps_per_epoch(trainer.world), total
+        self.steps_per_epoch, self.total = steps_per_epoch, total
+        self.artifacts = trainer.task.artifacts()  # files stored beside every checkpoint
         self.is_main, self.world, self.progress = trainer.rank == 0, trainer.world, trainer.progress
         self.step = self.epoch = self.num_examples = 0
         self.loss = self.lr = 0.0
@@ -128,12 +129,11 @@ class Loop:
         return all(bool(paddle.isfinite(p).all()) for p in self.model.parameters())
 
     def save_checkpoint(self):
-        g = self.trainer.g
         return ckpt.save_checkpoint(self.run, self.step, self.model, self.optimizer, self.scheduler, self.state,
-                                    self.task.artifacts(), g["keep_checkpoints"])
+                                    self.artifacts, self.trainer.g["keep_checkpoints"])
 
     def save_best(self, metrics):
-        return ckpt.save_best(self.run, self.model, metrics, self.step, self.task.artifacts())
+        return ckpt.save_best(self.run, self.model, metrics, self.step, self.artifacts)
 
     def message(self, text):
         if self.is_main:
@@ -199,7 +199,7 @@ class Trainer:
             raise ValueError("the training data gives no batches: check the dataset and DataLoader.batch_size")
         total = self._total_steps(steps_per_epoch)
         optimizer, scheduler = build_optimizer(self.config["Optimizer"], self.model, total)
-        loop = Loop(self, optimizer, scheduler, total)
+        loop = Loop(self, optimizer, scheduler, steps_per_epoch, total)
         resume_from = self._checkpoint_to_resume()
         if resume_from:
             self._resume(loop, resume_from)
