@@ -159,3 +159,21 @@ def test_missing_dataset_fails_at_task_creation(tmp_path):
     cfg["DataLoader"]["data_path"] = str(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="absent"):
         KGETask(cfg)
+
+
+def test_every_regulariser_is_in_the_models_penalty(tmp_path):
+    """Loss.regularization joins SpaceE's own penalties in the model's forward (one place), in that order."""
+    from paddle_suite.kge.losses import embedding_regularization
+
+    task = KGETask(config(tmp_path, Loss={"regularization": 0.01, "regularization_p": 3},
+                          Arch={"orthogonal_weight": 0.5}))
+    paddle.seed(0)
+    model = task.build_model()
+    h, r, t = (paddle.to_tensor(task.dataset.train[:16, i]) for i in range(3))
+    embedding = embedding_regularization(
+        [model.entity_embedding(h), model.relation_embedding(r), model.entity_embedding(t)], 0.01, 3)
+    model.set_embedding_regularization(0.0)
+    maps_only = float(model.regularization(h, r, t))
+    model.set_embedding_regularization(0.01, 3)
+    assert float(model.regularization(h, r, t)) == pytest.approx(maps_only + float(embedding), rel=1e-6)
+    assert maps_only > 0 and float(embedding) > 0
