@@ -28,7 +28,8 @@ logs reuse keys from pass to pass through a drifting hot set (live campaigns, tr
 that i.i.d. Zipf draws over a huge vocabulary do not have: with 2^32-value id slots nearly every
 key of a pass is new, so cache hit rates measured on such a stream say nothing about caching.
 Rows are grouped into passes of ``pass_rows`` consecutive rows (set it to the trainer's
-``DataLoader.pass_size``). In pass p each categorical value is, with probability
+pass: ``DataLoader.pass_size``, a multiple of ``DataLoader.batch_size``, since the trainer's
+pass is whole batches). In pass p each categorical value is, with probability
 ``hot_fraction``, drawn uniformly from slot s's hot set H_s(p) of ``hot_set_size`` ranks
 (at most V_s), otherwise from the Zipf long tail as above. Hot-set position j holds rank
 ``1 + hash(seed, s, j, g) mod V_s`` in generation ``g = floor(p * drift_per_pass + u_j)``, with
@@ -492,7 +493,8 @@ def main(argv=None):
     parser.add_argument("--drift-per-pass", type=float, default=0.1,
                         help="share of hot-set members replaced from one pass to the next")
     parser.add_argument("--pass-rows", type=lambda v: int(float(v)), default=100_000,
-                        help="rows per pass for the hot set's drift (the trainer's DataLoader.pass_size)")
+                        help="rows per pass for the hot set's drift: the trainer's DataLoader.pass_size, "
+                             "a multiple of DataLoader.batch_size")
     parser.add_argument("--track-reuse", action="store_true",
                         help="measure per-pass key reuse and never-seen keys (meta 'reuse'; keeps all keys in RAM)")
     parser.add_argument("--chunk-rows", type=int, default=50_000)
