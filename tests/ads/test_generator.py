@@ -130,9 +130,9 @@ def test_bias_solved_without_scipy():
     assert gen.solve_increasing(lambda x: x ** 3, 8.0, -30.0, 30.0) == pytest.approx(2.0, abs=1e-9)
     with pytest.raises(ValueError, match="no solution"):
         gen.solve_increasing(lambda x: x, 40.0, -30.0, 30.0)
-    logits = gen.sample_chunk(small_spec(10), 0, 50_000, rng=np.random.default_rng([3, 2]))["logit"]
-    bias = small_spec(10, ctr=0.1).bias
-    assert np.mean(1 / (1 + np.exp(-(logits - small_spec(10).bias + bias)))) == pytest.approx(0.1, abs=1e-9)
+    spec = small_spec(10, ctr=0.1)
+    pilot = gen.sample_chunk(spec, 0, 50_000, rng=np.random.default_rng([3, 2]))  # the calibration sample
+    assert np.mean(1 / (1 + np.exp(-pilot["logit"]))) == pytest.approx(0.1, abs=1e-9)
 
 
 def temporal_spec(hot_fraction, drift, rows=100_000, pass_rows=20_000):
