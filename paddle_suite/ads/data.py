@@ -63,6 +63,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from paddle_suite.data import DataError
+
 log = logging.getLogger(__name__)
 
 NUM_DENSE = 13
@@ -81,11 +83,8 @@ _FNV_OFFSET = _U(0xCBF29CE484222325)
 _FNV_PRIME = _U(0x100000001B3)
 
 
-class CtrDataError(ValueError):
+class CtrDataError(DataError):
     """Bad CTR data: the message names the file (and line) and says what is wrong and how to fix it."""
-
-
-DataError = CtrDataError  # the short name used in issue 26
 
 
 def _no_examples(path, skipped, skipped_examples, fmt):
