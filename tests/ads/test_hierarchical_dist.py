@@ -233,8 +233,8 @@ def _final_state(out, train, test):
 
 @pytest.mark.slow
 def test_two_servers_two_workers_learn_and_resume_after_kill_9(tmp_path):
-    from paddle_suite.ads.fleet_ps import evaluate_run
     from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+    from paddle_suite.ads.task import evaluate_run
 
     train, test, meta = _planted(tmp_path, rows=PASSES * PASS_SIZE)
 

@@ -36,8 +36,8 @@ def _config(overrides):
 @pytest.mark.parametrize("shards", [1, 2])
 def test_pass_training_learns_and_evaluates(tmp_path, shards):
     """shards=2: the key-hash sharded store (what S servers would own), in one process."""
-    from paddle_suite.ads.fleet_ps import evaluate_run
     from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+    from paddle_suite.ads.task import evaluate_run
 
     train, test, meta = _planted(tmp_path, rows=4 * 8192)
     config = _config(_overrides(tmp_path, train, test, tmp_path / "out", [f"Store.num_shards={shards}"]))
@@ -54,7 +54,7 @@ def test_pass_training_learns_and_evaluates(tmp_path, shards):
     assert 0.75 < result["auc"] < meta["bayes_auc"] + 0.02, (result, meta["bayes_auc"])
     # commit protocol bookkeeping: dense checkpoints exist only for committed passes
     dense = sorted(os.listdir(run_dir / "dense"))
-    assert dense == ["pass-00002.pdparams", "pass-00003.pdparams"]
+    assert dense == ["pass-00002.npz", "pass-00003.npz"]
 
 
 def test_pass_step_updates_rows_by_the_adagrad_rule(tmp_path):
@@ -153,10 +153,8 @@ def test_batch_rows_dedupes_with_a_reused_scratch():
 
 def _final_state(run_dir, config_overrides):
     """Every stored row of the run (keys of the training data) and the dense parameters."""
-    import paddle
-
     from paddle_suite.ads.data import read_ctr
-    from paddle_suite.ads.hierarchical_train import open_store
+    from paddle_suite.ads.hierarchical_train import open_store, read_dense
 
     config = _config(config_overrides)
     batch, _ = read_ctr(config["DataLoader"]["train_files"][0])
@@ -167,7 +165,7 @@ def _final_state(run_dir, config_overrides):
         last = store.last_pass
     finally:
         store.close()
-    dense = paddle.load(os.path.join(run_dir, "dense", f"pass-{last:05d}.pdparams"))["model"]
+    dense = read_dense(os.path.join(run_dir, "dense", f"pass-{last:05d}.npz"))["model"]
     return last, rows, {k: np.asarray(v) for k, v in dense.items()}
 
 
