@@ -9,8 +9,9 @@ Data: the training files are one stream of ``DataLoader.batch_size`` batches (al
 in sorted order); a pass is ``DataLoader.pass_size`` examples of it; worker ``w`` of ``W`` trains
 the pass's batches with ``index % W == w``. With ``DataLoader.skip_malformed`` the lines the
 readers skipped are counted (``SkippedLines``) and reported in every pass's metrics as
-``skipped_lines``: the total skipped in the stream read up to the end of that pass (readers
-parse 8 MiB blocks, so a block's skips count toward the pass that reads its first batch).
+``skipped_lines``: the total skipped in the data read when the pass's batches were complete.
+Readers parse 8 MiB blocks and the end of a pass is seen at the next pass's first batch, so the
+count can include lines up to one block into the next pass; the last pass's count is the total.
 """
 import glob
 import json
@@ -23,7 +24,7 @@ import paddle_suite  # noqa: F401  (MKL flag before paddle)
 import paddle
 
 from paddle_suite.config import ConfigError
-from paddle_suite.engine.run import Run, write_json
+from paddle_suite.engine.run import Run, RunError, write_json
 from paddle_suite.registry import ARCHS
 from paddle_suite.ads import models  # noqa: F401  (registers the CtrDNN / DeepFM architectures)
 
@@ -240,7 +241,7 @@ def exported_body(config):
     """The run's exported body (``<run_dir>/inference``), or a clear error when there is none."""
     export_dir = Run(config).path(INFERENCE_DIR)
     if not os.path.isdir(export_dir):
-        raise FileNotFoundError(f"no export in {export_dir}: train first (or run tools/export.py)")
+        raise RunError(f"no export in {export_dir}: train first (or run tools/export.py)")
     return ExportedBody(export_dir)
 
 
