@@ -19,6 +19,7 @@ import os
 import shutil
 
 import numpy as np
+import scipy.stats  # noqa: F401  (roc_auc's; scipy's compiled modules must load before paddle: PLATFORM.md)
 
 import paddle_suite  # noqa: F401  (MKL flag before paddle)
 import paddle
@@ -145,13 +146,11 @@ def held_out_files(config):
 # ------------------------------------------------------------------------------------------ metrics
 def roc_auc(labels, scores):
     """Exact ROC AUC (ties get half credit)."""
-    from scipy.stats import rankdata
-
     labels = np.asarray(labels).reshape(-1).astype(bool)
     pos, neg = labels.sum(), (~labels).sum()
     if pos == 0 or neg == 0:
         return float("nan")
-    ranks = rankdata(np.asarray(scores).reshape(-1))
+    ranks = scipy.stats.rankdata(np.asarray(scores).reshape(-1))
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 

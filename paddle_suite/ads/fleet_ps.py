@@ -54,8 +54,8 @@ Checkpoints (``<run_dir>/checkpoints/pass-NNNNN``), after every ``PS.save_every_
   the base's values) and continues with the next pass. The last few async pushes in flight at a
   base snapshot can be missing from it (async training has no consistent cut).
 
-Export: ``common.export_body``'s body-only inference program (inputs: slot embeddings ``emb`` [n, S, sparse_dim] and
-``dense``; output: click probability), saved with ``paddle.static.save_inference_model`` from the
+Export: ``common.export_body``'s body-only inference program (inputs: slot embeddings ``emb``
+[n, S, sparse_dim] and ``dense``; output: click probability), saved from the
 chief's scope (its dense parameters are pulled from the servers continuously in async mode), plus
 the sparse part: ``SparseShards`` reads a checkpoint chain's shards and returns rows for keys.
 """

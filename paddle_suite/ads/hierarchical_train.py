@@ -67,7 +67,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import scipy.stats  # noqa: F401  (roc_auc's import, before paddle (PLATFORM.md) and before any pass)
 
 import paddle_suite  # noqa: F401  (MKL flag before paddle)
 import paddle

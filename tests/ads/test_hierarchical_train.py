@@ -146,7 +146,8 @@ def test_distributed_pass_metrics_cover_every_worker(tmp_path, caplog):
     for worker, n in zip(workers, (500, 300, 0)):  # worker 2 had no batch in the pass
         labels = rng.integers(0, 2, n).astype(np.int8)
         logits = (labels * (0.5 + worker.worker_id) + rng.normal(size=n)).astype(np.float32)
-        worker.pass_scores = {"labels": labels, "logits": logits, "loss_sum": 0.25 * n, "seconds": 1.0 + worker.worker_id}
+        worker.pass_scores = {"labels": labels, "logits": logits, "loss_sum": 0.25 * n,
+                              "seconds": 1.0 + worker.worker_id}
         worker._write_scores(7)
         scores.append((labels, logits))
     merged = workers[0].job_metrics(7, {"auc": 0.0})
