@@ -94,12 +94,12 @@ class CtrTask(Task):
 
 #: core Global keys of the dense trainer that the ctr trainers do not read, and what to use instead
 UNUSED_GLOBAL_KEYS = {
-    "max_steps": "PS.max_passes",
-    "eval_every": "tools/eval.py after training (no validation during training)",
-    "save_every": "PS.save_every_passes",
-    "early_stop_patience": "PS.max_passes (no validation during training)",
-    "test_split": "DataLoader.test_files with tools/eval.py",
-    "amp": "nothing (the CTR programs run in float32)",
+    "max_steps": "use PS.max_passes",
+    "eval_every": "evaluate with tools/eval.py after training: there is no validation during training",
+    "save_every": "use PS.save_every_passes",
+    "early_stop_patience": "use PS.max_passes: there is no validation during training",
+    "test_split": "use DataLoader.test_files with tools/eval.py",
+    "amp": "the CTR programs run in float32",
 }
 
 
@@ -108,8 +108,8 @@ def check_unused_global_keys(config):
     for key, instead in UNUSED_GLOBAL_KEYS.items():
         default = CORE_SCHEMA["Global"][key].default
         if config["Global"][key] != default:
-            raise ConfigError(f"{config.get('_source', 'config')}: Global.{key}={config['Global'][key]!r} is not "
-                              f"used by Global.task: ctr; remove it (use {instead})")
+            raise ConfigError(f"Global.{key}={config['Global'][key]!r} is not used by Global.task: ctr; remove it "
+                              f"from {config.get('_source', 'the config')} or its -o override ({instead})")
 
 
 def sparse_lookup_for(config):
