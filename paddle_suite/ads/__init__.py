@@ -8,10 +8,6 @@ Importing the package registers the ``ads`` task when its module is present.
 """
 import importlib
 
-# scipy's compiled modules fail to load after paddle (PLATFORM.md); the task import below loads
-# paddle, and the trainers' AUC (common.roc_auc) needs scipy.stats, so it loads first.
-import scipy.stats  # noqa: F401
-
 _SUBMODULES = ("data", "generator", "store")
 
 try:

@@ -195,8 +195,9 @@ class CtrStaticProgram:
 
 
 # ------------------------------------------------------------------------------------------ data
-def pipe_command(config):
-    """Shell command the dataset runs on each file: our generator, any CTR format -> MultiSlot."""
+def pipe_command(config, status_dir=None):
+    """Shell command the dataset runs on each file: our generator, any CTR format -> MultiSlot.
+    ``status_dir``: where each run of the pipe records its file's rows / skipped lines / error."""
     import shlex
 
     dl = config["DataLoader"]
@@ -205,6 +206,8 @@ def pipe_command(config):
                "--hash-seed", str(dl["hash_seed"])]
     if dl["skip_malformed"]:
         command.append("--skip-malformed")
+    if status_dir:
+        command += ["--status-dir", status_dir]
     return f"PYTHONPATH={shlex.quote(repo)}${{PYTHONPATH:+:$PYTHONPATH}} " + " ".join(shlex.quote(c) for c in command)
 
 
@@ -307,6 +310,7 @@ class PSTrainer:
             start_pass = resume["pass"] + 1
         sink = self.out.metrics(self.is_chief)
         skipped = SkippedLines()
+        self.worker_skipped_lines = 0  # reader=dataset: lines this worker's pipes skipped so far
         self.touched = []  # distinct keys trained per pass since the save before the last one
         files = training_files(self.config)
         v = self.program.vars
@@ -334,6 +338,8 @@ class PSTrainer:
             metrics = self._pass_metrics(fleet, distributed, scope, loss_sum, seen, elapsed)
             if use_dataset:
                 metrics["load_s"] = load_seconds
+                if self.config["DataLoader"]["skip_malformed"]:  # each worker reads its own files
+                    metrics["skipped_lines_this_worker"] = self.worker_skipped_lines
             if count_skipped:  # every worker reads the whole stream: its count is the job's
                 metrics["skipped_lines"] = skipped.through_pass[pass_id]
             log_pass(sink, pass_id, metrics)
@@ -365,13 +371,18 @@ class PSTrainer:
         """One pass through Fleet's InMemoryDataset fed by the data module's generator (pipe)."""
         if not files:  # this worker has no file in the pass; it still joins the pass's barriers
             return 0, 0.0
+        from paddle_suite.ads.data import collect_pipe_status
+
         dl = self.config["DataLoader"]
+        # paddle ignores the pipe's exit status: its status records make a bad file fail the job
+        status_dir = self.out.path("pipe_status", f"pid-{os.getpid()}")
         dataset = paddle.distributed.InMemoryDataset()
         dataset.init(batch_size=int(dl["batch_size"]), thread_num=int(dl["dataset_threads"]),
-                     use_var=self.program.vars["use_vars"], pipe_command=pipe_command(self.config))
+                     use_var=self.program.vars["use_vars"], pipe_command=pipe_command(self.config, status_dir))
         dataset.set_filelist(files)
         started = time.time()
         dataset.load_into_memory()
+        self.worker_skipped_lines += collect_pipe_status(status_dir, files)["skipped"]
         load_seconds = time.time() - started
         seen = int(dataset.get_memory_data_size())
         # train_from_dataset always writes <id>_train_desc.prototxt into the working directory
@@ -543,7 +554,7 @@ def _parse_rows(raw):
 def _line_keys(buf):
     """Vectorised parse of a shard buffer (uint8): line byte ranges and the leading uint64 keys."""
     ends = np.flatnonzero(buf == 10)
-    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)[: ends.size]  # an empty shard has no line
     spaces = np.flatnonzero(buf == 32)
     key_end = spaces[np.searchsorted(spaces, starts)]
     length = key_end - starts

@@ -127,6 +127,7 @@ def run(config):
             sparse_dim = build_body(config).sparse_dim
         return serve_from_env(store_path(config), num_workers,
                               keep_dense=int(config["Global"]["keep_checkpoints"]),
+                              max_message_mb=float(config["Store"]["max_message_mb"]),
                               **store_settings(config, sparse_dim))
     if role != "TRAINER":
         raise ValueError(f"TRAINING_ROLE={role!r}: expected PSERVER or TRAINER")
@@ -571,7 +572,8 @@ class DistributedTrainer(HierarchicalTrainer):
         from paddle_suite.ads.store_service import RemoteStore
 
         self.build_model()
-        store = RemoteStore(self.endpoints, self.worker_id, self.num_workers, self.sparse_dim)
+        store = RemoteStore(self.endpoints, self.worker_id, self.num_workers, self.sparse_dim,
+                            max_message_mb=float(self.config["Store"]["max_message_mb"]))
         chief = self.worker_id == 0
         if chief:
             self.out.create()

@@ -68,6 +68,8 @@ class CtrTask(Task):
             "prefetch": Field(True, bool, help="load pass i+1's working set while pass i trains"),
             "num_shards": Field(1, int, help="hierarchical, one process: key-hash shards (ShardedStore); "
                                 "under a PS launcher the shards are the servers"),
+            "max_message_mb": Field(256.0, float, help="hierarchical PS: largest array payload of one store call "
+                                    "(a shard's rows of a pass); raise it for bigger passes"),
         },
     }
 

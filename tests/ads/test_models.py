@@ -103,7 +103,8 @@ def test_dnn_body_same_in_static_and_dygraph():
 
 @pytest.mark.parametrize("arch", ["CtrDNN", "DeepFM", "WideDeep"])
 def test_local_static_training_learns_planted_model(tmp_path, arch):
-    from paddle_suite.ads.fleet_ps import PSTrainer, evaluate_run
+    from paddle_suite.ads.fleet_ps import PSTrainer
+    from paddle_suite.ads.task import evaluate_run
     from paddle_suite.config import load_config
 
     train, test, meta = _planted(tmp_path)
@@ -130,7 +131,8 @@ def test_local_program_reads_distinct_keys_like_a_per_key_lookup(tmp_path):
     its predictions must equal the exported body run on the table row of every (example, slot)
     key, and the step must change exactly the rows of the batch's keys."""
     from paddle_suite.ads.data import CtrBatch
-    from paddle_suite.ads.fleet_ps import ExportedBody, export_body, local_session
+    from paddle_suite.ads.common import ExportedBody, export_body
+    from paddle_suite.ads.fleet_ps import local_session
     from paddle_suite.config import load_config
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ctr_dnn_ps.yaml")
@@ -172,7 +174,8 @@ def test_local_program_fast_paths_keep_the_math():
     ``merged_adam`` for the dense parameters next to the table's lazy Adam) must train exactly as
     the plain program does: one Adam op per parameter, default kernels."""
     from paddle_suite.ads.data import CtrBatch
-    from paddle_suite.ads.fleet_ps import CtrStaticProgram, build_body, local_session
+    from paddle_suite.ads.common import build_body
+    from paddle_suite.ads.fleet_ps import CtrStaticProgram, local_session
     from paddle_suite.config import load_config
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ctr_dnn_ps.yaml")
@@ -210,7 +213,7 @@ def test_local_program_fast_paths_keep_the_math():
 
 def test_wide_deep_trains_in_the_hierarchical_pass_mode(tmp_path):
     """The same body in the HBM / MEM / SSD pass step (rows of emb_dim + 1 columns through the store)."""
-    from paddle_suite.ads.fleet_ps import evaluate_run
+    from paddle_suite.ads.task import evaluate_run
     from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
     from paddle_suite.config import load_config
 
