@@ -55,6 +55,7 @@ def check_shift_args(channels, directions, padding):
         )
 
 
+@paddle.jit.not_to_static  # plain Python over static settings: trace as is
 def spatial_shift(x, directions=S2MLP_DIRECTIONS, padding="zero"):
     """Shift equal channel groups of ``x`` (``[B, H, W, C]``) by one pixel each; see the module doc."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
@@ -73,6 +74,7 @@ def spatial_shift(x, directions=S2MLP_DIRECTIONS, padding="zero"):
     return pieces[0] if len(pieces) == 1 else paddle.concat(pieces, axis=-1)
 
 
+@paddle.jit.not_to_static
 def circulant_token_mixing(x, kernel_h, kernel_w):
     """CCS token mixing of ``x`` ``[B, H, W, C]`` with ``kernel_h`` ``[G, H]``, ``kernel_w`` ``[G, W]``.
 
