@@ -11,6 +11,7 @@ from paddle_suite.vision.ops import (
     check_shift_args,
     circulant_matrix,
     circulant_token_mixing,
+    paddle_spatial_shift,
     spatial_shift,
 )
 
@@ -56,19 +57,22 @@ def _values_and_grad(fn, x_np, weight_np):
     [S2MLP_DIRECTIONS, S2MLPV2_SECOND_DIRECTIONS, S2MLP_DIRECTIONS + S2MLPV2_SECOND_DIRECTIONS + ("none",) * 4],
     ids=["s2mlp", "v2-second", "v2-fused"],
 )
-def test_shift_matches_per_pixel_reference(directions, padding):
+@pytest.mark.parametrize("shift", [spatial_shift, paddle_spatial_shift], ids=["auto", "paddle"])
+def test_shift_matches_per_pixel_reference(shift, directions, padding):
+    # "auto" runs the numpy kernel for zero padding on CPU dygraph, the paddle ops otherwise
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 4, 5, 2 * len(directions)))
-    weight = rng.standard_normal(x.shape)  # a generic upstream gradient
-    out, grad = _values_and_grad(lambda t: spatial_shift(t, directions, padding), x, weight)
+    x = rng.standard_normal((2, 4, 5, 2 * len(directions))).astype("float32")
+    weight = rng.standard_normal(x.shape).astype("float32")  # a generic upstream gradient
+    out, grad = _values_and_grad(lambda t: shift(t, directions, padding), x, weight)
     ref_out, ref_grad = _values_and_grad(lambda t: naive_shift(t, directions, padding), x, weight)
     np.testing.assert_array_equal(out, ref_out)
     np.testing.assert_array_equal(grad, ref_grad)
 
 
-def test_zero_shift_moves_content_and_zeroes_the_border():
+@pytest.mark.parametrize("shift", [spatial_shift, paddle_spatial_shift], ids=["auto", "paddle"])
+def test_zero_shift_moves_content_and_zeroes_the_border(shift):
     x = paddle.arange(1, 1 + 3 * 3 * 4, dtype="float32").reshape([1, 3, 3, 4])
-    out = spatial_shift(x).numpy()[0]
+    out = shift(x).numpy()[0]
     xn = x.numpy()[0]
     np.testing.assert_array_equal(out[:, 1:, 0], xn[:, :-1, 0])  # right
     np.testing.assert_array_equal(out[:, 0, 0], 0)
