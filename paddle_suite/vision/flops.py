@@ -50,7 +50,7 @@ def count_macs(model, image_size, in_channels=3):
         return record
 
     for layer in model.sublayers(include_self=True):
-        counter = _COUNTERS.get(type(layer))
+        counter = next((c for kind, c in _COUNTERS.items() if isinstance(layer, kind)), None)
         if counter is not None:
             hooks.append(layer.register_forward_post_hook(hook(counter)))
     was_training = model.training

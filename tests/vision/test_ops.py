@@ -13,6 +13,7 @@ from paddle_suite.vision.ops import (
     circulant_token_mixing,
     paddle_spatial_shift,
     spatial_shift,
+    weighted_part_sum,
 )
 
 STEP = {"right": (0, -1), "left": (0, 1), "down": (-1, 0), "up": (1, 0), "none": (0, 0)}
@@ -138,3 +139,20 @@ def test_ccs_is_translation_equivariant():
     response = circulant_token_mixing(single, kh, kw).numpy()[0]
     assert not np.allclose(response[..., 0], response[..., 2])
     np.testing.assert_allclose(response[..., 0], response[..., 1], atol=1e-12)
+
+
+def test_weighted_part_sum_matches_broadcast_reference():
+    rng = np.random.default_rng(3)
+    parts_np = rng.standard_normal((2, 6, 3, 5)).astype("float32")
+    weights_np = rng.random((2, 3, 5)).astype("float32")
+    upstream = paddle.to_tensor(rng.standard_normal((2, 6, 5)).astype("float32"))
+
+    def run(fn):
+        parts, weights = (paddle.to_tensor(a, stop_gradient=False) for a in (parts_np, weights_np))
+        out = fn(parts, weights)
+        (out * upstream).sum().backward()
+        return out.numpy(), parts.grad.numpy(), weights.grad.numpy()
+
+    reference = run(lambda p, w: (p * w.unsqueeze(1)).sum(axis=2))
+    for got, want in zip(run(weighted_part_sum), reference):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
