@@ -65,6 +65,7 @@ from paddle_suite.vision.ops import (
     S2MLPV2_SECOND_DIRECTIONS,
     check_shift_args,
     circulant_token_mixing,
+    layer_norm,
     spatial_shift,
     weighted_part_sum,
 )
@@ -97,8 +98,15 @@ def _linear(in_features, out_features):
     )
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis whose CPU dygraph path is ``ops.layer_norm`` (numpy backward)."""
+
+    def forward(self, x):
+        return layer_norm(x, self.weight, self.bias, self._epsilon)
+
+
 def _layer_norm(dim):
-    return nn.LayerNorm(dim, epsilon=LN_EPS)
+    return LayerNorm(dim, epsilon=LN_EPS)
 
 
 class DropPath(nn.Layer):

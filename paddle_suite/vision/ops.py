@@ -177,6 +177,44 @@ class _NumpyWeightedPartSum(PyLayer):
 
 
 @paddle.jit.not_to_static
+def layer_norm(x, weight, bias, epsilon):
+    """LayerNorm over the last axis; numpy forward/backward on CPU dygraph, ``F.layer_norm`` elsewhere.
+
+    Why: paddle 2.6.2's CPU ``layer_norm`` forward + backward took 28 ms on ``[8192, 128]`` against
+    4 ms in PyTorch and 18 ms for these numpy passes (loaded machine). Paddle's forward alone is the
+    faster one, so without autograd (inference) ``F.layer_norm`` runs.
+    """
+    needs_grad = paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient)
+    if needs_grad and paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.is_contiguous():
+        return _NumpyLayerNorm.apply(x, weight, bias, epsilon)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
+
+
+class _NumpyLayerNorm(PyLayer):
+    @staticmethod
+    def forward(ctx, x, weight, bias, epsilon):
+        rows = np.from_dlpack(_DLPackView(x)).reshape(-1, x.shape[-1])
+        centered = rows - rows.mean(axis=1, keepdims=True)
+        inv_std = 1.0 / np.sqrt(np.square(centered).mean(axis=1, keepdims=True) + epsilon)
+        normed = np.multiply(centered, inv_std, out=centered)
+        ctx.normed, ctx.inv_std, ctx.weight = normed, inv_std, np.from_dlpack(_DLPackView(weight))
+        out = normed * ctx.weight + np.from_dlpack(_DLPackView(bias))
+        return paddle.Tensor(out.reshape(x.shape), place=x.place, zero_copy=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = np.from_dlpack(_DLPackView(grad if grad.is_contiguous() else grad.contiguous())).reshape(ctx.normed.shape)
+        grad_weight = np.einsum("nc,nc->c", g, ctx.normed)
+        grad_bias = g.sum(axis=0)
+        scaled = g * ctx.weight
+        grad_x = scaled - scaled.mean(axis=1, keepdims=True)
+        grad_x -= ctx.normed * np.einsum("nc,nc->n", scaled, ctx.normed)[:, None] / g.shape[1]
+        grad_x *= ctx.inv_std
+        wrap = lambda a: paddle.Tensor(np.ascontiguousarray(a), place=grad.place, zero_copy=True)  # noqa: E731
+        return wrap(grad_x.reshape(grad.shape)), wrap(grad_weight), wrap(grad_bias)
+
+
+@paddle.jit.not_to_static
 def circulant_token_mixing(x, kernel_h, kernel_w):
     """CCS token mixing of ``x`` ``[B, H, W, C]`` with ``kernel_h`` ``[G, H]``, ``kernel_w`` ``[G, W]``.
 

@@ -11,6 +11,7 @@ from paddle_suite.vision.ops import (
     check_shift_args,
     circulant_matrix,
     circulant_token_mixing,
+    layer_norm,
     paddle_spatial_shift,
     spatial_shift,
     weighted_part_sum,
@@ -156,3 +157,21 @@ def test_weighted_part_sum_matches_broadcast_reference():
     reference = run(lambda p, w: (p * w.unsqueeze(1)).sum(axis=2))
     for got, want in zip(run(weighted_part_sum), reference):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_matches_paddle():
+    import paddle.nn.functional as F
+
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(shape).astype("float32") for shape in ((3, 4, 5, 16), (16,), (16,))]
+    upstream = paddle.to_tensor(rng.standard_normal((3, 4, 5, 16)).astype("float32"))
+
+    def run(fn):
+        x, weight, bias = (paddle.to_tensor(a, stop_gradient=False) for a in arrays)
+        out = fn(x, weight, bias, 1e-6)
+        (out * upstream).sum().backward()
+        return out.numpy(), x.grad.numpy(), weight.grad.numpy(), bias.grad.numpy()
+
+    reference = run(lambda x, w, b, eps: F.layer_norm(x, x.shape[-1:], w, b, eps))
+    for got, want in zip(run(layer_norm), reference):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
