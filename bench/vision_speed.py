@@ -31,7 +31,7 @@ slower here). On an Intel machine run with ``MKL_DEBUG_CPU_TYPE=`` (empty: MKL's
 the value used is recorded in the output.
 
 ``--quick`` (a few minutes on an idle machine): one timed round of one batch per side. The full
-run does three rounds of two batches. Results go to ``bench/results/vision_speed[_quick].json``.
+run does three rounds of two batches. Results go to ``bench/results/vision_speed[_quick][_TAG].json``.
 PyTorch is the ``bench`` extra: ``pip install torch==2.13.0`` (CPU build).
 """
 import argparse
@@ -213,6 +213,7 @@ def main(argv=None):
     parser.add_argument("--models", default=",".join(SPEED_MODELS))
     parser.add_argument("--no-cifar", action="store_true", help="skip the CIFAR throughput part")
     parser.add_argument("--budget-hours", type=float, default=3.0)
+    parser.add_argument("--tag", default="", help="suffix of the results file name (e.g. mkl5)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     paddle.seed(0)
@@ -238,7 +239,8 @@ def main(argv=None):
         result[name] = compare(name, rounds, iters, 32, 16, rng)
         print(f"{name}: {json.dumps(result[name])}", flush=True)
     cifar = None if args.no_cifar else cifar_throughput(cifar_steps, 128, args.budget_hours, rng)
-    path = REPO / "bench" / "results" / ("vision_speed_quick.json" if args.quick else "vision_speed.json")
+    stem = "vision_speed_quick" if args.quick else "vision_speed"
+    path = REPO / "bench" / "results" / (stem + (f"_{args.tag}" if args.tag else "") + ".json")
     with atomic_write(path) as handle:
         handle.write(json.dumps({"setup": setup, "speed": result, "cifar_train": cifar}, indent=2) + "\n")
     if cifar is not None:

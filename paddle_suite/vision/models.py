@@ -27,8 +27,9 @@ Readings of the papers (the details they leave open, and why):
   shift, ``shift2`` the transposed order (down / up / right / left), the third part is unshifted.
   Split attention (ResNeSt-style, as in ViP's weighted permute-MLP): ``s = mean over tokens of
   (a' + b' + c)``, weights ``softmax_k(FC_{C/4->3C}(GELU(FC_{C->C/4}(s))))`` per channel,
-  output ``sum_k w_k * part_k``, then the projection. The hidden width C/4 is ViP's; with it the counts below match
-  the paper (a hidden width of C, as in some public re-implementations, gives 70M for Medium).
+  output ``sum_k w_k * part_k``, then the projection. The hidden width C/4 is ViP's; with it
+  the counts below match the paper (a hidden width of C, as in some public re-implementations,
+  gives 70M for Medium).
   Pyramid, following ViP-Small/7 and ViP-Medium/7, which S²-MLPv2 builds on: 7x7 patches, then
   one 2x2 merge. Small: dims (192, 384), depths (4, 14): 25.1M parameters, 6.9 GFLOPs (the
   paper's S²-MLPv2-Small/7: 25M, 6.9B). Medium: dims (256, 512), depths (7, 17): 55.3M,
@@ -40,8 +41,8 @@ Readings of the papers (the details they leave open, and why):
   summed). The paper's own model table could not be read here, so the sizes are ours:
   ``ccsmlp_small`` (patch 16, dim 384, depth 24, expansion 4, 96 groups) 29.1M parameters,
   5.6 GFLOPs, and ``ccsmlp_medium`` (patch 16, dim 512, depth 24, expansion 4, 128 groups) 51.4M,
-  10.0 GFLOPs. The kernels
-  start as ``U(-1/sqrt(N), 1/sqrt(N))`` (a linear layer's fan-in rule with N = H or W).
+  10.0 GFLOPs. The kernels start as ``U(-1/sqrt(N), 1/sqrt(N))`` (a linear layer's fan-in rule
+  with N = H or W).
 * **MLP-Mixer** (Tolstikhin et al., 2021): the CIFAR baseline, token MLP ``N -> D_S -> N``
   shared over channels plus the channel MLP.
 
@@ -51,6 +52,13 @@ dims (64, 128), depths (2, 7); 1.40M), ``ccsmlp_cifar`` (patch 4, dim 128, depth
 1.34M), ``mixer_cifar`` (patch 4, dim 128, depth 10, token hidden 64; 1.41M).
 
 Parameter counts and GFLOPs of every variant: ``python bench/vision_models.py``.
+
+CPU speed: in paddle 2.6.2 several kernels are much slower than PyTorch's on CPU (broadcast
+bias add, concat of strided slices, broadcast multiply, reductions over middle axes, LayerNorm
+backward), so in dynamic mode on CPU ``Linear`` runs as one ``addmm`` and the shift, the
+split-attention sum and the LayerNorm backward run as numpy kernels (``ops.py``, each tested
+against the plain paddle formulation, which static graphs, export and GPUs keep). Timings:
+``bench/vision_speed.md``.
 """
 import math
 
