@@ -133,3 +133,23 @@ def test_export_matches_dygraph(tmp_path):
     predictor.run()
     got = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_matches_paddle_linear_with_gradients():
+    rng = np.random.default_rng(5)
+    x_np, w_np, b_np = (rng.standard_normal(shape).astype("float32") for shape in ((2, 3, 4, 6), (6, 5), (5,)))
+    upstream = paddle.to_tensor(rng.standard_normal((2, 3, 4, 5)).astype("float32"))
+    layer = models.Linear(6, 5)
+    layer.weight.set_value(w_np)
+    layer.bias.set_value(b_np)
+    x = paddle.to_tensor(x_np, stop_gradient=False)
+    out = layer(x)
+    (out * upstream).sum().backward()
+    got = [out.numpy(), x.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()]
+
+    x, weight, bias = (paddle.to_tensor(a, stop_gradient=False) for a in (x_np, w_np, b_np))
+    out = paddle.nn.functional.linear(x, weight, bias)
+    (out * upstream).sum().backward()
+    want = [out.numpy(), x.grad.numpy(), weight.grad.numpy(), bias.grad.numpy()]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
