@@ -36,9 +36,14 @@ i.e. a 2-D circular convolution with the cross-shaped kernel ``k_h[g] (x) delta 
 k_w[g]``. It is translation-equivariant (for circular shifts) and needs ``H + W`` parameters per
 group. Both axes run in one FFT pair: ``irfft2(rfft2(x) * (fft(k_h)[:, None] + rfft(k_w)[None, :]))``,
 ``O(HW log(HW))`` per channel instead of ``O(HW (H + W))`` for the explicit matrices.
+
+Also here, for the same CPU-speed reason as the numpy shift: ``weighted_part_sum`` (S²-MLPv2's
+split-attention fusion) and ``layer_norm`` (numpy backward), each with the plain paddle
+formulation as the fallback and as the reference in ``tests/vision/test_ops.py``.
 """
 import numpy as np
 
+import paddle_suite  # noqa: F401  (sets MKL_DEBUG_CPU_TYPE before paddle is imported)
 import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
