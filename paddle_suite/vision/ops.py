@@ -87,10 +87,17 @@ def _runs(directions, channels):
     return runs
 
 
+def _numpy_path(*tensors):
+    """Whether the numpy kernels apply: CPU dygraph, contiguous float32/float64 tensors."""
+    return paddle.in_dynamic_mode() and all(
+        t.place.is_cpu_place() and t.is_contiguous() and t.dtype in (paddle.float32, paddle.float64) for t in tensors
+    )
+
+
 @paddle.jit.not_to_static  # plain Python over static settings: trace as is
 def spatial_shift(x, directions=S2MLP_DIRECTIONS, padding="zero"):
     """Shift equal channel groups of ``x`` (``[B, H, W, C]``) by one pixel each; see the module doc."""
-    if padding == "zero" and paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.is_contiguous():
+    if padding == "zero" and _numpy_path(x):
         return _NumpyShift.apply(x, tuple(directions))
     return paddle_spatial_shift(x, directions, padding)
 
@@ -156,7 +163,7 @@ def weighted_part_sum(parts, weights):
     CPU dygraph runs it in numpy (``einsum`` forward and weight gradient): paddle 2.6.2's broadcast
     multiply + sum took 64 ms on ``[128, 256, 3, 64]`` parts, numpy 5 ms (PyTorch 16 ms).
     """
-    if paddle.in_dynamic_mode() and parts.place.is_cpu_place() and parts.is_contiguous() and weights.is_contiguous():
+    if _numpy_path(parts, weights):
         return _NumpyWeightedPartSum.apply(parts, weights)
     return (parts * weights.unsqueeze(1)).sum(axis=2)
 
@@ -190,7 +197,7 @@ def layer_norm(x, weight, bias, epsilon):
     faster one, so without autograd (inference) ``F.layer_norm`` runs.
     """
     needs_grad = paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient)
-    if needs_grad and paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.is_contiguous():
+    if needs_grad and _numpy_path(x, weight, bias):
         return _NumpyLayerNorm.apply(x, weight, bias, epsilon)
     return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
 
