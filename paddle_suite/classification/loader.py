@@ -7,11 +7,15 @@ by (seed, epoch, sample index) and its mixup/cutmix by (seed, epoch, g). With ``
 rank ``r`` takes global batches ``r, r + world_size, ...``.
 
 ``num_workers > 0`` builds batches in a pool of forked processes (they inherit the dataset, memory
-maps included, without copying it), ``prefetch`` batches ahead in order; since every batch is a
-pure function of its position, the output is identical for any number of workers, so a run resumed
-mid-epoch sees exactly the batches an uninterrupted one would.
+maps included, without copying it), ``prefetch`` batches ahead in order. Workers write each batch
+into one of ``prefetch`` shared-memory slots and send back only its shapes (pickling a 1.5 MB
+float batch through a pipe cost more than building it with light augmentation); the training
+process copies it out and frees the slot. Since every batch is a pure function of its position,
+the output is identical for any number of workers, so a run resumed mid-epoch sees exactly the
+batches an uninterrupted one would.
 """
 import collections
+import mmap
 import multiprocessing
 import signal
 import weakref
@@ -28,8 +32,22 @@ def _init_worker(loader):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the trainer's checkpoint-on-SIGTERM handler, if forked under it
 
 
-def _build_in_worker(epoch, global_batch):
-    return _WORKER_LOADER.make_batch(epoch, global_batch)
+def _build_in_worker(epoch, global_batch, slot):
+    arrays = _WORKER_LOADER.make_batch(epoch, global_batch)
+    buffer = _WORKER_LOADER._slots[slot]
+    if sum(a.nbytes for a in arrays) > len(buffer):  # larger than the first batch: send it through the pipe
+        return arrays
+    layout, offset = [], 0
+    for array in arrays:
+        buffer[offset:offset + array.nbytes] = memoryview(np.ascontiguousarray(array)).cast("B")
+        layout.append((array.shape, array.dtype.str, offset))
+        offset += array.nbytes
+    return layout
+
+
+def _read_slot(buffer, layout):
+    return tuple(np.frombuffer(buffer, dtype, int(np.prod(shape)), offset).reshape(shape).copy()
+                 for shape, dtype, offset in layout)
 
 
 class BatchLoader:
@@ -50,6 +68,8 @@ class BatchLoader:
         self.num_workers = num_workers
         self.prefetch = prefetch or 2 * max(num_workers, 1)
         self._pool = None
+        self._slots = []
+        self._pending = collections.deque()  # (async result, slot) of batches being built, in order
         self._orders = {}
 
     # ------------------------------------------------------------------ positions
@@ -90,39 +110,61 @@ class BatchLoader:
             for g in positions:
                 yield self.make_batch(epoch, g)
             return
-        pool = self._worker_pool()
-        pending = collections.deque()
+        if self._pool is None:  # the first batch, built here, sizes the shared slots the workers inherit
+            first = self.make_batch(epoch, positions[0]) if positions else None
+            if first is None:
+                return
+            self._start_workers(sum(a.nbytes for a in first))
+            positions = positions[1:]
+            yield first
+        self._drain()
+        pending, free = self._pending, list(range(self.prefetch))
         upcoming = iter(positions)
-        for g in upcoming:
-            pending.append(pool.apply_async(_build_in_worker, (epoch, g)))
-            if len(pending) >= self.prefetch:
-                break
-        while pending:
-            batch = pending.popleft().get()
+
+        def submit():
             for g in upcoming:
-                pending.append(pool.apply_async(_build_in_worker, (epoch, g)))
-                break
-            yield batch
+                slot = free.pop()
+                pending.append((self._pool.apply_async(_build_in_worker, (epoch, g, slot)), slot))
+                return
+
+        try:
+            for _ in range(self.prefetch):
+                submit()
+            while pending:
+                result, slot = pending.popleft()
+                done = result.get()
+                batch = done if isinstance(done, tuple) else _read_slot(self._slots[slot], done)
+                free.append(slot)
+                submit()
+                yield batch
+        finally:
+            self._drain()
+
+    def _drain(self):
+        """Wait for batches still being built (an epoch left early): their slots are reused next."""
+        while self._pending:
+            self._pending.popleft()[0].wait()
 
     def __iter__(self):
         return self.batches(0)
 
-    def _worker_pool(self):
-        if self._pool is None:
-            # fork: workers inherit the dataset (and its memory maps) instead of receiving a pickled copy
-            self._pool = multiprocessing.get_context("fork").Pool(
-                self.num_workers, initializer=_init_worker, initargs=(self,))
-            self._finalizer = weakref.finalize(self, self._pool.terminate)
-        return self._pool
+    def _start_workers(self, slot_bytes):
+        # anonymous shared maps made before the fork are shared with the workers
+        self._slots = [mmap.mmap(-1, slot_bytes) for _ in range(self.prefetch)]
+        # fork: workers inherit the dataset (and its memory maps) instead of receiving a pickled copy
+        self._pool = multiprocessing.get_context("fork").Pool(
+            self.num_workers, initializer=_init_worker, initargs=(self,))
+        self._finalizer = weakref.finalize(self, self._pool.terminate)
 
     def close(self):
         """Stop the worker processes (a later iteration starts new ones)."""
         if self._pool is not None:
             self._finalizer()
             self._pool = None
+            self._slots = []
 
     def __getstate__(self):  # a worker's copy has no pool of its own
         state = dict(self.__dict__)
-        state["_pool"] = None
+        state["_pool"], state["_slots"], state["_pending"] = None, [], collections.deque()
         state.pop("_finalizer", None)
         return state
