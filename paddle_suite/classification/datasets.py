@@ -135,8 +135,17 @@ def decode_image_file(path):
 
 
 # ------------------------------------------------------------------------------ dispatch
-def load_dataset(name, data_path=None, cache_dir=None):
-    """``{split: ImageDataset}`` for a dataset name (see the module docstring)."""
+# where each dataset lives under a data folder ($PADDLE_SUITE_DATA, ./data, ../shared/data, Global.data_root)
+DATA_RELPATHS = {"cifar10": "images", "fashion_mnist": "fashion-mnist", "mnist": "mnist"}
+
+
+def load_dataset(name, data_path=None, cache_dir=None, data_root=None):
+    """``{split: ImageDataset}`` for a dataset name (see the module docstring).
+
+    ``data_root`` (``Global.data_root``) is a data folder searched instead of the usual places.
+    """
+    if data_path is None and data_root and name in DATA_RELPATHS:
+        data_path = str(Path(data_root) / DATA_RELPATHS[name])
     if name == "cifar10":
         if data_path and str(data_path).endswith(".tar.gz"):
             return load_paddle_cifar10(data_path)

@@ -131,7 +131,8 @@ class ClassificationTask(DenseTask):
     # ------------------------------------------------------------------ data hooks
     def load_splits(self):
         """``{split: ImageDataset}`` of the configured source."""
-        return datasets.load_dataset(self.data_cfg["dataset"], self.data_cfg["data_path"], self.data_cfg["cache_dir"])
+        return datasets.load_dataset(self.data_cfg["dataset"], self.data_cfg["data_path"], self.data_cfg["cache_dir"],
+                                     self.config["Global"].get("data_root"))
 
     def _hold_out_valid(self):
         if "valid" in self.splits:

@@ -121,6 +121,37 @@ def test_cifar10_task_uses_the_cache_and_resnet20(cifar10, tmp_path):
     assert model(images).shape == [8, 10]
 
 
+def test_lazy_image_folder_task(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for cls in ("ants", "bees", "wasps"):
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for i in range(count):
+                size = tuple(int(v) for v in rng.integers(20, 50, 2))
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / cls / f"{i}.jpg")
+    path = tmp_path / "folder.yaml"
+    path.write_text("Global: {task: classification, data_root: %s}\nArch: {name: LeNet}\n"
+                    "DataLoader: {dataset: image_folder, data_path: %s, image_size: 16, batch_size: 4, num_workers: 2,"
+                    " augment: {random_resized_crop: true, hflip: 0.5}}\n" % (tmp_path / "none", tmp_path / "tree"))
+    task = ClassificationTask(load_config(str(path)))
+    try:
+        assert task.train_dataset.lazy and task.num_classes == 3 and len(task.splits["valid"]) == 6
+        parallel = list(task.train_loader.batches(0))
+        task.train_loader.num_workers = 0
+        serial = list(task.train_loader.batches(0))
+        assert len(parallel) == 4 and parallel[0][0].shape == (4, 3, 16, 16)
+        for (xa, ya), (xb, yb) in zip(parallel, serial):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+        metrics = task.evaluate_model(task.build_model(), "valid")
+        assert metrics["top1"] in {k / 6 for k in range(7)} and "top5" not in metrics  # 3 classes: no top-5
+    finally:
+        task.close()
+
+
 @pytest.mark.slow
 def test_train_eval_export_from_the_command_line(fashion_mnist, tmp_path, capsys):
     from paddle_suite.cli import evaluate, export, train as cli_train
