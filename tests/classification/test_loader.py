@@ -50,3 +50,25 @@ def test_eval_loader_keeps_the_last_partial_batch(mnist):
                          shuffle=False, drop_last=False)
     labels = np.concatenate([y for _, y in loader.batches(0)])
     np.testing.assert_array_equal(labels, mnist["valid"].labels)
+
+
+class GrowingTransform:
+    """Output size grows with the epoch, so later batches exceed the shared slots sized by the first."""
+
+    def __call__(self, images, seed, epoch, indices):
+        side = 4 + 4 * epoch
+        return np.broadcast_to(indices[:, None, None, None].astype(np.float32), (len(indices), 1, side, side)).copy()
+
+
+def test_batches_larger_than_the_slots_still_arrive(fashion_mnist):
+    loader = BatchLoader(fashion_mnist["test"], GrowingTransform(), 16, seed=0, num_workers=2)
+    try:
+        small = take(loader.batches(0), 3)
+        large = take(loader.batches(2), 3)
+        assert small[0][0].shape == (16, 1, 4, 4) and large[2][0].shape == (16, 1, 12, 12)
+        for epoch, got in ((0, small), (2, large)):
+            for g, (x, y) in enumerate(got):
+                np.testing.assert_array_equal(x[:, 0, 0, 0], loader.batch_indices(epoch, g))
+                np.testing.assert_array_equal(y, fashion_mnist["test"].labels[loader.batch_indices(epoch, g)])
+    finally:
+        loader.close()
