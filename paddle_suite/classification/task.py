@@ -49,7 +49,8 @@ class ClassificationTask(DenseTask):
         "DataLoader": {
             "dataset": Field(REQUIRED, str, choices=datasets.DATASETS),
             "data_path": Field(None, str, help="file or folder of the dataset (overrides the search)"),
-            "cache_dir": Field(None, str, help="decoded-array cache; default $PADDLE_SUITE_CACHE or ~/.cache/paddle_suite"),
+            "cache_dir": Field(None, str, help="decoded-array cache; default $PADDLE_SUITE_CACHE, "
+                               "else ~/.cache/paddle_suite"),
             "image_size": Field(0, int, help="side of the model's input; 0 = the dataset's own (image_folder: 224)"),
             "valid_size": Field(0.1, float, help="fraction of train held out as valid when the dataset has no valid "
                                 "split; 0 = use the test split as valid"),

@@ -9,8 +9,10 @@ of loader workers produce identical batches.
 Per-sample operations take uint8 ``[B, H, W, C]`` batches (``RandomResizedCrop`` and
 ``ResizeCenterCrop`` also take lists of differently sized images, as lazy image folders give) and
 return uint8 batches; ``Normalize`` turns them into float32 NCHW; ``RandomErasing`` works on that.
-Crops with padding, flips, erasing and normalisation are whole-batch numpy; resizing and
-RandAugment's photometric/geometric operations use PIL per image (C code per call).
+Crops with padding, flips, erasing and normalisation are whole-batch numpy; so are RandAugment's
+lookup-table operations (autocontrast, equalize, solarize, posterize: equal to PIL's, tested),
+applied to all images that drew them at once. Resizing and RandAugment's other operations use
+PIL per image (C code per call).
 
 Readings of the papers where they leave details open:
 
@@ -32,7 +34,7 @@ Readings of the papers where they leave details open:
 import math
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FILL = 128

@@ -154,7 +154,8 @@ def test_image_folder_is_lazy_and_maps_val_to_valid(tmp_path, caplog):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i, (h, w) in enumerate(shapes):
-                Image.fromarray(np.full((h, w, 3), 40 * i + len(cls), np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = np.full((h, w, 3), 40 * i + len(cls), np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     (tmp_path / "train" / "cat" / "Thumbs.db").write_bytes(b"x")
     splits = datasets.load_image_folder(tmp_path)
     assert set(splits) == {"train", "valid"} and splits["train"].lazy
