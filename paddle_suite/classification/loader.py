@@ -45,6 +45,12 @@ def _build_in_worker(epoch, global_batch, slot):
     return layout
 
 
+def _shut_down(pool, pending):
+    """Stop the workers; their unfinished batches will never arrive, so nobody may wait for them."""
+    pool.terminate()
+    pending.clear()
+
+
 def _read_slot(buffer, layout):
     return tuple(np.frombuffer(buffer, dtype, int(np.prod(shape)), offset).reshape(shape).copy()
                  for shape, dtype, offset in layout)
@@ -154,7 +160,7 @@ class BatchLoader:
         # fork: workers inherit the dataset (and its memory maps) instead of receiving a pickled copy
         self._pool = multiprocessing.get_context("fork").Pool(
             self.num_workers, initializer=_init_worker, initargs=(self,))
-        self._finalizer = weakref.finalize(self, self._pool.terminate)
+        self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._pending)
 
     def close(self):
         """Stop the worker processes (a later iteration starts new ones)."""

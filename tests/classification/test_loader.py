@@ -72,3 +72,15 @@ def test_batches_larger_than_the_slots_still_arrive(fashion_mnist):
                 np.testing.assert_array_equal(y, fashion_mnist["test"].labels[loader.batch_indices(epoch, g)])
     finally:
         loader.close()
+
+
+def test_closing_with_an_unfinished_epoch_does_not_hang(fashion_mnist):
+    loader = BatchLoader(fashion_mnist["test"], GrowingTransform(), 16, seed=0, num_workers=2)
+    unfinished = loader.batches(0)
+    next(unfinished)
+    next(unfinished)  # batches of this epoch are now being built in the workers
+    loader.close()
+    unfinished.close()  # must not wait for batches of the stopped workers
+    x, _ = next(loader.batches(1))  # and the loader starts new workers
+    np.testing.assert_array_equal(x[:, 0, 0, 0], loader.batch_indices(1, 0))
+    loader.close()
