@@ -93,6 +93,8 @@ class ClassificationTask(DenseTask):
         self.image_size = self.data_cfg["image_size"] or (reference.image_shape[0] if not reference.lazy else 224)
         self.mean, self.std = self._normalisation(reference)
         self.topk = [k for k in self.config["Metric"]["topk"] if k <= self.num_classes]
+        if len(self.topk) < len(self.config["Metric"]["topk"]):
+            log.info("Metric.topk: only %d classes, so reporting top-%s only", self.num_classes, self.topk)
         self.mixer = T.BatchMixer(self.num_classes, self.loss_cfg["mixup_alpha"], self.loss_cfg["cutmix_alpha"],
                                   self.loss_cfg["label_smoothing"])
         self.loss_fn = self.build_loss()
@@ -143,6 +145,7 @@ class ClassificationTask(DenseTask):
             if "test" not in self.splits:
                 raise ConfigError(f"{self.data_cfg['dataset']} has no valid or test split: set "
                                   "DataLoader.valid_size > 0 to hold out part of train")
+            log.warning("DataLoader.valid_size=0: the best checkpoint is selected on the test split")
             self.splits["valid"] = self.splits["test"]
             return
         train = self.splits["train"]
