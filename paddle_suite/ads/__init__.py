@@ -4,7 +4,7 @@ Submodules: ``data`` (Criteo / slot readers, feature hashing, Fleet data generat
 ``generator`` (synthetic power-law CTR data with a planted model), ``store`` (the hierarchical
 parameter store). They load on first access (``paddle_suite.ads.store``), so
 ``python -m paddle_suite.ads.data`` (Fleet's pipe command) does not import itself twice.
-Importing the package registers the ``ads`` task when its module is present.
+Importing the package registers the ``ctr`` task.
 """
 import importlib
 

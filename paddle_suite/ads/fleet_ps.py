@@ -8,7 +8,7 @@ optimiser differ:
   parameters on the servers' dense table with the ``Optimizer`` section's optimiser.
 * ``geo``: ``embedding(is_sparse=True)`` of ``PS.local_vocab`` rows (keys taken modulo
   ``local_vocab``) + SGD; workers train locally and exchange deltas every ``PS.k_steps``.
-  (PLATFORM.md: geo with ``sparse_embedding`` fails, and geo with Adam touches the whole table.)
+  (docs/platform.md: geo with ``sparse_embedding`` fails, and geo with Adam touches the whole table.)
 * ``local``: no Fleet, the geo program with the ``Optimizer`` section's optimiser in one process.
 
 The role comes from the environment Fleet's launchers set (``TRAINING_ROLE`` / ``PADDLE_ROLE``);
@@ -252,7 +252,7 @@ class PSTrainer:
             if os.environ.get("PADDLE_WITH_GLOO") not in ("1", "2"):
                 # fleetrun passes PADDLE_WITH_GLOO=0 unless the user exported it; without gloo,
                 # barriers and all_reduce are no-ops and workers may read uninitialised dense
-                # parameters (PLATFORM.md). fleetrun also sets the rendezvous variables gloo needs.
+                # parameters (docs/platform.md). fleetrun also sets the rendezvous variables gloo needs.
                 os.environ["PADDLE_WITH_GLOO"] = "1"
             fleet.init()
         self.program = CtrStaticProgram(self.config, self.mode)

@@ -134,7 +134,7 @@ def solve_increasing(f, target, lo, hi, tol=1e-12):
     """``x`` in [lo, hi] with ``f(x) = target`` for increasing ``f``, by bisection.
 
     (Not scipy's brentq: scipy's compiled modules can crash when loaded after paddle, see
-    PLATFORM.md, and the generator is imported by entry points that load paddle first.)
+    docs/platform.md, and the generator is imported by entry points that load paddle first.)
     """
     f_lo, f_hi = f(lo), f(hi)
     if not f_lo <= target <= f_hi:

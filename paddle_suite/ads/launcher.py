@@ -1,5 +1,5 @@
 """A parameter-server launcher that reports failure: ``fleetrun`` exits 0 when workers crash and
-killing it leaves its children running (PLATFORM.md), so this one starts the servers and workers
+killing it leaves its children running (docs/platform.md), so this one starts the servers and workers
 itself and watches them.
 
     python -m paddle_suite.ads.launcher --server_num 2 --worker_num 2 tools/train.py -c configs/ctr_dnn_ps.yaml

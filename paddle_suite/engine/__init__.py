@@ -2,7 +2,7 @@
 optimisers, monitoring.
 
 Names are imported on first use, so ``paddle_suite.engine.run`` (plain files: no paddle) can be
-used by entry points that must import scipy/sklearn before paddle (see ``PLATFORM.md``).
+used by entry points that must import scipy/sklearn before paddle (see ``docs/platform.md``).
 """
 import importlib
 

@@ -5,7 +5,7 @@ the text), space-separated words for English (the OIE2016 sentences are tokenise
 
 Vocabulary: a small own class rather than ``paddlenlp.data.Vocab``. Importing ``paddlenlp.data``
 loads the whole of paddlenlp (taskflow, datasets, scikit-learn and scipy *after* paddle: the
-import-order crash in PLATFORM.md) and took 4 s more than ``import paddle`` here; what we need
+import-order crash in docs/platform.md) and took 4 s more than ``import paddle`` here; what we need
 is a token -> id map with counts, ``<pad>``/``<unk>`` and a minimum frequency.
 
 Output side (restricted copy): every target token is either one of the :data:`KEYWORDS` (the

@@ -45,7 +45,7 @@ def generated(tmp_path_factory):
 
 
 def test_generator_loads_paddle_but_not_scipy(generated):
-    """scipy loaded after paddle can crash (PLATFORM.md); the generator's entry point loads paddle
+    """scipy loaded after paddle can crash (docs/platform.md); the generator's entry point loads paddle
     (through the package's task registration), so it must not need scipy at all."""
     modules = [line.split("|")[-1].strip() for line in generated[1].stderr.splitlines() if "|" in line]
     assert "paddle" in modules
