@@ -46,7 +46,7 @@ def plot_rank_spectrum(eigenvalues, fit, path, title="Hessian spectrum"):
         plt.close(figure)
 
 
-def plot_density(density, path, points=1000, title="Hessian eigenvalue density (SLQ)"):
+def plot_density(density, path, points=None, title="Hessian eigenvalue density (SLQ)"):
     """A ``lanczos.SpectralDensity`` on its own grid; the density axis is logarithmic."""
     plt = _pyplot()
     grid = density.grid(points)
