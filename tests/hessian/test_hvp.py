@@ -6,7 +6,7 @@ import paddle.nn.functional as F
 import pytest
 
 from paddle_suite.hessian.hvp import HVPOperator, hvp_relative_error
-from paddle_suite.hessian.layers import UnfoldConv2D, make_double_differentiable
+from paddle_suite.hessian.layers import DoubleGradConv2D, make_double_differentiable
 from paddle_suite.hessian.losses import MeanSquaredError, SoftmaxCrossEntropy
 
 from .nets import (classification_batch, finite_difference_hessian, native_cross_entropy, tiny_cnn,
@@ -122,12 +122,31 @@ def test_relative_error_check_catches_functional_conv2d():
     assert hvp_relative_error(make_double_differentiable(tiny_cnn()), CE, [(x, y)], n_vectors=1) < 1e-6
 
 
-def test_unfold_conv_forward_matches_conv2d_for_strides_padding_dilation():
+@pytest.mark.parametrize("data_input", [True, False])  # the two weight-gradient paths
+def test_double_grad_conv_hessian_for_strides_padding_dilation(data_input):
     paddle.seed(6)
-    x = paddle.to_tensor(np.random.default_rng(6).standard_normal((2, 3, 11, 9)).astype("float32"))
+    x, y = classification_batch([2, 9, 7], 4, seed=6)
     for kwargs in ({"stride": 2, "padding": 1}, {"dilation": 2}, {"stride": [2, 1], "padding": [0, 2]}):
-        conv = nn.Conv2D(3, 4, [3, 2], **kwargs)
-        np.testing.assert_allclose(UnfoldConv2D(conv)(x).numpy(), conv(x).numpy(), atol=1e-5)
+        conv = nn.Conv2D(2, 2, [3, 2], **kwargs)
+        out = conv(paddle.to_tensor(x))
+        head = nn.Linear(int(np.prod(out.shape[1:])), 3)
+        prefix = [] if data_input else [nn.Tanh()]  # a layer before the conv makes its input need a gradient
+        model = nn.Sequential(*prefix, conv, nn.Tanh(), nn.Flatten(), head)
+        swapped = make_double_differentiable(model)
+        assert isinstance(swapped[len(prefix)], DoubleGradConv2D)
+        np.testing.assert_allclose(swapped(paddle.to_tensor(x)).numpy(), model(paddle.to_tensor(x)).numpy(), atol=1e-5)
+        if not data_input:  # first-order gradients of the input, weight and bias equal paddle's conv2d's
+            leaf = paddle.to_tensor(x)
+            leaf.stop_gradient = False
+            mine = swapped[1]
+            weights = paddle.to_tensor(np.random.default_rng(0).standard_normal(out.shape).astype("float32"))
+            theirs = paddle.grad((conv(leaf) * weights).sum(), [leaf, conv.weight, conv.bias])
+            ours = paddle.grad((mine(leaf) * weights).sum(), [leaf, mine.weight, mine.bias])
+            for a, b in zip(ours, theirs):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+        exact = HVPOperator(swapped, CE, [(x, y)], dtype="float64").dense()
+        reference = finite_difference_hessian(model, native_cross_entropy, x, y)
+        assert relative(exact, reference) < 1e-6, kwargs
 
 
 def test_flat_vector_order_is_parameter_order():
