@@ -9,9 +9,10 @@ uses first-order gradient kernels; paddle's broken or missing double-grad kernel
   (0.4-1.0 relative error, PLATFORM.md). Backward: ``conv2d_transpose`` for the input gradient; for
   the weight gradient, a matmul of the upstream gradient with the im2col of the input when the input
   needs no gradient (the data at the first layer; the im2col is computed once in the forward), else
-  a conv2d correlating input and upstream gradient. (An im2col written with ``F.unfold`` on a
-  parameter-dependent input would need ``unfold_grad``'s gradient, which paddle lacks, and the
-  slice-based im2col we tried first was 2.5x slower per product on LeNet.)
+  a conv2d correlating input and upstream gradient. Per LeNet product (batch 128, one thread):
+  63 ms; 375 ms with the slice-based im2col we tried first; 71 ms with the weight gradient as a
+  PyLayer of its own (im2col + matmul forward, conv backward). An im2col with ``F.unfold`` on a
+  parameter-dependent input would need ``unfold_grad``'s gradient, which is slow (80 ms a call).
 * ``nn.MaxPool2D`` (stride = kernel) -> ``DoubleGradMaxPool2D``: no double grad in paddle.
   Backward: upstream gradient spread over each window (``expand``) times the argmax mask.
 * ``nn.AvgPool2D`` -> ``UnfoldAvgPool2D``: the mean of windows built from slices/reshapes.
