@@ -158,3 +158,21 @@ def test_flat_vector_order_is_parameter_order():
     assert np.array_equal(op.unflatten(flat)["0.weight"], model[0].weight.numpy().astype(np.float64))
     with pytest.raises(ValueError, match="shape"):
         op.matvec(np.zeros(op.dim + 1))
+
+
+def test_odd_sizes_average_pooling_and_frozen_parameters():
+    """Max-pool leaving a row uncovered, overlapping average pooling, and a frozen conv bias."""
+    paddle.seed(9)
+    model = nn.Sequential(nn.Conv2D(1, 2, 3), nn.Tanh(), nn.MaxPool2D(2), nn.AvgPool2D(2, stride=1),
+                          nn.Flatten(), nn.Linear(8, 3))  # 9x9 -> 7x7 -> 3x3 -> 2x2
+    x, y = classification_batch([1, 9, 9], 5, seed=9)
+    swapped = make_double_differentiable(model)
+    np.testing.assert_allclose(swapped(paddle.to_tensor(x)).numpy(), model(paddle.to_tensor(x)).numpy(), atol=1e-5)
+    reference = finite_difference_hessian(model, native_cross_entropy, x, y)
+    full = HVPOperator(swapped, CE, [(x, y)], dtype="float64").dense()
+    assert relative(full, reference) < 1e-6
+    swapped[0].bias.stop_gradient = True  # frozen: left out of the flat vector
+    frozen = HVPOperator(swapped, CE, [(x, y)], dtype="float64")
+    assert "0.bias" not in frozen.param_names and frozen.dim == full.shape[0] - 2
+    keep = np.r_[0:18, 20:full.shape[0]]  # 0.weight is 18 entries, 0.bias the next 2
+    assert relative(frozen.dense(), full[np.ix_(keep, keep)]) < 1e-12
