@@ -22,7 +22,14 @@ What each side computes:
   bench supplies it for that call only (``torch.linalg.eigh`` of the symmetric tridiagonal matrix,
   returned in ``torch.eig``'s layout), nothing else is patched.
 
-Equal work / accuracy: the trace uses as many Hutchinson probes on our side as PyHessian's adaptive
+Accuracy: with its defaults PyHessian's top-10 eigenvalues are off by about 1e-2 relative (its stop
+rule bounds the change of the Rayleigh quotient, not the error) and its deflation can miss an
+eigenvalue; our default Lanczos tolerance (1e-3 on the residual) gives errors near 1e-6. So each
+round also times ours with ``--matched-tol`` (2e-2), whose errors are at most PyHessian's (about
+1e-2); ``RESULT`` has both speedups (``top10_speedup_vs_pyhessian`` at ``--tol``,
+``top10_speedup_vs_pyhessian_matched``) with the errors of all three runs.
+
+Equal work: the trace uses as many Hutchinson probes on our side as PyHessian's adaptive
 loop used; the density uses the same number of Lanczos steps. Eigenvalue accuracy is measured
 against a reference computed untimed: our Lanczos on a float64 copy of the model with tolerance
 1e-10. ``RESULT`` gives each side's eigenvalues and the largest relative error of each, so a
@@ -77,6 +84,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-steps", type=int, default=None, help="Adam steps before measuring (150 quick, 400 full)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (1 quick, 3 full)")
     parser.add_argument("--tol", type=float, default=1e-3, help="our Lanczos residual tolerance (relative)")
+    parser.add_argument("--matched-tol", type=float, default=2e-2,
+                        help="second top-10 run whose eigenvalue errors are of the order of PyHessian's")
     parser.add_argument("--density-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results (full run)")
@@ -281,6 +290,7 @@ def main(argv=None):
         record["ours_top1"] = timed(ours.top, 1, args.tol, seed)
         record["pyhessian_top10"] = timed(theirs.top, 10, seed)
         record["ours_top10"] = timed(ours.top, 10, args.tol, seed)
+        record["ours_top10_matched"] = timed(ours.top, 10, args.matched_tol, seed)
         record["pyhessian_trace"] = timed(theirs.trace, seed)
         record["ours_trace"] = timed(ours.trace, record["pyhessian_trace"]["probes"], seed)
         record["pyhessian_density"] = timed(theirs.density, args.density_steps, seed)
@@ -314,6 +324,11 @@ def main(argv=None):
         result[f"{task}_max_rel_error"] = {
             "ours": relative_error(last[f"ours_{task}"]["eigenvalues"], reference_top[:k]),
             "pyhessian": relative_error(sorted(last[f"pyhessian_{task}"]["eigenvalues"], reverse=True), reference_top[:k])}
+    result["top10_speedup_vs_pyhessian_matched"] = median("pyhessian_top10") / median("ours_top10_matched")
+    result["top10_matched"] = {
+        "tol": args.matched_tol, "cpu_s": median("ours_top10_matched"), "products": last["ours_top10_matched"]["products"],
+        "eigenvalues": last["ours_top10_matched"]["eigenvalues"],
+        "max_rel_error": relative_error(last["ours_top10_matched"]["eigenvalues"], reference_top)}
     result["trace"] = {"ours": last["ours_trace"]["trace"], "ours_ci95": last["ours_trace"]["ci95"],
                        "pyhessian": last["pyhessian_trace"]["trace"], "probes": last["pyhessian_trace"]["probes"]}
     result["density_nodes_max"] = {"ours": last["ours_density"]["nodes_max"],
