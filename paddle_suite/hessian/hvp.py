@@ -19,7 +19,7 @@ Methods:
 
 * ``"exact"``: double backprop, ``H v = d/dtheta <grad L, v>``. Needs every op of the model and
   loss to have a correct double grad in paddle 2.6.2: pass a model through
-  ``layers.make_double_differentiable`` (conv2d/max-pool as unfold forms) and use
+  ``layers.make_double_differentiable`` (conv2d, max-pool, flatten swapped for exact forms) and use
   ``losses.SoftmaxCrossEntropy`` rather than ``F.cross_entropy``. Refuses models holding known-bad
   layers. ``dtype="float64"`` runs it on a float64 copy of the model.
 * ``"ggn"``: Gauss-Newton ``J^T H_out J v`` (equal to the Fisher for softmax cross-entropy). ``J v``

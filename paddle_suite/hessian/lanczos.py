@@ -145,7 +145,7 @@ def power_iteration(operator, dim, k=1, max_iter=100, tol=1e-3, rng=None):
     """
     matvec = _matvec_of(operator)
     rng = np.random.default_rng(rng)
-    values, vectors, products = [], [], 0
+    values, products = [], 0
     found = np.zeros((0, dim))
     for _ in range(int(k)):
         v = rng.standard_normal(dim)

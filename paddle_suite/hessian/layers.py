@@ -18,9 +18,6 @@ uses first-order gradient kernels; paddle's broken or missing double-grad kernel
 * ``nn.AvgPool2D`` -> ``UnfoldAvgPool2D``: the mean of windows built from slices/reshapes.
 * ``nn.Flatten`` -> ``ReshapeFlatten``: paddle's flatten op has no double grad; ``reshape`` does.
 
-Not every op is safe either: a broadcasting ``matmul`` of a 2-D matrix with a 4-D tensor gives
-wrong second derivatives (found while writing these layers), so the layers here use 2-D products.
-
 ``make_double_differentiable(model)`` returns a deep copy of ``model`` with those layers swapped
 (the original is untouched; parameter names and order unchanged) and refuses models holding layers
 that have no exact form here (``DOUBLE_GRAD_UNSUPPORTED``); for those use
@@ -106,7 +103,7 @@ class _Conv2DFunction(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
         out = F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
-        n, kernel = x.shape[0], weight.shape[2:]
+        kernel = weight.shape[2:]
         # data input (no gradient needed): keep its im2col, the weight gradient is then one matmul
         cols = None
         if x.stop_gradient:
@@ -273,7 +270,7 @@ def _swap_in_place(layer, prefix=""):
 
 
 def make_double_differentiable(model):
-    """Deep copy of ``model`` with Conv2D / MaxPool2D / AvgPool2D / Flatten swapped for their unfold forms.
+    """Deep copy of ``model`` with Conv2D / MaxPool2D / AvgPool2D / Flatten swapped for their twice-differentiable forms.
 
     The copy has the same parameter names and order as ``model`` (the swapped layers hold the
     copied conv parameters). Raises ``ValueError`` naming every layer that stays unsupported.
