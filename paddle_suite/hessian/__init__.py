@@ -1,0 +1,23 @@
+"""Hessian spectra of ``paddle.nn.Layer`` losses and the power-law test (issue 23).
+
+* ``hvp.HVPOperator``: ``v -> H v`` (exact double backprop, Gauss-Newton, float64 finite differences).
+* ``layers.make_double_differentiable``: conv / pool / flatten layers swapped for forms whose
+  second derivatives paddle 2.6.2 gets right; ``losses.SoftmaxCrossEntropy`` likewise.
+* ``lanczos``: top eigenpairs (Lanczos, full reorthogonalisation), PyHessian's power iteration,
+  Hutchinson / Hutch++ trace, SLQ density.
+* ``powerlaw.fit_power_law``: LS and MLE slopes, KS distance, verdict. ``plots``: PNG figures.
+* ``report.spectrum_report``: all of the above for (model, batches), written to a directory.
+"""
+from .hvp import HVPOperator, hvp_relative_error
+from .lanczos import (hutchinson_trace, hutchpp_trace, lanczos, power_iteration, slq_density,
+                      top_eigenpairs)
+from .layers import make_double_differentiable
+from .losses import MeanSquaredError, SoftmaxCrossEntropy
+from .powerlaw import fit_power_law
+from .report import spectrum_report
+
+__all__ = [
+    "HVPOperator", "hvp_relative_error", "hutchinson_trace", "hutchpp_trace", "lanczos",
+    "power_iteration", "slq_density", "top_eigenpairs", "make_double_differentiable",
+    "MeanSquaredError", "SoftmaxCrossEntropy", "fit_power_law", "spectrum_report",
+]
