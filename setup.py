@@ -42,7 +42,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
         # peers for bench/: PyTorch 2.13.0 CPU (installable offline here) and PyKEEN
-        "bench": ["torch==2.13.0", "pykeen>=1.10"],
+        "bench": ["torch==2.13.0", "pykeen>=1.10", "pyhessian==0.1"],
     },
     entry_points={
         "console_scripts": [
