@@ -65,6 +65,50 @@ counted in this order: ``hbm`` = key was in the previous working set (already on
 the paper's design; here it is still read from MEM/SSD and patched), ``mem`` = found in the MEM
 cache, ``ssd`` = read from the SSD table, ``new`` = never committed, initialised.
 
+Feature admission and shrink
+----------------------------
+Fleet's ``CtrCommonAccessor`` rules, with a pass where Fleet has a day. Off by default
+(``admit_threshold=0``, ``shrink_every_passes=0``): then no counter is kept, every key gets a row
+and nothing is removed, exactly as without these settings. Otherwise the store *counts*:
+
+* **Counters**, per key, in their own LMDB table (``counts``: show, click, ``seen`` = the last
+  pass the key was in, an admitted flag; 17 bytes, kept also for keys without a row). The trainer
+  reports a pass's examples with ``ws.count(keys, labels)`` (or ``ws.count_positions``): a key's
+  show grows by 1 per example containing it, its click by the example's label. Counters decay by
+  ``show_click_decay_rate`` per pass, lazily: a record seen at pass q is worth ``r^(p-q)`` of itself
+  at pass p, so no pass rewrites the table. ``unseen passes`` = p - seen. Score (Fleet's
+  ``ShowClickScore``): ``nonclk_coeff * (show - click) + click_coeff * click`` (defaults 1, 1: the
+  show count; Fleet's defaults are 0.1 and 1).
+* **Admission** (Fleet's ``embedx_threshold`` / ``CountFilterEntry``): a key without a stored row
+  is *pending* while its score is below ``admit_threshold``. A pending key is in the pass's working
+  set (``ws.admitted`` False) with the shared default row: a zero embedding, optimizer state
+  ``pending_state`` (default ``state_init``). Its row is never stored: whatever the trainer does
+  to it in HBM is dropped at the commit, and it starts every pass from the default row again. So
+  in the forward pass it contributes a zero embedding; with the row-wise Adagrad of
+  ``hierarchical_train`` (step ``lr * g * sqrt(g0 / (g0 + G))``), ``pending_state=inf`` makes its
+  step exactly 0, so it stays zero within the pass too. Its counters are kept. The commit whose
+  counts lift its score to the threshold admits it: the stored row is its deterministic initial
+  row (the same as an unthrottled key's first row), trained from the next pass on. Decisions are
+  per pass: at a load from the counters of the passes committed before, at a commit from them
+  plus the pass's counts.
+* **Shrink** (Fleet's ``Shrink``), in the commit of every pass p with
+  ``(p + 1) % shrink_every_passes == 0``, or of any pass with ``commit_pass(..., shrink=True)``: a
+  key whose score, decayed to p, is below ``delete_threshold`` or that is unseen for more than
+  ``delete_after_unseen_passes`` passes loses its row (MEM, SSD table) and its counters, so it
+  is a new key if it comes back. This scans the whole counts table (as Fleet's shrink walks its
+  table): only keys seen since counting was on are candidates.
+* **Crash consistency**: the pass's counters and the deleted keys are redo records of the pass
+  (kinds in the record key), written with its rows before the commit point, so a crash before it
+  drops them with the pass. After the commit point the counters and deletions are applied to the
+  tables synchronously (loads read them); a crash in between replays them on reopening
+  (replaying sets values and deletes keys, so twice is harmless). A pass's row records and its
+  deletions concern disjoint keys, so their order does not matter. Open working sets are patched
+  like rows: counters and admissions of the pass, and deleted keys back to a new key's state.
+* **Stats**: totals ``admitted_rows``, ``evicted_rows`` (rows removed by shrinks),
+  ``dropped_counters`` (pending keys removed), ``shrinks``, ``counter_rows``; and the last
+  committed pass's ``pass_admitted``, ``pass_pending`` (its keys still without a row),
+  ``pass_evicted``, ``pass_dropped``.
+
 Across Fleet servers and workers
 --------------------------------
 The key space is sharded by ``shard_of(keys, num_shards)`` (a splitmix64 hash of the key, so
