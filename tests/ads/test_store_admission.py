@@ -286,3 +286,55 @@ def test_bad_counts_and_settings_are_refused(tmp_path):
         store.commit_pass(ws, 0)
         assert store.stats()["pass_pending"] == 4
     assert COUNT_DTYPE.itemsize == 17
+
+
+def test_shard_servers_apply_the_same_rules(tmp_path):
+    """S=2 shard server processes, one worker over gRPC: counts travel with the pushes, the servers
+    admit and shrink on their shards, and the result is the one-process rules' (rows up to the
+    float rounding of the delta merge)."""
+    from paddle_suite.ads.launcher import free_ports
+    from paddle_suite.ads.store_service import RemoteStore
+
+    key = "test-secret-0123456789"
+    endpoints = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    env = dict(os.environ, PADDLE_SUITE_STORE_AUTHKEY=key, PYTHONPATH=os.pathsep.join(sys.path))
+    servers = [subprocess.Popen(
+        [sys.executable, "-c", "from paddle_suite.ads.store_service import ShardServer, parse_endpoint; "
+         f"ShardServer({str(tmp_path / 'store')!r}, {shard}, 2, 1, {DIM}, {STATE}, mem_cap_mb=0.002, "
+         f"**{SETTINGS!r}).serve(parse_endpoint({endpoint!r}), {key.encode()!r})"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for shard, endpoint in enumerate(endpoints)]
+    passes = 7
+    try:
+        store = RemoteStore(endpoints, 0, 1, DIM, authkey=key.encode())
+        pending = store.prefetch(pass_examples(0)[0])
+        for p in range(passes):
+            ws = pending.result()
+            keys, labels = pass_examples(p)
+            ws.count(keys, labels)
+            train(ws.rows, ws.keys, p, DIM)
+            if p + 1 < passes:
+                pending = store.prefetch(pass_examples(p + 1)[0])  # opened before the commit: patched by it
+            store.commit_pass(ws, p, dense={"model": {"w": np.zeros(2, np.float32)}, "optimizer": {}})
+        stats = store.stats()
+        store.close()
+        for proc in servers:
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, out[-3000:]
+    finally:
+        for proc in servers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert stats["admitted_rows"] > 40 and stats["evicted_rows"] > 0
+    ref = reference_after(passes, **SETTINGS)
+    with ShardedStore(tmp_path / "store", 2, DIM, STATE, mem_cap_mb=0.002, **SETTINGS) as offline:
+        assert offline.last_pass == passes - 1
+        assert stored_keys(offline) == set(ref.rows)
+        rows = offline.read_rows(UNIVERSE)
+        want = np.stack([ref.lookup(int(k)) for k in UNIVERSE])
+        np.testing.assert_allclose(rows, want, rtol=0, atol=1e-5)
+        counted = {int(k): c for shard in offline.shards for keys, counts in shard._scan_counts()
+                   for k, c in zip(keys, counts)}
+        assert set(counted) == set(ref.counts)
+        for k, (show, click, seen) in ref.counts.items():
+            assert (counted[k]["show"], counted[k]["click"], counted[k]["seen"]) == pytest.approx((show, click, seen))
