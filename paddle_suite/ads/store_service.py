@@ -70,6 +70,14 @@ Protocol per pass ``i``:
    the average from server 0 (after server 0 finished pass ``i``), so all start pass ``i+1`` with
    identical dense parameters.
 
+Feature admission and shrink (the store's ``admit_threshold`` / ``shrink_every_passes`` settings,
+given to every server): each server applies the store's rules to its shard. ``fetch`` also returns
+which keys are admitted (``uint8``); a worker's ``ws.count(keys, labels)`` collects its shows and
+clicks, ``push`` carries them (``show``, ``click``: float32 per key; pending keys' deltas are sent as
+zeros), the server adds the W workers' counts into the merged working set, and its
+``prepare_pass`` decides admissions and (on the schedule, or when ``prepare`` carries ``shrink``)
+the deletions, logged with the pass, so the two-phase commit covers them.
+
 Crash consistency (``kill -9`` of any or all processes mid-pass, then a restart of the job): each
 server reopens its shard keeping a prepared pass undecided; worker 0 reads every server's
 ``status`` and tells each to roll the prepared pass forward when every shard prepared or finished
