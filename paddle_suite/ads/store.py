@@ -245,6 +245,8 @@ class WorkingSet:
     def count(self, keys, labels):
         """Count this pass's examples for admission and shrink: ``keys`` [n_examples, slots] (uint64),
         ``labels`` [n_examples] in [0, 1]. See ``count_positions``."""
+        if self.pass_show is None:  # the store does not count: skip the indexing
+            return
         keys = np.asarray(keys)
         return self.count_positions(self.index(keys.reshape(len(keys), -1)), labels)
 
@@ -746,8 +748,8 @@ class HierarchicalStore:
             if self._ssd_has_rows:
                 found[~found] = self._get_rows(unique[miss[~found]], rows, miss[~found])
             fresh = miss[~found]
-            admitted = self._fill_fresh(unique, rows, fresh)
             counts = self._get_counts(unique) if self.counting else None
+            admitted = self._fill_fresh(unique, rows, fresh, counts)
             if not count:
                 return self._open(unique, rows, started, admitted, counts)
             self._counts["hbm"] += int(in_previous.sum())
@@ -761,13 +763,14 @@ class HierarchicalStore:
             self._previous_keys = unique
             return self._open(unique, rows, started, admitted, counts)
 
-    def _fill_fresh(self, keys, rows, fresh):
+    def _fill_fresh(self, keys, rows, fresh, counts=None):
         """Rows of keys that have no stored row (``rows[fresh]``, ``keys`` sorted): their initial
         row, or the default row while their score is below ``admit_threshold`` (pending). Returns
-        the admitted mask over all keys when the store counts (else None)."""
+        the admitted mask over all keys when the store counts (else None). ``counts``: the
+        counter records of ``keys`` if already read."""
         pending = np.zeros(fresh.size, dtype=bool)
         if self.admit_threshold > 0 and fresh.size:
-            counts = self._get_counts(keys[fresh])
+            counts = self._get_counts(keys[fresh]) if counts is None else counts[fresh]
             pending = self._score(*self._decayed(counts, self.last_pass)) < self.admit_threshold
             rows[fresh[pending]] = self.default_row
         admit = fresh[~pending]
