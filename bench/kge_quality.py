@@ -49,8 +49,9 @@ sys.path.insert(0, ROOT)
 
 import paddle_suite  # noqa: E402,F401
 from paddle_suite.cli import setup_logging  # noqa: E402
-from paddle_suite.config import load_config, run_dir  # noqa: E402
-from paddle_suite.engine import Trainer  # noqa: E402
+from paddle_suite.config import load_config  # noqa: E402
+from paddle_suite.engine import Run, Trainer  # noqa: E402
+from paddle_suite.engine.run import changed_settings  # noqa: E402
 from paddle_suite.io import atomic_write  # noqa: E402
 from paddle_suite.kge.evaluation import categories_of_sides, paired_mrr_difference  # noqa: E402
 from paddle_suite.registry import TASKS  # noqa: E402
@@ -73,7 +74,7 @@ CPU_ARCH = {  # 1,000 floats per entity for every model (the FB15k-237 configs h
 CPU_LR = {"SpaceE": 0.003, "RotatE": 0.001, "TransE": 0.001}
 CPU_LR_PROBE = {  # FB15k-237, CPU_BUDGET, constant lr, 1,500 steps: valid MRR (1,000 triples), 2026-11-27
     "SpaceE": {0.001: 0.225, 0.003: 0.251},  # (the SpaceE recipe of 2026-11-27; the configs' maps and
-    # entities changed after it: see configs/spacee_wn18rr.yaml)
+    # entities changed after it: see bench/kge_config_notes.md)
     "RotatE": {0.001: 0.228, 0.003: 0.057},
     "TransE": {0.001: 0.211, 0.003: 0.138},
 }
@@ -131,16 +132,16 @@ def resolved_settings(config_path, overrides):
 def set_aside_stale_run(config):
     """A run directory trained with other settings is renamed ``<dir>.replaced-<time>`` (kept for
     reference), so that the pair starts afresh instead of resuming a different model; an interrupted
-    run with the same settings resumes."""
-    directory = run_dir(config)
-    saved_path = os.path.join(directory, "config.yaml")
-    if not os.path.isfile(saved_path):
+    run with the same settings resumes. Other settings: the engine's same-run check (``Arch``,
+    ``Global.seed``), or any other non-``Global`` section changed beyond keys added to the schema since."""
+    run = Run(config)
+    saved = run.saved_config()
+    if saved is None:
         return
-    with open(saved_path) as handle:
-        saved = yaml.safe_load(handle) or {}
+    directory = run.dir
     settings = [json.loads(json.dumps({k: v for k, v in c.items() if k != "Global" and not k.startswith("_")},
                                       sort_keys=True, default=str)) for c in (saved, config)]
-    if same_settings(*settings, default_settings(config["Arch"]["name"])):
+    if not changed_settings(saved, config) and same_settings(*settings, default_settings(config["Arch"]["name"])):
         return
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     os.rename(directory, f"{directory}.replaced-{stamp}")
@@ -182,10 +183,10 @@ def run_pair(dataset, model, args):
     trainer = Trainer(config, task, types.SimpleNamespace(no_progress=True))
     trained = trainer.train()  # its train_seconds sums the sessions of a resumed run
     started = time.perf_counter()
-    trainer.evaluate("test")
+    tested = trainer.evaluate("test")
     eval_seconds = time.perf_counter() - started
-    summary = summarise(task.last_evaluation["result"])
-    summary["ranks_file"] = save_ranks(config, task)
+    summary = summarise(tested.extras["report"])
+    summary["ranks_file"] = save_ranks(config, task, tested)
     summary.update(
         steps=trained["step"],
         best_valid_mrr=trained["best"],
@@ -200,12 +201,11 @@ def run_pair(dataset, model, args):
     return summary
 
 
-def save_ranks(config, task):
-    """Each test triple's (head, tail) ranks and relation category, beside the run (``test_ranks.npz``),
-    for the paired comparisons; returns its path relative to the repository."""
-    triples = task.eval_triples("test")
-    ranks = task.last_evaluation["result"]["ranks"]
-    path = os.path.join(run_dir(config), "test_ranks.npz")
+def save_ranks(config, task, tested):
+    """Each test triple's (head, tail) ranks and relation category (from the test ``EvalResult``), beside
+    the run (``test_ranks.npz``), for the paired comparisons; returns its path relative to the repository."""
+    triples, ranks = tested.extras["triples"], tested.extras["ranks"]
+    path = Run(config).path("test_ranks.npz")
     with atomic_write(path, "wb") as handle:
         np.savez(handle, triples=triples, ranks=np.stack([ranks["head"], ranks["tail"]], axis=1),
                  category=categories_of_sides(*task.relation_sides)[triples[:, 1]])

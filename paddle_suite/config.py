@@ -14,7 +14,6 @@ file (or the ``-o`` override) it came from, and the closest valid key.
 import copy
 import difflib
 import inspect
-import os
 from pathlib import Path
 
 import yaml
@@ -92,6 +91,10 @@ CORE_SCHEMA = {
         "lazy_mode": Field(False, bool, help="Adam: update only rows with gradients"),
         "multi_tensor": Field(False, bool, help="Adam/Momentum: one merged op over all (dense) parameters"),
         "momentum": 0.9,
+        "no_weight_decay": Field([], list, help="parameters without weight decay: name regexes, or 1d for every "
+                                 "one-dimensional parameter, e.g. [1d] or [bias, norm] (engine/optim.py)"),
+        "param_groups": Field([], list, help="[{match: REGEX, lr_mult: 10.0, weight_decay: ...}]: per-group learning "
+                              "rate multiplier and decay, first match wins (engine/optim.py)"),
         "schedule": {
             "name": Field("constant", str, choices=("constant", "cosine", "step")),
             "warmup_steps": 0,
@@ -345,7 +348,3 @@ def build_arch(config, **from_data):
         raise ConfigError(f"architecture {config['Arch']['name']} needs {', '.join(missing)}, which the task did not supply")
     accepted = inspect.signature(factory).parameters
     return factory(**kwargs, **{k: v for k, v in from_data.items() if k in accepted})
-
-
-def run_dir(config):
-    return os.path.join(config["Global"]["output_dir"], config["Global"]["run_name"])

@@ -8,7 +8,30 @@ config's ``Global.task`` selects it. Two kinds exist:
   collective). The task only supplies data, model, loss and metrics.
 * ``Task`` with its own ``train``/``evaluate``: for workflows the dygraph loop cannot express,
   e.g. static-graph programs on Fleet's parameter server.
+
+An evaluation gives an ``EvalResult``: ``metrics`` (``{name: float}``, logged and used for model
+selection) and ``extras`` (whatever else the task computed, e.g. KGE per-triple ranks), handed to
+the caller and to the training callbacks as they are.
 """
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    extras: dict = field(default_factory=dict)
+    split: str = "valid"
+    checkpoint: str = None
+
+    @classmethod
+    def of(cls, value, split):
+        """An ``EvalResult`` from what ``DenseTask.evaluate_model`` returned (it or a plain metrics dict)."""
+        metrics, extras = (value.metrics, value.extras) if isinstance(value, EvalResult) else (value, {})
+        return cls({k: float(v) for k, v in metrics.items()}, extras, split)
+
+    def summary(self):
+        """The JSON-ready part (no extras): what ``tools/eval.py`` prints."""
+        return {"checkpoint": self.checkpoint, "split": self.split, "metrics": self.metrics}
 
 
 class Task:
@@ -64,7 +87,8 @@ class DenseTask(Task):
         raise NotImplementedError
 
     def evaluate_model(self, model, split="valid"):
-        """Return ``{metric_name: float}`` on a split; run without gradients by the engine."""
+        """Return ``{metric_name: float}`` or an ``EvalResult`` (metrics + extras) on a split; run
+        without gradients by the engine."""
         raise NotImplementedError
 
     def artifacts(self):
@@ -88,7 +112,7 @@ class DenseTask(Task):
     def evaluate(self, args):
         from paddle_suite.engine import Trainer
 
-        return Trainer(self.config, self, args).evaluate(getattr(args, "split", "test"))
+        return Trainer(self.config, self, args).evaluate(getattr(args, "split", "test")).summary()
 
     def export(self, args):
         from paddle_suite.engine import Trainer

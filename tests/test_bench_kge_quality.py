@@ -126,3 +126,19 @@ def test_the_settings_line_names_the_adversarial_temperature_when_recorded():
     assert "- SpaceE (k=20; lr 0.003; adversarial temperature 1.0; self_negatives true): `configs/x.yaml` with" in text
     rotate_line = next(line for line in text.splitlines() if line.startswith("- RotatE ("))
     assert "temperature" not in rotate_line  # a pair recorded without its settings claims none
+
+
+def test_a_run_directory_of_another_seed_is_set_aside_by_the_engines_check(tmp_path):
+    from bench.kge_quality import set_aside_stale_run
+    from paddle_suite.config import load_config
+    from paddle_suite.engine import Run
+
+    config_path = os.path.join(ROOT, "configs", "spacee_umls.yaml")
+    first = load_config(config_path, [f"Global.output_dir={tmp_path}", "Global.run_name=pair"])
+    Run(first).create()
+    set_aside_stale_run(load_config(config_path, [f"Global.output_dir={tmp_path}", "Global.run_name=pair",
+                                                  "Global.max_steps=99"]))  # same run, longer: kept to resume
+    assert (tmp_path / "pair").is_dir()
+    set_aside_stale_run(load_config(config_path, [f"Global.output_dir={tmp_path}", "Global.run_name=pair",
+                                                  "Global.seed=7"]))
+    assert not (tmp_path / "pair").exists() and len(list(tmp_path.glob("pair.replaced-*"))) == 1

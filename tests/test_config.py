@@ -129,3 +129,21 @@ def test_field_and_registry_basics():
     reg.register("a")(object)
     with pytest.raises(KeyError, match="registered twice"):
         reg.register("a")(int)
+
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_configs_hold_settings_not_history():
+    """Probe tables and dated results live in bench/kge_config_notes.md, not in config comments."""
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        comments = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#")]
+        assert len(comments) <= 15, f"{path.name}: {len(comments)} comment lines"
+
+
+def test_spacee_fb15k_is_the_fb15k237_recipe_on_fb15k():
+    fb15k, fb15k237 = (load_config(str(CONFIG_DIR / f"spacee_{name}.yaml")) for name in ("fb15k", "fb15k237"))
+    differ = {(section, key) for section in fb15k if isinstance(fb15k[section], dict)
+              for key in fb15k[section] if fb15k[section][key] != fb15k237[section][key]}
+    assert differ == {("Global", "max_steps"), ("Global", "run_name"), ("DataLoader", "dataset"),
+                      ("Optimizer", "lr"), ("Optimizer", "schedule")}

@@ -7,8 +7,9 @@
     # entity / relation embeddings as .npy with their vocabularies
     python tools/kge_analysis.py export --checkpoint RUN/best --out DIR
 
-The checkpoint is ``--checkpoint``, else ``Global.checkpoint``, else the run's ``best/``, else its
-newest ``checkpoints/step_*``; without ``-c`` the run's saved ``config.yaml`` is used.
+The checkpoint is ``--checkpoint`` (a checkpoint directory, ``best``/``latest`` with ``-c``, or a run
+directory), else ``Global.checkpoint``, else the run's ``best/``, else its newest ``checkpoints/step_*``
+(``Run.resolve_checkpoint``); without ``-c`` the run's saved ``config.yaml`` is used.
 """
 import argparse
 import json

@@ -5,8 +5,9 @@
     python tools/predict.py --checkpoint RUN/checkpoints/step_00000020 \\
         --relation NAME --tail NAME                             # ranked heads
 
-The checkpoint is ``--checkpoint``, else ``Global.checkpoint``, else the run's ``best/``, else its
-newest ``checkpoints/step_*``. Without ``-c`` the run's saved ``config.yaml`` (beside
+The checkpoint is ``--checkpoint`` (a checkpoint directory, ``best``/``latest`` with ``-c``, or a run
+directory), else ``Global.checkpoint``, else the run's ``best/``, else its newest ``checkpoints/step_*``
+(``Run.resolve_checkpoint``). Without ``-c`` the run's saved ``config.yaml`` (beside
 ``checkpoints/`` and ``best/``) is used. Entity and relation names are read from the checkpoint's
 ``entities.txt`` / ``relations.txt`` (one name per line, in id order). ``--filter`` drops answers
 that are already known true triples (train + valid + test); without it they are marked ``known``.

@@ -1,54 +1,21 @@
-"""Checkpoint directories, written atomically.
+"""Checkpoint directories of dense tasks, written atomically into a ``Run`` (``engine/run.py``)::
 
-Layout of a run directory (``<Global.output_dir>/<Global.run_name>``)::
-
-    config.yaml                  resolved config of the latest start
     checkpoints/step_00001200/   model.pdparams, optimizer.pdopt, trainer.pkl, task artifacts
     best/                        model.pdparams, metrics.json, task artifacts
-    vdl/                         VisualDL logs
 
 A checkpoint directory is built under a temporary name and renamed into place, so a crash
 never leaves a half-written checkpoint that ``resume: auto`` would pick up.
 """
-import json
 import os
 import pickle
 import random
-import re
 import shutil
 
 import numpy as np
 import paddle
 
+from paddle_suite.engine.run import BEST_METRICS_FILE, MODEL_FILE, Run, list_checkpoints, write_json
 from paddle_suite.io import atomic_directory
-
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-MODEL_FILE = "model.pdparams"
-
-
-def checkpoint_root(run_directory):
-    return os.path.join(run_directory, "checkpoints")
-
-
-def list_checkpoints(run_directory):
-    """Checkpoint directories of a run, oldest first."""
-    root = checkpoint_root(run_directory)
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        match = _STEP_DIR.match(name)
-        if match and os.path.isfile(os.path.join(root, name, "trainer.pkl")):
-            found.append((int(match.group(1)), os.path.join(root, name)))
-    return [path for _, path in sorted(found)]
-
-
-def _write_artifacts(directory, artifacts):
-    for name, content in artifacts.items():
-        mode = "wb" if isinstance(content, bytes) else "w"
-        with open(os.path.join(directory, name), mode) as handle:
-            handle.write(content)
-
 
 def rng_state():
     return {"python": random.getstate(), "numpy": np.random.get_state(), "paddle": paddle.get_rng_state()}
@@ -60,9 +27,9 @@ def set_rng_state(state):
     paddle.set_rng_state(state["paddle"])
 
 
-def save_checkpoint(run_directory, step, model, optimizer, scheduler, trainer_state, artifacts, keep):
-    """Write ``checkpoints/step_<step>`` atomically and keep only the newest ``keep`` ones."""
-    target = os.path.join(checkpoint_root(run_directory), f"step_{step:08d}")
+def save_checkpoint(run, step, model, optimizer, scheduler, trainer_state, artifacts, keep):
+    """Write ``checkpoints/step_<step>`` of ``run`` atomically and keep only the newest ``keep`` ones."""
+    target = os.path.join(run.checkpoints_dir, f"step_{step:08d}")
     with atomic_directory(target) as tmp:
         paddle.save(model.state_dict(), os.path.join(tmp, MODEL_FILE))
         paddle.save(portable_optimizer_state(optimizer, model), os.path.join(tmp, "optimizer.pdopt"))
@@ -70,20 +37,19 @@ def save_checkpoint(run_directory, step, model, optimizer, scheduler, trainer_st
         state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
         with open(os.path.join(tmp, "trainer.pkl"), "wb") as handle:
             pickle.dump(state, handle)
-        _write_artifacts(tmp, artifacts)
-    for old in list_checkpoints(run_directory)[:-keep] if keep > 0 else []:
+        Run.write_artifacts(tmp, artifacts)
+    for old in list_checkpoints(run.dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def save_best(run_directory, model, metrics, step, artifacts):
-    target = os.path.join(run_directory, "best")
-    with atomic_directory(target) as tmp:
+def save_best(run, model, metrics, step, artifacts):
+    """Replace ``best/`` of ``run`` atomically: weights, ``metrics.json`` and the task's artifacts."""
+    with atomic_directory(run.best_dir) as tmp:
         paddle.save(model.state_dict(), os.path.join(tmp, MODEL_FILE))
-        with open(os.path.join(tmp, "metrics.json"), "w") as handle:
-            json.dump({"step": step, "metrics": metrics}, handle, indent=2)
-        _write_artifacts(tmp, artifacts)
-    return target
+        write_json(os.path.join(tmp, BEST_METRICS_FILE), {"step": step, "metrics": metrics})
+        Run.write_artifacts(tmp, artifacts)
+    return run.best_dir
 
 
 def _rename_keys(state, mapping):

@@ -1,63 +1,65 @@
-"""What a person watches during training: a tqdm bar with ETA, log lines, VisualDL scalars.
+"""What a person watches during training: a tqdm bar with ETA (or log lines), and the run's metrics
+sink (``Run.metrics``: VisualDL scalars in ``<run_dir>/vdl`` and ``<run_dir>/metrics.jsonl``).
 
-VisualDL logs go to ``<run_dir>/vdl``; view them with
-``visualdl --logdir <run_dir>/vdl --host 127.0.0.1 --port 8040 --language en``.
+View the scalars with ``visualdl --logdir <run_dir>/vdl --host 127.0.0.1 --port 8040 --language en``:
+``train/loss``, ``train/lr``, ``train/samples_per_s`` (means over ``Global.log_every`` steps) and
+``valid/<metric>``. Only rank 0 writes.
 """
 import logging
 import time
 
 from tqdm import tqdm
 
+from paddle_suite.engine.callbacks import Callback
+
 log = logging.getLogger("paddle_suite")
 
 
-class Monitor:
-    def __init__(self, run_directory, total_steps, start_step, progress, log_every=10):
-        self.writer = None
-        if run_directory is not None:
-            from visualdl import LogWriter
+def _headline(metrics, limit=8):
+    """Top-level metrics first (``mrr`` before ``N-1/head/mrr``), for one readable log line."""
+    ordered = sorted(metrics.items(), key=lambda kv: (kv[0].count("/"), kv[0]))
+    return ", ".join(f"{k}={v:.4f}" for k, v in ordered[:limit])
 
-            self.writer = LogWriter(logdir=f"{run_directory}/vdl")
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if progress else None
-        self.log_every = log_every
+
+class Monitor(Callback):
+    def __init__(self, progress, log_every=10):
+        self.progress, self.log_every = progress, log_every
+        self.bar = self.sink = None
+
+    def on_train_start(self, loop):
+        self.sink = loop.run.metrics(enabled=loop.is_main)
+        if self.progress and loop.is_main:
+            self.bar = tqdm(total=loop.total, initial=loop.step, desc="train", dynamic_ncols=True)
+        self._reset_window()
+
+    def _reset_window(self):
         self._window_start = time.perf_counter()
-        self._window_examples = 0
+        self._window_examples = self._window_steps = 0
         self._window_loss = 0.0
-        self._window_steps = 0
 
-    def step(self, step, loss, lr, num_examples):
-        self._window_examples += num_examples
-        self._window_loss += loss
+    def on_step_end(self, loop):
+        self._window_examples += loop.num_examples
+        self._window_loss += loop.loss
         self._window_steps += 1
         if self.bar is not None:
             self.bar.update(1)
         if self._window_steps < self.log_every:
             return
-        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        speed = self._window_examples / max(time.perf_counter() - self._window_start, 1e-9)
         mean_loss = self._window_loss / self._window_steps
-        speed = self._window_examples / elapsed
-        self.scalars("train", {"loss": mean_loss, "lr": lr, "samples_per_s": speed}, step)
+        self.sink.log("train", {"loss": mean_loss, "lr": loop.lr, "samples_per_s": speed}, loop.step)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{speed:.0f}")
-        else:
-            log.info("step %d loss %.5f lr %.3e %.0f samples/s", step, mean_loss, lr, speed)
-        self._window_start = time.perf_counter()
-        self._window_examples = self._window_loss = self._window_steps = 0
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{loop.lr:.2e}", ex_s=f"{speed:.0f}")
+        elif loop.is_main:
+            log.info("step %d loss %.5f lr %.3e %.0f samples/s", loop.step, mean_loss, loop.lr, speed)
+        self._reset_window()
 
-    def scalars(self, prefix, values, step):
-        if self.writer is None:
-            return
-        for name, value in values.items():
-            self.writer.add_scalar(tag=f"{prefix}/{name}", value=float(value), step=step)
+    def on_evaluate(self, loop, result):
+        self.sink.log(result.split, result.metrics, loop.step)
+        loop.message(f"step {loop.step}: {_headline(result.metrics)}")
 
-    def message(self, text):
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            log.info(text)
-
-    def close(self):
+    def on_exit(self, loop):
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        if self.sink is not None:
+            self.sink.close()

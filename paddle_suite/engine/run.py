@@ -10,11 +10,14 @@ Layout of ``<Global.output_dir>/<Global.run_name>``::
     inference/          exported models
 
 ``Run`` owns these paths, the config snapshot, checkpoint resolution (``best``, ``latest`` or a
-path), artifact files and the metrics sink; tasks and tools never build these paths themselves.
+path), the same-run check of auto-resume, artifact files and the metrics sink; ``load_run`` opens a
+finished run from its directory or any checkpoint inside it. Tasks and tools never build these
+paths themselves.
 """
 import json
 import logging
 import os
+import re
 
 import yaml
 
@@ -27,18 +30,41 @@ CHECKPOINTS = "checkpoints"
 BEST = "best"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+BEST_METRICS_FILE = "metrics.json"
+
+
+MODEL_FILE = "model.pdparams"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def list_checkpoints(run_directory):
+    """The ``checkpoints/step_N`` directories of a run (complete ones: with ``trainer.pkl``), oldest first."""
+    root = os.path.join(run_directory, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        match = _STEP_DIR.match(name)
+        if match and os.path.isfile(os.path.join(root, name, "trainer.pkl")):
+            found.append((int(match.group(1)), os.path.join(root, name)))
+    return [path for _, path in sorted(found)]
 
 
 class RunError(FileNotFoundError):
     """A run directory or checkpoint that is missing or unusable; the message says what to do."""
 
 
-class Run:
-    """The run directory of a config (``Global.output_dir`` / ``Global.run_name``)."""
+class OtherRun(ValueError):
+    """The run directory holds a run of another model or seed (the message says how to proceed)."""
 
-    def __init__(self, config):
+
+class Run:
+    """The run directory of a config (``Global.output_dir`` / ``Global.run_name``), or ``directory``."""
+
+    def __init__(self, config, directory=None):
         self.config = config
-        self.dir = os.path.join(config["Global"]["output_dir"], config["Global"]["run_name"])
+        self.dir = str(directory) if directory is not None else os.path.join(
+            config["Global"]["output_dir"], config["Global"]["run_name"])
 
     # ------------------------------------------------------------------ paths
     @property
@@ -66,7 +92,28 @@ class Run:
         with open(path) as handle:
             return yaml.safe_load(handle) or {}
 
+    def best_metrics(self):
+        """``{"step": N, "metrics": {...}}`` of the best model, or None when there is none."""
+        return read_json(self.path(BEST, BEST_METRICS_FILE))
+
+    def check_same_run(self, checkpoint):
+        """Refuse to resume ``checkpoint`` when the saved config's ``Arch`` or ``Global.seed`` differs
+        from this one's: the weights would load (same shapes) into a different model, or a run of
+        another seed would be reported as this one."""
+        saved = self.saved_config()
+        changed = [] if saved is None else changed_settings(saved, self.config)
+        if changed:
+            raise OtherRun(
+                f"{self.dir} holds a different run ({'; '.join(changed)}); its checkpoint "
+                f"{checkpoint} would load into this one. Set another Global.run_name / Global.output_dir, "
+                "or Global.resume=none to start over in this directory."
+            )
+
     # ------------------------------------------------------------------ checkpoints
+    def latest_checkpoint(self):
+        """The newest ``checkpoints/step_N`` directory, or None."""
+        return (list_checkpoints(self.dir) or [None])[-1]
+
     def resolve_checkpoint(self, spec=None, latest=None, has_model=None):
         """A checkpoint path from ``spec``: a path, ``"best"``, ``"latest"``, or None.
 
@@ -75,10 +122,8 @@ class Run:
         ``has_model(path)`` tells whether a directory holds weights; dense tasks get both from
         ``engine.checkpoint``. Raises ``RunError`` naming what was tried.
         """
-        from paddle_suite.engine import checkpoint as ckpt
-
-        latest = latest or (lambda: (ckpt.list_checkpoints(self.dir) or [None])[-1])
-        has_model = has_model or (lambda path: os.path.isfile(os.path.join(path, ckpt.MODEL_FILE)))
+        latest = latest or self.latest_checkpoint
+        has_model = has_model or (lambda path: os.path.isfile(os.path.join(path, MODEL_FILE)))
         spec = spec or self.config["Global"].get("checkpoint")
         if spec == "latest":
             found = latest()
@@ -116,6 +161,44 @@ class Run:
 
     def metrics(self, enabled=True):
         return MetricsSink(self.dir if enabled else None)
+
+
+def changed_settings(saved, config):
+    """``["Arch.k: 10 -> 20", "Global.seed: 42 -> 7"]``: what makes ``config`` another run than the
+    saved config of a run directory. Keys absent from ``saved`` (added to the schema since) are not
+    compared."""
+    saved_arch, saved_global = saved.get("Arch") or {}, saved.get("Global") or {}
+    changed = [f"Arch.{k}: {saved_arch[k]!r} -> {v!r}" for k, v in (config.get("Arch") or {}).items()
+               if k in saved_arch and saved_arch[k] != v]
+    seed = config["Global"]["seed"]
+    if "seed" in saved_global and saved_global["seed"] != seed:
+        changed.append(f"Global.seed: {saved_global['seed']!r} -> {seed!r}")
+    return changed
+
+
+def find_run_dir(path):
+    """The run directory holding ``path``: the run directory itself, its ``best/``, a
+    ``checkpoints/step_N/`` or a ``.pdparams`` file in one of them (the nearest ``config.yaml`` up)."""
+    start = os.path.abspath(os.fspath(path))
+    if not os.path.exists(start):
+        raise RunError(f"checkpoint {path} does not exist")
+    if start.endswith(".pdparams"):
+        start = os.path.dirname(start)
+    folder = start
+    for _ in range(3):  # run/, run/best, run/checkpoints/step_N
+        if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+            return folder
+        folder = os.path.dirname(folder)
+    raise RunError(f"no {CONFIG_FILE} found beside or above {path}: pass the training config with -c")
+
+
+def load_run(path):
+    """A finished run, from its directory or any checkpoint inside it: a ``Run`` whose ``config`` is the
+    saved snapshot (``best_metrics()`` gives the best model's metrics)."""
+    directory = find_run_dir(path)
+    run = Run({}, directory)
+    run.config = run.saved_config()
+    return run
 
 
 def write_json(path, value):

@@ -12,59 +12,29 @@ the per-category median spectra), ``write_spectrum_tables`` writes the numbers a
 
 ``export_embeddings`` writes the entity and relation tables as ``.npy`` with their vocabularies.
 ``load_run`` rebuilds a task and its model from a config and a checkpoint directory (used by
-``tools/kge_analysis.py`` and ``tools/predict.py``). All files are written atomically.
+``tools/kge_analysis.py`` and ``tools/predict.py``); the run directory, its saved config and the
+checkpoint choice come from the engine's ``Run`` (``engine/run.py``). All files are written atomically.
 """
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 import paddle_suite  # noqa: F401  (MKL_DEBUG_CPU_TYPE before paddle)
+from paddle_suite.engine.run import CONFIG_FILE, Run, RunError, find_run_dir
 from paddle_suite.io import atomic_write
 from paddle_suite.kge.evaluation import CATEGORIES, UNSEEN, relation_categories
 
 MAP_NAMES = ("head", "tail")
-
-
-class RunError(ValueError):
-    """A user error locating a run, checkpoint or vocabulary."""
+# RunError (the engine's): also raised here for a checkpoint whose vocabulary is missing or broken
 
 
 # ---------------------------------------------------------------------------- loading a run
 def find_run_config(checkpoint):
     """``config.yaml`` of the run a checkpoint belongs to (``run/best``, ``run/checkpoints/step_N``)."""
-    start = Path(checkpoint).resolve()
-    if not start.exists():
-        raise RunError(f"checkpoint {checkpoint} does not exist")
-    if start.suffix == ".pdparams":
-        start = start.parent
-    for folder in (start, start.parent, start.parent.parent):
-        if (folder / "config.yaml").is_file():
-            return folder / "config.yaml"
-    raise RunError(f"no config.yaml found beside or above {checkpoint}: pass the training config with -c")
-
-
-def resolve_checkpoint(config, explicit=None):
-    """``explicit``, else ``Global.checkpoint``, else the run's ``best/``, else its newest checkpoint."""
-    from paddle_suite.config import run_dir
-    from paddle_suite.engine import checkpoint as ckpt
-
-    chosen = explicit or config["Global"]["checkpoint"]
-    if chosen:
-        if not os.path.exists(chosen):
-            raise RunError(f"checkpoint {chosen} does not exist")
-        return str(chosen)
-    directory = run_dir(config)
-    best = os.path.join(directory, "best")
-    if os.path.isfile(os.path.join(best, ckpt.MODEL_FILE)):
-        return best
-    found = ckpt.list_checkpoints(directory)
-    if found:
-        return found[-1]
-    raise RunError(f"no checkpoint in {directory}: train first or pass --checkpoint / -o Global.checkpoint=PATH")
+    return Path(find_run_dir(checkpoint)) / CONFIG_FILE
 
 
 def read_vocabulary(checkpoint, kind):
@@ -90,7 +60,8 @@ def read_vocabulary(checkpoint, kind):
 def load_run(config_path=None, checkpoint=None, overrides=()):
     """Rebuild ``(config, task, model, checkpoint, entities, relations)`` from a run.
 
-    ``config_path`` defaults to the run's saved ``config.yaml`` found from ``checkpoint``. The
+    ``config_path`` defaults to the run's saved ``config.yaml`` found from ``checkpoint``, which may
+    also be the run directory itself (its best model, else its newest checkpoint). The
     checkpoint's vocabulary must match the dataset named by the config, since ids index both.
     """
     from paddle_suite.config import load_config
@@ -102,7 +73,10 @@ def load_run(config_path=None, checkpoint=None, overrides=()):
             raise RunError("give a config (-c) or a checkpoint directory (--checkpoint)")
         config_path = find_run_config(checkpoint)
     config = load_config(config_path, list(overrides))
-    checkpoint = resolve_checkpoint(config, checkpoint)
+    if checkpoint is not None and (Path(checkpoint) / CONFIG_FILE).is_file():  # a run directory
+        checkpoint = Run(config, directory=checkpoint).resolve_checkpoint()
+    else:
+        checkpoint = Run(config).resolve_checkpoint(checkpoint)
     entities = read_vocabulary(checkpoint, "entities")
     relations = read_vocabulary(checkpoint, "relations")
     task = TASKS.get(config["Global"]["task"])(config)

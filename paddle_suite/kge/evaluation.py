@@ -62,26 +62,32 @@ def _as_triples(triples, name, num_entities=None, num_relations=None):
     return array
 
 
-def relation_sides(train_triples, num_relations):
-    """Which relations have many heads per tail and many tails per head in training.
+def relation_tph_hpt(train_triples, num_relations):
+    """Tails per head and heads per tail of each relation over the *distinct* training triples.
 
-    For relation ``r`` over the *distinct* training triples:
-    ``tph_r`` (tails per head) = number of triples of ``r`` / number of distinct heads of ``r``
-    (= the mean, over the distinct pairs ``(h, r)``, of the number of tails ``t`` with ``(h, r, t)``);
-    ``hpt_r`` (heads per tail) = number of triples of ``r`` / number of distinct tails of ``r``.
-    Returns boolean arrays ``(many_heads, many_tails, seen)`` indexed by relation id:
-    ``hpt >= 1.5``, ``tph >= 1.5`` and "has a training triple".
+    ``tph_r`` = number of triples of ``r`` / number of distinct heads of ``r`` (= the mean, over the
+    distinct pairs ``(h, r)``, of the number of tails ``t`` with ``(h, r, t)``); ``hpt_r`` = number
+    of triples of ``r`` / number of distinct tails of ``r``. Returns float arrays ``(tph, hpt)``
+    indexed by relation id, 0 for a relation without training triples.
     """
     triples = np.unique(_as_triples(train_triples, "train_triples", num_relations=num_relations), axis=0)
     per_relation = np.bincount(triples[:, 1], minlength=num_relations)
-    heads = np.unique(triples[:, :2], axis=0)
-    tails = np.unique(triples[:, 1:], axis=0)
-    distinct_heads = np.bincount(heads[:, 1], minlength=num_relations)
-    distinct_tails = np.bincount(tails[:, 0], minlength=num_relations)
+    distinct_heads = np.bincount(np.unique(triples[:, :2], axis=0)[:, 1], minlength=num_relations)
+    distinct_tails = np.bincount(np.unique(triples[:, 1:], axis=0)[:, 0], minlength=num_relations)
     seen = per_relation > 0
     tph = np.divide(per_relation, distinct_heads, out=np.zeros(num_relations), where=seen)
     hpt = np.divide(per_relation, distinct_tails, out=np.zeros(num_relations), where=seen)
-    return hpt >= CATEGORY_THRESHOLD, tph >= CATEGORY_THRESHOLD, seen
+    return tph, hpt
+
+
+def relation_sides(train_triples, num_relations):
+    """Which relations have many heads per tail and many tails per head in training.
+
+    Returns boolean arrays ``(many_heads, many_tails, seen)`` indexed by relation id:
+    ``hpt >= 1.5``, ``tph >= 1.5`` (``relation_tph_hpt``) and "has a training triple".
+    """
+    tph, hpt = relation_tph_hpt(train_triples, num_relations)
+    return hpt >= CATEGORY_THRESHOLD, tph >= CATEGORY_THRESHOLD, tph > 0  # a seen relation has tph >= 1
 
 
 def relation_categories(train_triples, num_relations):

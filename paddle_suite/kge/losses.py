@@ -1,5 +1,8 @@
 """KGE training losses: self-adversarial negative sampling, margin ranking, weights, regularisation.
 
+``Loss.name`` selects a loss from the ``LOSSES`` registry: ``self_adversarial`` or ``margin``, each
+built from the ``Loss`` section and called as ``loss(positive, negative, weights, valid)``.
+
 * ``self_adversarial_loss`` (Sun et al. 2019, RotatE eq. 5-6): ``-log sigmoid(s+)`` for a positive
   and ``-sum_j w_j log sigmoid(-s_j)`` over its negatives, ``w = softmax(alpha * s_neg)`` detached
   from the graph (``alpha`` = ``temperature``; ``temperature=0`` gives uniform weights, the plain
@@ -10,7 +13,9 @@
   the training triples with each count starting at 4, to down-weight frequent patterns.
 * ``embedding_regularization``: ``weight * mean over rows of sum |x|^p`` of the batch's embeddings
   (p=3 is N3 / RotatE's ComplEx regulariser); computed on the batch rather than RotatE's whole
-  tables so that sparse updates stay sparse.
+  tables so that sparse updates stay sparse. Every regulariser (this one, from
+  ``Loss.regularization``, and SpaceE's map penalties) is applied in one place, the model's
+  ``regularization`` (``kge/models.py``), whose sum the model's forward returns beside the scores.
 
 ``valid`` masks (from the sampler's filtering) exclude known positives drawn as negatives: they get
 zero weight, and a row whose negatives are all excluded contributes only its positive term.
@@ -20,6 +25,8 @@ import numpy as np
 import paddle_suite  # noqa: F401
 import paddle
 import paddle.nn.functional as F
+
+from paddle_suite.registry import LOSSES
 
 
 def _weighted_mean(values, weights):
@@ -74,3 +81,25 @@ def subsampling_weights(triples, start=4):
 def embedding_regularization(embeddings, weight, p=3):
     """``weight * sum_tensors mean_rows sum_cols |x|^p``; ``embeddings`` is a list of ``[n, d]`` tensors."""
     return weight * paddle.add_n([(x.abs() ** p).sum(-1).mean() for x in embeddings])
+
+
+@LOSSES.register("self_adversarial")
+class SelfAdversarialLoss:
+    """``Loss.adversarial_temperature`` is the alpha of the negatives' weights (0 = uniform)."""
+
+    def __init__(self, loss_cfg):
+        self.temperature = loss_cfg["adversarial_temperature"]
+
+    def __call__(self, positive, negative, weights=None, valid=None):
+        return self_adversarial_loss(positive, negative, self.temperature, weights, valid)
+
+
+@LOSSES.register("margin")
+class MarginLoss:
+    """``Loss.margin`` is the margin between a positive's score and each negative's."""
+
+    def __init__(self, loss_cfg):
+        self.margin = loss_cfg["margin"]
+
+    def __call__(self, positive, negative, weights=None, valid=None):
+        return margin_ranking_loss(positive, negative, self.margin, weights, valid)

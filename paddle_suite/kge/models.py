@@ -43,6 +43,7 @@ import paddle
 import paddle.nn as nn
 from paddle.autograd import PyLayer
 
+from paddle_suite.kge.losses import embedding_regularization
 from paddle_suite.registry import ARCHS
 
 #: largest intermediate tensor (elements) of the broadcast scoring path
@@ -202,6 +203,12 @@ class KGEModel(nn.Layer):
         # relations stay dense: their table is small and most rows occur in every batch, and sparse
         # Adam updates of such a table overflowed Adam's second moment to inf in our runs
         self.relation_embedding = _uniform_table(self.num_relations, self.relation_width, init_bound, False)
+        self.set_embedding_regularization(0.0)
+
+    def set_embedding_regularization(self, weight, p=3):
+        """``Loss.regularization`` / ``regularization_p``: ``weight * mean |x|^p`` over the batch's
+        head, relation and tail embeddings (``losses.embedding_regularization``); 0 = off."""
+        self.embedding_weight, self.embedding_p = float(weight), int(p)
 
     # ------------------------------------------------------------------ to implement
     def score_embeddings(self, h, r, t):
@@ -281,8 +288,16 @@ class KGEModel(nn.Layer):
         return scores.reshape([chunks * chunk_size, k])[:batch]
 
     def regularization(self, h, r, t):
-        """Model-specific penalty on a batch (a scalar tensor), or None."""
-        return None
+        """The batch's whole penalty (a scalar tensor), or None: the one place regularisers are applied."""
+        terms = self.penalty_terms(_ids(h), _ids(r), _ids(t))
+        return paddle.add_n(terms) if terms else None
+
+    def penalty_terms(self, h, r, t):
+        """Scalar penalty tensors of a batch; subclasses add theirs before these."""
+        if self.embedding_weight <= 0:
+            return []
+        embeddings = [self.entity_embedding(h), self.relation_embedding(r), self.entity_embedding(t)]
+        return [embedding_regularization(embeddings, self.embedding_weight, self.embedding_p)]
 
 
 # ============================================================================ SpaceE
@@ -314,35 +329,29 @@ class SpaceE(KGEModel):
     null gives every map ``orthogonal_weight``.
 
     Why the orthogonal pull exists: unpenalised, every map collapses to rank 1-4 within a few
-    thousand steps (WN18RR, 6,000 steps: top singular value ~5, the fifth 0.1-0.5). Each relation
-    then reads its own low-dimensional view of the entity matrices, nothing learned for one
-    relation transfers to another, and the model memorises: training hypernym triples rank at
-    MRR 1.0 while test hypernym heads rank like random guesses (median 20,275 of 40,943). A soft
-    penalty keeps the maps well conditioned unless the data pays for a singular direction.
+    thousand steps. Each relation then reads its own low-dimensional view of the entity matrices,
+    nothing learned for one relation transfers to another, and the model memorises (training
+    triples rank first, test ones like random guesses). A soft penalty keeps the maps well
+    conditioned unless the data pays for a singular direction.
 
     ``entity_radius`` (optional) scores every entity matrix scaled to that Frobenius norm: only its
     direction is learned. Why: with (near-)orthogonal maps, distances preserve entity norms, and
     rarely trained entities keep their small initial norm, which puts them near the origin and so
-    close to every mapped query: after 500 steps on WN18RR the top-ranked answers had a mean
-    training degree of 0.6 and norm 0.4 (mean norm 2.9), and the true answer ranked worse than
-    random. On one sphere no entity is close to everything (WN18RR valid MRR after 500 steps: .001
-    -> .44). The relation maps stay free (singular allowed): only entities are normalised.
+    close to every mapped query (they become the top answers to everything). On one sphere no
+    entity is close to everything. The relation maps stay free (singular allowed): only entities
+    are normalised.
     On the sphere the raw row's length sets the step size: an Adam step moves every entry by about
     ``lr``, which turns a row of length ``|x|`` by about ``lr * sqrt(k*m) / |x|`` radians. RotatE's
     default initial range ``(gamma + 2) / (k*m)`` gives rows of length ~0.1 at ``k*m = 1000``, so the
-    first steps turn entities almost at random; ``entity_init_bound`` 0.03 (length ~0.55) did better
-    (bench-schedule probes, 2026-11-28: WN18RR valid MRR .490 vs .485, seed 7 .482 vs .478).
+    first steps turn entities almost at random; ``entity_init_bound`` 0.03 gives rows of length ~0.55.
 
     ``translation`` (optional, our addition to the reading above) makes the maps affine: a
     per-relation ``k x m`` offset ``B_r``, initialised to zero, is added to the mapped head,
     ``d = || R_r^head E_h + B_r - R_r^tail E_t ||`` (``|| R_r E_h + B_r - E_t ||`` with ``head_only``).
     The abstract calls SpaceE "translation distance based" but names only the linear maps; an
     offset lets a relation shift its image as TransE does, and with ``B_r = 0`` every pattern above
-    is still reachable. Relation rows store the maps' entries, then ``B_r`` row-major. Measured
-    (bench-schedule probes, 6,000 steps, 2026-11-28): WN18RR valid MRR .484 vs .482 with seed 42
-    and .477 vs .471 with seed 7, mean rank 2,800 vs 4,400. On FB15k-237 it trailed with free
-    entity norms (.291 vs .297 after 2,500 steps) and leads with ``entity_radius`` (valid MRR .338 vs
-    .324 at ``k x m = 20 x 50``), so both configs turn it on with the sphere.
+    is still reachable. Relation rows store the maps' entries, then ``B_r`` row-major.
+    The measurements behind these options are in ``bench/kge_config_notes.md``.
 
     Initialisation: entity entries uniform in ``+-entity_init_bound``, by default
     ``(gamma + 2) / (k*m)`` as in RotatE's embedding range; relation maps
@@ -473,7 +482,7 @@ class SpaceE(KGEModel):
             sq = paddle.clip(sq, min=0.0)
         return self.gamma - paddle.sqrt(sq + EPS)
 
-    def regularization(self, h, r, t):
+    def penalty_terms(self, h, r, t):
         terms = []
         orthogonal = self.orthogonal_weight > 0 or self.map_weights is not None
         if self.spectral_weight > 0 or orthogonal:
@@ -493,7 +502,7 @@ class SpaceE(KGEModel):
         if self.n3_weight > 0:
             ents = self.entity_embedding(paddle.concat([_ids(h), _ids(t)]))
             terms.append(self.n3_weight * (ents.abs() ** 3).sum(-1).mean())
-        return paddle.add_n(terms) if terms else None
+        return terms + super().penalty_terms(h, r, t)
 
     def relation_matrices(self):
         """Learned maps as numpy ``[num_relations, maps, k, k]`` (maps: head[, tail])."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from paddle_suite.kge.evaluation import relation_tph_hpt
+
 SIDES = ("head", "tail")
 
 
@@ -31,17 +33,6 @@ class NegativeGroup:
     triples: np.ndarray  # [b, 3] int64
     negatives: np.ndarray  # [ceil(b / chunk_size), K] int64 entity ids
     valid: np.ndarray  # [b, K] bool: False where the corrupted triple is a known positive
-
-
-def relation_tph_hpt(triples, num_relations):
-    """Mean tails per (head, relation) and heads per (relation, tail), per relation (0 if unused)."""
-    triples = np.unique(np.asarray(triples, dtype=np.int64).reshape(-1, 3), axis=0)
-    per_relation = np.bincount(triples[:, 1], minlength=num_relations).astype(np.float64)
-    heads = np.bincount(np.unique(triples[:, :2], axis=0)[:, 1], minlength=num_relations)
-    tails = np.bincount(np.unique(triples[:, 1:], axis=0)[:, 0], minlength=num_relations)
-    tph = np.divide(per_relation, heads, out=np.zeros(num_relations), where=heads > 0)
-    hpt = np.divide(per_relation, tails, out=np.zeros(num_relations), where=tails > 0)
-    return tph, hpt
 
 
 def triple_keys(heads, relations, tails, num_entities, num_relations):

@@ -14,13 +14,17 @@ the model's ``forward`` scores positives and both groups' shared negatives in on
 corrupted position, ``(x, r, x)``, unless that is a training triple. Uniform negatives almost
 never draw it, and nothing else stops a model whose relation map is near the identity, or collapses
 entities together (a singular SpaceE map), from scoring ``x`` itself as the best answer to
-``(x, r, ?)``: on WN18RR, SpaceE trained without it (6,000 steps, 2026-11-27) ranked the query
-entity first for 51% of 2,000 test queries and above the true answer for 89%.
+``(x, r, ?)`` (measured in ``bench/kge_config_notes.md``).
+
+The loss is ``LOSSES[Loss.name]`` (``kge/losses.py``) plus the model's penalty: every regulariser,
+``Loss.regularization`` included, is the model's ``regularization`` (``kge/models.py``).
 
 Evaluation is the filtered ranking protocol of ``paddle_suite.kge.evaluation`` (both sides,
 realistic ties, by relation category); ``Metric.valid_subset`` limits evaluations *during
 training* to a fixed random subset of valid for speed (``tools/eval.py`` on ``test`` always uses
-the whole split).
+the whole split). ``evaluate_model`` returns an ``EvalResult`` whose extras hold the nested
+``report`` (by side / category / relation), each triple's ``ranks`` (head and tail) and the
+evaluated ``triples``, for paired comparisons (``bench/kge_quality.py``).
 """
 import logging
 
@@ -33,8 +37,8 @@ from paddle_suite.config import Field, build_arch
 from paddle_suite.kge import evaluation, losses
 from paddle_suite.kge.data import load_dataset
 from paddle_suite.kge.sampling import NegativeSampler
-from paddle_suite.registry import TASKS
-from paddle_suite.task import DenseTask
+from paddle_suite.registry import LOSSES, TASKS
+from paddle_suite.task import DenseTask, EvalResult
 
 log = logging.getLogger("paddle_suite")
 
@@ -103,16 +107,18 @@ class KGETask(DenseTask):
         )
         self._filter_index = None
         self._self_loops = None  # entity * num_relations + relation of training triples (x, r, x)
-        self.last_evaluation = None
+        self.loss = LOSSES.get(config["Loss"]["name"])(config["Loss"])
 
     # ------------------------------------------------------------------ model
     def build_model(self):
-        return build_arch(
+        model = build_arch(
             self.config,
             num_entities=self.dataset.num_entities,
             num_relations=self.dataset.num_relations,
             relation_sides=self.relation_sides[:2],
         )
+        model.set_embedding_regularization(self.config["Loss"]["regularization"], self.config["Loss"]["regularization_p"])
+        return model
 
     # ------------------------------------------------------------------ batches
     def _num_batches(self):
@@ -167,19 +173,11 @@ class KGETask(DenseTask):
         negatives = [None if batch[k] is None else paddle.to_tensor(batch[k]) for k in ("head_negatives", "tail_negatives")]
         positive, negative, penalty = model(h, r, t, *negatives, batch["num_head_rows"],
                                             self.config["DataLoader"]["self_negatives"])
-        loss_cfg = self.config["Loss"]
         weights = None if batch["weights"] is None else paddle.to_tensor(batch["weights"])
         valid = None if batch["valid"].all() else batch["valid"]
-        if loss_cfg["name"] == "self_adversarial":
-            loss = losses.self_adversarial_loss(positive, negative, loss_cfg["adversarial_temperature"], weights, valid)
-        else:
-            loss = losses.margin_ranking_loss(positive, negative, loss_cfg["margin"], weights, valid)
+        loss = self.loss(positive, negative, weights, valid)
         if penalty is not None:
             loss = loss + penalty
-        if loss_cfg["regularization"] > 0:
-            core = getattr(model, "_layers", model)
-            embeddings = [core.entity_embedding(h), core.relation_embedding(r), core.entity_embedding(t)]
-            loss = loss + losses.embedding_regularization(embeddings, loss_cfg["regularization"], loss_cfg["regularization_p"])
         return loss, len(batch["triples"])
 
     # ------------------------------------------------------------------ evaluation
@@ -197,20 +195,22 @@ class KGETask(DenseTask):
         if self._filter_index is None:
             self._filter_index = evaluation.FilterIndex(self.dataset.all_triples(), self.dataset.num_entities)
         core = getattr(model, "_layers", model)
+        triples = self.eval_triples(split)
         with paddle.no_grad():
-            result = evaluation.evaluate(
+            report = evaluation.evaluate(
                 core,
-                self.eval_triples(split),
+                triples,
                 self._filter_index,
                 self.dataset.num_entities,
                 categories=self.categories,
                 batch_size=self.config["DataLoader"]["eval_batch_size"],
                 progress=self.config["Metric"]["show_progress"],
                 relation_names=self.dataset.relations if self.config["Metric"]["by_relation"] else None,
-                return_ranks=True,  # kept in last_evaluation for paired comparisons (bench/kge_quality.py)
+                return_ranks=True,
             )
-        self.last_evaluation = {"split": split, "result": result}
-        return {k: float(v) for k, v in evaluation.flatten_metrics(result).items()}
+        ranks = report.pop("ranks")
+        metrics = {k: float(v) for k, v in evaluation.flatten_metrics(report).items()}
+        return EvalResult(metrics, {"report": report, "ranks": ranks, "triples": triples}, split)
 
     # ------------------------------------------------------------------ export
     def artifacts(self):

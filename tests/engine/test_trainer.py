@@ -183,3 +183,16 @@ def test_dense_training_after_a_static_graph_task_in_the_same_process(tmp_path):
     config = make_config(tmp_path, "Global.run_name=after_static", "Global.epochs=1")
     assert Trainer(config, toy_task.ToyRegression(config), ARGS).train()["step"] == 8
     assert paddle.in_dynamic_mode()
+
+
+def test_the_cli_reports_another_run_in_the_directory_as_a_usage_error(tmp_path, capsys):
+    from paddle_suite import cli
+
+    path = tmp_path / "toy.yaml"
+    path.write_text("Global: {task: toy_regression, epochs: 1}\nArch: {name: ToyMLP}\n")
+    argv = ["-c", str(path), "-o", f"Global.output_dir={tmp_path / 'out'}", "--no-progress"]
+    cli.train(argv)
+    with pytest.raises(SystemExit) as exited:
+        cli.train([*argv, "-o", "Global.seed=7"])
+    assert exited.value.code == 2
+    assert "Global.seed: 42 -> 7" in capsys.readouterr().err

@@ -79,3 +79,15 @@ def test_embedding_regularization():
     value = losses.embedding_regularization([paddle.to_tensor(x), paddle.to_tensor(y)], 0.1, p=3)
     expected = 0.1 * ((np.abs(x) ** 3).sum(1).mean() + (np.abs(y) ** 3).sum(1).mean())
     assert float(value) == pytest.approx(expected, rel=1e-5)
+
+
+def test_losses_are_selected_by_name_from_the_registry():
+    from paddle_suite.registry import LOSSES
+
+    pos, neg = paddle.to_tensor(RNG.normal(size=5).astype("float32")), paddle.to_tensor(RNG.normal(size=(5, 3)).astype("float32"))
+    adversarial = LOSSES.get("self_adversarial")({"adversarial_temperature": 0.5, "margin": 9.0})
+    margin = LOSSES.get("margin")({"adversarial_temperature": 0.5, "margin": 2.0})
+    assert float(adversarial(pos, neg)) == float(losses.self_adversarial_loss(pos, neg, 0.5))
+    assert float(margin(pos, neg)) == float(losses.margin_ranking_loss(pos, neg, 2.0))
+    with pytest.raises(KeyError, match="Did you mean 'margin'"):
+        LOSSES.get("margn")

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from paddle_suite.kge.sampling import NegativeSampler, relation_tph_hpt
+from paddle_suite.kge.evaluation import relation_tph_hpt
+from paddle_suite.kge.sampling import NegativeSampler
 
 
 def star_graph():

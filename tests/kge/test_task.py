@@ -89,10 +89,15 @@ def test_train_step_and_evaluation(tmp_path):
     assert count == 32 and np.isfinite(float(loss))
     loss.backward()
     assert model.entity_embedding.weight.grad is not None
-    metrics = task.evaluate_model(model, "valid")
+    result = task.evaluate_model(model, "valid")
     for key in ("mrr", "mr", "hits@1", "hits@10", "head/mrr", "tail/mrr"):
-        assert key in metrics and isinstance(metrics[key], float)
-    assert task.last_evaluation["split"] == "valid" and "by_side" in task.last_evaluation["result"]
+        assert key in result.metrics and isinstance(result.metrics[key], float)
+    assert result.split == "valid" and "by_side" in result.extras["report"]
+    ranks, triples = result.extras["ranks"], result.extras["triples"]
+    assert len(ranks["head"]) == len(ranks["tail"]) == len(triples) == len(task.dataset.valid)
+    # the ranks are the metrics' source: their mean reciprocal is the reported MRR
+    mrr = np.mean(1.0 / np.concatenate([ranks["head"], ranks["tail"]]))
+    assert result.metrics["mrr"] == pytest.approx(mrr)
     names = task.artifacts()["entities.txt"].splitlines()
     assert names == task.dataset.entities and len(task.artifacts()["relations.txt"].splitlines()) == 3
 
@@ -154,3 +159,21 @@ def test_missing_dataset_fails_at_task_creation(tmp_path):
     cfg["DataLoader"]["data_path"] = str(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="absent"):
         KGETask(cfg)
+
+
+def test_every_regulariser_is_in_the_models_penalty(tmp_path):
+    """Loss.regularization joins SpaceE's own penalties in the model's forward (one place), in that order."""
+    from paddle_suite.kge.losses import embedding_regularization
+
+    task = KGETask(config(tmp_path, Loss={"regularization": 0.01, "regularization_p": 3},
+                          Arch={"orthogonal_weight": 0.5}))
+    paddle.seed(0)
+    model = task.build_model()
+    h, r, t = (paddle.to_tensor(task.dataset.train[:16, i]) for i in range(3))
+    embedding = embedding_regularization(
+        [model.entity_embedding(h), model.relation_embedding(r), model.entity_embedding(t)], 0.01, 3)
+    model.set_embedding_regularization(0.0)
+    maps_only = float(model.regularization(h, r, t))
+    model.set_embedding_regularization(0.01, 3)
+    assert float(model.regularization(h, r, t)) == pytest.approx(maps_only + float(embedding), rel=1e-6)
+    assert maps_only > 0 and float(embedding) > 0
