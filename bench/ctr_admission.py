@@ -67,7 +67,7 @@ def directory_mb(path):
 
 
 def run_variant(name, settings, train, test, out, pass_size):
-    from paddle_suite.ads.fleet_ps import evaluate_run
+    from paddle_suite.ads.task import evaluate_run
     from paddle_suite.ads.store import HierarchicalStore
 
     run_out = os.path.join(out, "runs", "_".join(name.split()[:2]))
