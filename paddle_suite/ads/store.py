@@ -857,6 +857,9 @@ class HierarchicalStore:
     def _log_pass(self, ws, pass_id, shrink):
         """Redo records of the pass: its rows (only admitted, not deleted keys when the store counts),
         then its counters and deleted keys. Returns (the committed working set, admission plan)."""
+        if shrink and not self.counting:
+            raise ValueError(f"store at {self.path} keeps no counters to shrink by: set admit_threshold > 0 or "
+                             "shrink_every_passes > 0 (with delete_threshold / delete_after_unseen_passes)")
         committed, plan = (ws, None) if not self.counting else self._plan_admission(ws, pass_id, shrink)
         self._check_finite(committed)
         self._log_bytes += self._append_log(pass_id, committed.keys, committed.rows)

@@ -285,6 +285,23 @@ def test_bad_counts_and_settings_are_refused(tmp_path):
         ws.count_positions(np.arange(4)[:, None], np.zeros(4))
         store.commit_pass(ws, 0)
         assert store.stats()["pass_pending"] == 4
+    with HierarchicalStore(tmp_path / "d", DIM, STATE) as store:
+        ws = store.load_working_set(UNIVERSE[:4])
+        with pytest.raises(ValueError, match="keeps no counters to shrink by"):
+            store.commit_pass(ws, 0, shrink=True)
+
+
+def test_shrink_on_demand(tmp_path):
+    """``commit_pass(..., shrink=True)`` shrinks off the schedule; ``shrink=False`` skips a due one."""
+    settings = dict(admit_threshold=1, show_click_decay_rate=1.0, delete_after_unseen_passes=0,
+                    shrink_every_passes=2)
+    with HierarchicalStore(tmp_path / "s", DIM, STATE, **settings) as store:
+        for p, keys in enumerate([UNIVERSE[:3], UNIVERSE[3:5], UNIVERSE[5:6]]):
+            ws = store.load_working_set(keys)
+            ws.count(keys[:, None], np.zeros(keys.size))
+            store.commit_pass(ws, p, shrink={1: False, 2: True}.get(p))  # pass 1 is due, pass 2 is not
+            assert stored_keys(store) == {int(k) for k in UNIVERSE[: 3 + 2 * p] if p < 2 or k == UNIVERSE[5]}
+        assert store.stats()["shrinks"] == 1 and store.stats()["evicted_rows"] == 5
     assert COUNT_DTYPE.itemsize == 17
 
 
