@@ -65,6 +65,50 @@ counted in this order: ``hbm`` = key was in the previous working set (already on
 the paper's design; here it is still read from MEM/SSD and patched), ``mem`` = found in the MEM
 cache, ``ssd`` = read from the SSD table, ``new`` = never committed, initialised.
 
+Feature admission and shrink
+----------------------------
+Fleet's ``CtrCommonAccessor`` rules, with a pass where Fleet has a day. Off by default
+(``admit_threshold=0``, ``shrink_every_passes=0``): then no counter is kept, every key gets a row
+and nothing is removed, exactly as without these settings. Otherwise the store *counts*:
+
+* **Counters**, per key, in their own LMDB table (``counts``: show, click, ``seen`` = the last
+  pass the key was in, an admitted flag; 17 bytes, kept also for keys without a row). The trainer
+  reports a pass's examples with ``ws.count(keys, labels)`` (or ``ws.count_positions``): a key's
+  show grows by 1 per example containing it, its click by the example's label. Counters decay by
+  ``show_click_decay_rate`` per pass, lazily: a record seen at pass q is worth ``r^(p-q)`` of itself
+  at pass p, so no pass rewrites the table. ``unseen passes`` = p - seen. Score (Fleet's
+  ``ShowClickScore``): ``nonclk_coeff * (show - click) + click_coeff * click`` (defaults 1, 1: the
+  show count; Fleet's defaults are 0.1 and 1).
+* **Admission** (Fleet's ``embedx_threshold`` / ``CountFilterEntry``): a key without a stored row
+  is *pending* while its score is below ``admit_threshold``. A pending key is in the pass's working
+  set (``ws.admitted`` False) with the shared default row: a zero embedding, optimizer state
+  ``pending_state`` (default ``state_init``). Its row is never stored: whatever the trainer does
+  to it in HBM is dropped at the commit, and it starts every pass from the default row again. So
+  in the forward pass it contributes a zero embedding; with the row-wise Adagrad of
+  ``hierarchical_train`` (step ``lr * g * sqrt(g0 / (g0 + G))``), ``pending_state=inf`` makes its
+  step exactly 0, so it stays zero within the pass too. Its counters are kept. The commit whose
+  counts lift its score to the threshold admits it: the stored row is its deterministic initial
+  row (the same as an unthrottled key's first row), trained from the next pass on. Decisions are
+  per pass: at a load from the counters of the passes committed before, at a commit from them
+  plus the pass's counts.
+* **Shrink** (Fleet's ``Shrink``), in the commit of every pass p with
+  ``(p + 1) % shrink_every_passes == 0``, or of any pass with ``commit_pass(..., shrink=True)``: a
+  key whose score, decayed to p, is below ``delete_threshold`` or that is unseen for more than
+  ``delete_after_unseen_passes`` passes loses its row (MEM, SSD table) and its counters, so it
+  is a new key if it comes back. This scans the whole counts table (as Fleet's shrink walks its
+  table): only keys seen since counting was on are candidates.
+* **Crash consistency**: the pass's counters and the deleted keys are redo records of the pass
+  (kinds in the record key), written with its rows before the commit point, so a crash before it
+  drops them with the pass. After the commit point the counters and deletions are applied to the
+  tables synchronously (loads read them); a crash in between replays them on reopening
+  (replaying sets values and deletes keys, so twice is harmless). A pass's row records and its
+  deletions concern disjoint keys, so their order does not matter. Open working sets are patched
+  like rows: counters and admissions of the pass, and deleted keys back to a new key's state.
+* **Stats**: totals ``admitted_rows``, ``evicted_rows`` (rows removed by shrinks),
+  ``dropped_counters`` (pending keys removed), ``shrinks``, ``counter_rows``; and the last
+  committed pass's ``pass_admitted``, ``pass_pending`` (its keys still without a row),
+  ``pass_evicted``, ``pass_dropped``.
+
 Across Fleet servers and workers
 --------------------------------
 The key space is sharded by ``shard_of(keys, num_shards)`` (a splitmix64 hash of the key, so
@@ -83,6 +127,7 @@ Throughput: ``python -m paddle_suite.ads.store --keys 1e6 --mem-cap-mb 20`` (see
 """
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import struct
@@ -100,6 +145,10 @@ _LOG_CHUNK_BYTES = 16 << 20
 _IO_BATCH = 1 << 16  # keys per LMDB getmulti/putmulti call: bounds the per-key Python objects alive at once
 _TXN_ROWS = 1 << 14  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
 _FORMAT_VERSION = 2  # 2: float32 Box-Muller init (values differ from 1)
+# per-key admission counters (the ``counts`` table): decayed show and click as of pass ``seen``
+COUNT_DTYPE = np.dtype([("show", "<f4"), ("click", "<f4"), ("seen", "<i8"), ("admitted", "u1")])
+# redo-log record kinds, in the top two bits of a record's chunk number
+_ROWS_RECORD, _COUNTS_RECORD, _DELETES_RECORD = 0, 1, 2
 
 
 def shard_of(keys, num_shards):
@@ -177,9 +226,54 @@ class WorkingSet:
         self.rows = rows
         self.dim = dim
         self.base_pass = base_pass  # last committed pass these rows reflect
+        # set only by a store that counts (admission or shrink on; see the module docstring):
+        self.admitted = None  # bool [n]: the key has a trainable row (else: the default row)
+        self.base_counts = None  # COUNT_DTYPE [n]: the key's counters as of base_pass
+        self.pass_show = None  # float32 [n]: this pass's shows and clicks (``count``)
+        self.pass_click = None
+        self.counted = False
 
     def __len__(self):
         return self.keys.size
+
+    def _start_counting(self, admitted, base_counts):
+        self.admitted = admitted
+        self.base_counts = base_counts
+        self.pass_show = np.zeros(self.keys.size, dtype=np.float32)
+        self.pass_click = np.zeros(self.keys.size, dtype=np.float32)
+
+    def count(self, keys, labels):
+        """Count this pass's examples for admission and shrink: ``keys`` [n_examples, slots] (uint64),
+        ``labels`` [n_examples] in [0, 1]. See ``count_positions``."""
+        if self.pass_show is None:  # the store does not count: skip the indexing
+            return
+        keys = np.asarray(keys)
+        return self.count_positions(self.index(keys.reshape(len(keys), -1)), labels)
+
+    def count_positions(self, positions, labels):
+        """Like ``count`` with each key given by its row in this working set (``index(keys)``, or the
+        trainer's own ranks when the set holds exactly its pass's keys). A key's show grows by 1 per
+        example it appears in (once, whatever its slots), its click by the example's label. May be
+        called once per batch or once per pass; a no-op when the store does not count."""
+        if self.pass_show is None:
+            return
+        positions = np.asarray(positions)
+        labels = np.asarray(labels, dtype=np.float32).ravel()
+        if positions.dtype.kind not in "iu":
+            raise TypeError(f"positions must be integer rows of this working set, got dtype {positions.dtype}")
+        positions = positions.reshape(labels.size, -1) if positions.size else positions.reshape(labels.size, 0)
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
+            raise IndexError(f"positions must be in [0, {len(self)}), got [{positions.min()}, {positions.max()}]")
+        if labels.size and not (np.isfinite(labels).all() and labels.min() >= 0 and labels.max() <= 1):
+            raise ValueError(f"labels must be click indicators in [0, 1], got [{labels.min()}, {labels.max()}]")
+        ordered = np.sort(positions, axis=1)
+        first = np.ones(ordered.shape, dtype=bool)  # a key's first position in its example
+        np.not_equal(ordered[:, 1:], ordered[:, :-1], out=first[:, 1:])
+        rows = ordered[first]
+        self.pass_show += np.bincount(rows, minlength=len(self)).astype(np.float32)
+        clicks = np.broadcast_to(labels[:, None], ordered.shape)[first]
+        self.pass_click += np.bincount(rows, weights=clicks, minlength=len(self)).astype(np.float32)
+        self.counted = True
 
     @property
     def embeddings(self):
@@ -271,6 +365,25 @@ class _MemCache:
         self.index_slot = np.argsort(self.keys[: self.size])  # distinct keys: any sort; every slot below size is used
         self.index_keys = self.keys[self.index_slot]
 
+    def remove(self, keys):
+        """Drop the cached rows of ``keys`` (a shrink); the last used slots move into the holes, so
+        only as many rows are copied as are removed. Returns how many were cached."""
+        slots, hit = self.lookup(keys)
+        gone = slots[hit]
+        if not gone.size:
+            return 0
+        remaining = self.size - gone.size
+        keep = np.ones(self.size, dtype=bool)
+        keep[gone] = False
+        holes = gone[gone < remaining]
+        movers = np.flatnonzero(keep[remaining:]) + remaining
+        for column in (self.keys, self.rows, self.score, self.tick, self.dirty):
+            column[holes] = column[movers]
+        self.size = remaining
+        self.index_slot = np.argsort(self.keys[: self.size])
+        self.index_keys = self.keys[self.index_slot]
+        return int(gone.size)
+
     def nbytes(self):
         return self.size * self.bytes_per_row(self.rows.shape[1])
 
@@ -279,7 +392,9 @@ class HierarchicalStore:
     """HBM / MEM / SSD parameter rows with pass-level commits (see the module docstring)."""
 
     def __init__(self, path, dim, state_dim=0, mem_cap_mb=256, init_std=0.01, seed=0, state_init=0.0,
-                 lfu_decay=0.5, log_cap_mb=None, map_size_gb=1024, defer_prepared=False):
+                 lfu_decay=0.5, log_cap_mb=None, map_size_gb=1024, defer_prepared=False, admit_threshold=0.0,
+                 nonclk_coeff=1.0, click_coeff=1.0, show_click_decay_rate=0.98, delete_threshold=0.0,
+                 delete_after_unseen_passes=None, shrink_every_passes=0, pending_state=None):
         import lmdb
 
         if dim <= 0 or state_dim < 0:
@@ -299,7 +414,10 @@ class HierarchicalStore:
         self.rows_db = self.env.open_db(b"rows")
         self.log_db = self.env.open_db(b"log")
         self.meta_db = self.env.open_db(b"meta")
+        self.counts_db = self.env.open_db(b"counts")
         self._check_config()
+        self._set_admission(admit_threshold, nonclk_coeff, click_coeff, show_click_decay_rate, delete_threshold,
+                            delete_after_unseen_passes, shrink_every_passes, pending_state)
         self.mem = _MemCache(capacity, self.row_dim, lfu_decay)
         return_freed_memory()  # fixes glibc's mmap threshold before the first working set
         self._lock = threading.RLock()
@@ -314,12 +432,44 @@ class HierarchicalStore:
         self._clock = 0
         self._counts = {"hbm": 0, "mem": 0, "ssd": 0, "new": 0}
         self._counters = {"evictions": 0, "writebacks": 0, "checkpoints": 0, "load_s": 0.0, "commit_s": 0.0,
-                          "write_s": 0.0, "loads": 0, "commits": 0}
+                          "write_s": 0.0, "loads": 0, "commits": 0, "shrinks": 0,
+                          # admission / shrink: totals, and the last committed pass's ("pass_")
+                          "admitted_rows": 0, "evicted_rows": 0, "dropped_counters": 0, "pass_admitted": 0,
+                          "pass_pending": 0, "pass_evicted": 0, "pass_dropped": 0}
+        self._prepared_plan = None  # (committed working set, admission plan) between prepare and finish
         self.prepared_pass = None
         self.last_pass = self._read_meta(b"last_pass", -1)
         self._log_bytes = self._recover(defer_prepared)
         with self.env.begin(db=self.rows_db) as txn:
             self._ssd_has_rows = txn.stat(self.rows_db)["entries"] > 0  # else loads skip the SSD reads
+
+    def _set_admission(self, admit_threshold, nonclk_coeff, click_coeff, decay, delete_threshold,
+                       delete_after_unseen_passes, shrink_every_passes, pending_state):
+        settings = {"admit_threshold": admit_threshold, "show_click_decay_rate": decay,
+                    "shrink_every_passes": shrink_every_passes, "delete_after_unseen_passes": delete_after_unseen_passes}
+        problems = []
+        if not admit_threshold >= 0:
+            problems.append("admit_threshold must be >= 0 (0 admits every key)")
+        if not 0 < decay <= 1:
+            problems.append("show_click_decay_rate must be in (0, 1]")
+        if int(shrink_every_passes) != shrink_every_passes or shrink_every_passes < 0:
+            problems.append("shrink_every_passes must be an integer >= 0 (0: no scheduled shrink)")
+        if delete_after_unseen_passes is not None and not delete_after_unseen_passes >= 0:
+            problems.append("delete_after_unseen_passes must be >= 0, or None for no unseen rule")
+        if shrink_every_passes and delete_threshold <= 0 and delete_after_unseen_passes is None:
+            problems.append("a scheduled shrink needs delete_threshold > 0 or delete_after_unseen_passes")
+        if problems:
+            self.env.close()
+            self.env = None
+            raise ValueError(f"store at {self.path}: {'; '.join(problems)} (got {settings})")
+        self.admit_threshold, self.delete_threshold = float(admit_threshold), float(delete_threshold)
+        self.nonclk_coeff, self.click_coeff = float(nonclk_coeff), float(click_coeff)
+        self.show_click_decay_rate = float(decay)
+        self.delete_after_unseen_passes = delete_after_unseen_passes
+        self.shrink_every_passes = int(shrink_every_passes)
+        self.counting = self.admit_threshold > 0 or self.shrink_every_passes > 0
+        self.default_row = np.zeros(self.row_dim, dtype=np.float32)  # what a pending key looks up
+        self.default_row[self.dim:] = self.state_init if pending_state is None else pending_state
 
     # ------------------------------------------------------------------ opening / recovery
     def _config(self):
@@ -351,12 +501,31 @@ class HierarchicalStore:
             return [(struct.unpack(">qI", k)[0], k) for k in txn.cursor().iternext(keys=True, values=False)]
 
     def _read_record(self, raw_key):
+        """(kind, keys, values, size in bytes) of a redo record: rows [n, row_dim] float32, counters
+        (COUNT_DTYPE [n]) or deleted keys (values None)."""
         with self.env.begin(db=self.log_db) as txn:
             blob = txn.get(raw_key)
-        count = len(blob) // (8 + self.row_bytes)
+        kind = struct.unpack(">qI", raw_key)[1] >> 30
+        per_key = 8 + {_ROWS_RECORD: self.row_bytes, _COUNTS_RECORD: COUNT_DTYPE.itemsize, _DELETES_RECORD: 0}[kind]
+        count = len(blob) // per_key
         keys = np.frombuffer(blob, dtype="<u8", count=count).astype(np.uint64)
-        rows = np.frombuffer(blob, dtype="<f4", offset=8 * count).reshape(count, self.row_dim)
-        return keys, rows
+        if kind == _ROWS_RECORD:
+            values = np.frombuffer(blob, dtype="<f4", offset=8 * count).reshape(count, self.row_dim)
+        elif kind == _COUNTS_RECORD:
+            values = np.frombuffer(blob, dtype=COUNT_DTYPE, offset=8 * count)
+        else:
+            values = None
+        return kind, keys, values, len(blob)
+
+    def _replay(self, raw_key):
+        """Apply one redo record to the SSD tables (idempotent: it sets values, deletes keys)."""
+        kind, keys, values, _ = self._read_record(raw_key)
+        if kind == _ROWS_RECORD:
+            self._put_rows(keys, values)
+        elif kind == _COUNTS_RECORD:
+            self._put_counts(keys, values)
+        else:
+            self._delete_keys(keys)
 
     def _delete_records(self, raw_keys, meta=None):
         """Delete log records (and set ``meta`` {name: value or None}) in one small transaction."""
@@ -377,13 +546,13 @@ class HierarchicalStore:
         marker = self._read_meta(b"prepared", None)
         for pass_id, raw_key in index:
             if pass_id <= self.last_pass:
-                self._put_rows(*self._read_record(raw_key))
+                self._replay(raw_key)
         keep = marker if (defer_prepared and marker is not None and marker > self.last_pass) else None
         self._delete_records([k for p, k in index if p != keep], meta={b"prepared": keep})
         if keep is None:
             return 0
         self.prepared_pass = keep
-        return sum(self._read_record(k)[0].size for p, k in index if p == keep) * (8 + self.row_bytes)
+        return sum(self._read_record(k)[3] for p, k in index if p == keep)
 
     def resolve_prepared(self, commit):
         """Roll a prepared (logged, not finished) pass forward (``commit=True``) or drop it."""
@@ -394,12 +563,13 @@ class HierarchicalStore:
             records = [k for p, k in self._log_index() if p == self.prepared_pass]
             if commit:
                 for raw_key in records:
-                    self._put_rows(*self._read_record(raw_key))
+                    self._replay(raw_key)
             self._delete_records(records, meta={b"prepared": None, **(
                 {b"last_pass": self.prepared_pass} if commit else {})})
             if commit:
                 self.last_pass = self.prepared_pass
             self.prepared_pass = None
+            self._prepared_plan = None
             self._log_bytes = 0
 
     # ------------------------------------------------------------------ SSD access
@@ -441,6 +611,52 @@ class HierarchicalStore:
                 found[at] = True
                 rows[positions[at]] = np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(-1, self.row_dim)
         return found
+
+    def _put_counts(self, keys, counts):
+        """Write counter records (COUNT_DTYPE) of ``keys`` to the counts table, bounded transactions."""
+        order = np.argsort(keys, kind="stable")
+        for start in range(0, order.size, _TXN_ROWS):
+            part = order[start:start + _TXN_ROWS]
+            key_bytes = keys[part].astype(">u8").view("V8").tolist()
+            values = np.ascontiguousarray(counts[part]).view(f"V{COUNT_DTYPE.itemsize}").tolist()
+            with self.env.begin(write=True, db=self.counts_db) as txn:
+                txn.cursor().putmulti(zip(key_bytes, values))
+
+    def _get_counts(self, keys):
+        """Counter records of sorted unique ``keys``; never counted keys get zeros and ``seen`` -1."""
+        counts = np.zeros(keys.size, dtype=COUNT_DTYPE)
+        counts["seen"] = -1
+        with self.env.begin(db=self.counts_db) as txn:
+            cursor = txn.cursor()
+            for start in range(0, keys.size, _IO_BATCH):
+                pairs = cursor.getmulti(keys[start:start + _IO_BATCH].astype(">u8").view("V8").tolist())
+                if not pairs:
+                    continue
+                got_keys = np.frombuffer(b"".join(k for k, _ in pairs), dtype=">u8").astype(np.uint64)
+                counts[np.searchsorted(keys, got_keys)] = np.frombuffer(b"".join(v for _, v in pairs), COUNT_DTYPE)
+        return counts
+
+    def _scan_counts(self):
+        """Every counter record, in chunks of ``_IO_BATCH``: yields (sorted keys, COUNT_DTYPE values)."""
+        with self.env.begin(db=self.counts_db) as txn:
+            pairs = txn.cursor().iternext(keys=True, values=True)
+            while True:
+                chunk = list(itertools.islice(pairs, _IO_BATCH))
+                if not chunk:
+                    return
+                yield (np.frombuffer(b"".join(k for k, _ in chunk), dtype=">u8").astype(np.uint64),
+                       np.frombuffer(b"".join(v for _, v in chunk), dtype=COUNT_DTYPE))
+
+    def _delete_keys(self, keys):
+        """Remove ``keys`` from MEM, the SSD table and the counts table (a shrink), bounded transactions.
+        Deleting a key that is not there is a no-op, so replaying a shrink is harmless."""
+        self.mem.remove(keys)
+        raw = np.sort(keys).astype(">u8").view("V8").tolist()
+        for start in range(0, len(raw), _TXN_ROWS):
+            with self.env.begin(write=True) as txn:
+                for key in raw[start:start + _TXN_ROWS]:
+                    txn.delete(key, db=self.rows_db)
+                    txn.delete(key, db=self.counts_db)
 
     def _read_in_flight(self, keys, rows, positions):
         """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (the rows
@@ -497,16 +713,20 @@ class HierarchicalStore:
             raise
         self._in_flight = None
 
-    def _append_log(self, pass_id, keys, rows):
-        """Write the pass's redo records, one transaction per chunk. They take effect only when a
-        later transaction sets ``last_pass`` (or the ``prepared`` marker) to ``pass_id``."""
-        per_chunk = max(1, _LOG_CHUNK_BYTES // (8 + self.row_bytes))
-        for chunk, start in enumerate(range(0, max(keys.size, 1), per_chunk)):
-            part_keys = keys[start:start + per_chunk].astype("<u8")
-            part_rows = np.ascontiguousarray(rows[start:start + per_chunk], dtype="<f4")
+    def _append_log(self, pass_id, keys, rows, kind=_ROWS_RECORD):
+        """Write the pass's redo records of one kind (rows float32 [n, row_dim], counters COUNT_DTYPE
+        [n], or deleted keys: ``rows`` None), one transaction per chunk. They take effect only when
+        a later transaction sets ``last_pass`` (or the ``prepared`` marker) to ``pass_id``."""
+        per_key = 8 + (0 if rows is None else rows.itemsize * int(np.prod(rows.shape[1:])))
+        per_chunk = max(1, _LOG_CHUNK_BYTES // per_key)
+        for chunk, start in enumerate(range(0, max(keys.size, 1 if kind == _ROWS_RECORD else 0), per_chunk)):
+            blob = keys[start:start + per_chunk].astype("<u8").tobytes()
+            if rows is not None:
+                part = rows[start:start + per_chunk]
+                blob += np.ascontiguousarray(part, dtype="<f4" if kind == _ROWS_RECORD else COUNT_DTYPE).tobytes()
             with self.env.begin(write=True, db=self.log_db) as txn:
-                txn.put(struct.pack(">qI", pass_id, chunk), part_keys.tobytes() + part_rows.tobytes())
-        return keys.size * (8 + self.row_bytes)
+                txn.put(struct.pack(">qI", pass_id, kind << 30 | chunk), blob)
+        return keys.size * per_key
 
     # ------------------------------------------------------------------ working sets
     def load_working_set(self, keys, count=True):
@@ -528,12 +748,10 @@ class HierarchicalStore:
             if self._ssd_has_rows:
                 found[~found] = self._get_rows(unique[miss[~found]], rows, miss[~found])
             fresh = miss[~found]
-            for start in range(0, fresh.size, _IO_BATCH):  # chunks: no working-set-sized temporaries
-                part = fresh[start:start + _IO_BATCH]
-                rows[part] = init_rows(unique[part], self.dim, self.state_dim, self.init_std, self.seed,
-                                       self.state_init)
+            counts = self._get_counts(unique) if self.counting else None
+            admitted = self._fill_fresh(unique, rows, fresh, counts)
             if not count:
-                return self._open(unique, rows, started)
+                return self._open(unique, rows, started, admitted, counts)
             self._counts["hbm"] += int(in_previous.sum())
             self._counts["mem"] += int((hit & ~in_previous).sum())
             ssd = np.zeros(unique.size, dtype=bool)
@@ -543,10 +761,43 @@ class HierarchicalStore:
             new[fresh] = True
             self._counts["new"] += int((new & ~in_previous).sum())
             self._previous_keys = unique
-            return self._open(unique, rows, started)
+            return self._open(unique, rows, started, admitted, counts)
 
-    def _open(self, unique, rows, started):
+    def _fill_fresh(self, keys, rows, fresh, counts=None):
+        """Rows of keys that have no stored row (``rows[fresh]``, ``keys`` sorted): their initial
+        row, or the default row while their score is below ``admit_threshold`` (pending). Returns
+        the admitted mask over all keys when the store counts (else None). ``counts``: the
+        counter records of ``keys`` if already read."""
+        pending = np.zeros(fresh.size, dtype=bool)
+        if self.admit_threshold > 0 and fresh.size:
+            counts = self._get_counts(keys[fresh]) if counts is None else counts[fresh]
+            pending = self._score(*self._decayed(counts, self.last_pass)) < self.admit_threshold
+            rows[fresh[pending]] = self.default_row
+        admit = fresh[~pending]
+        for start in range(0, admit.size, _IO_BATCH):  # chunks: no working-set-sized temporaries
+            part = admit[start:start + _IO_BATCH]
+            rows[part] = init_rows(keys[part], self.dim, self.state_dim, self.init_std, self.seed, self.state_init)
+        if not self.counting:
+            return None
+        admitted = np.ones(keys.size, dtype=bool)
+        admitted[fresh[pending]] = False
+        return admitted
+
+    def _score(self, show, click):
+        """Fleet's CtrCommonAccessor show-click score."""
+        return self.nonclk_coeff * (show - click) + self.click_coeff * click
+
+    def _decayed(self, counts, at_pass):
+        """(show, click) of counter records decayed to pass ``at_pass`` (zeros for never counted)."""
+        seen = counts["seen"]
+        factor = np.where(seen >= 0, self.show_click_decay_rate ** np.maximum(at_pass - seen, 0).astype(np.float64),
+                          0.0).astype(np.float32)
+        return counts["show"] * factor, counts["click"] * factor
+
+    def _open(self, unique, rows, started, admitted=None, counts=None):
         ws = WorkingSet(unique, rows, self.dim, self.last_pass)
+        if self.counting:
+            ws._start_counting(admitted, counts)
         self._open_sets.add(ws)
         self._counters["load_s"] += time.perf_counter() - started
         self._counters["loads"] += 1
@@ -562,62 +813,181 @@ class HierarchicalStore:
         with self._lock:
             self._open_sets.discard(ws)
 
-    def commit_pass(self, ws, pass_id):
+    def commit_pass(self, ws, pass_id, shrink=None):
         """Write the pass's updated rows back; durable when this returns.
 
         Order: the last commit's background work is waited for; redo records of the pass; the
         commit point, one small transaction setting ``last_pass``; the open working sets are
         patched. MEM's update and the SSD-table writes follow in the background (``_finish``).
         Each step is a bounded LMDB transaction, so a pass of any size commits without a huge
-        transaction."""
+        transaction. A store that counts also logs the pass's counters and, when a shrink is due
+        (``shrink_every_passes``; ``shrink=True`` forces one, ``False`` skips it), the deleted
+        keys, before the commit point (see the module docstring)."""
         with self._lock:
             self._check_commit(ws, pass_id)
             with self._timed("commit_s"):
                 self._settle()  # one commit's writes in flight at a time; LMDB has one writer anyway
-                self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
-                self._finish(ws, pass_id, {})
+                committed, plan = self._log_pass(ws, pass_id, shrink)
+                self._finish(ws, committed, plan, pass_id, {})
         return_freed_memory()
 
-    def prepare_pass(self, ws, pass_id):
+    def prepare_pass(self, ws, pass_id, shrink=None):
         """Phase 1 of a multi-shard commit: durably log the pass and mark it prepared, unapplied."""
         with self._lock:
             self._check_commit(ws, pass_id)
             if self.prepared_pass is not None:
                 raise RuntimeError(f"pass {self.prepared_pass} is already prepared in {self.path}")
             self._settle()
-            self._log_bytes += self._append_log(pass_id, ws.keys, ws.rows)
+            self._prepared_plan = self._log_pass(ws, pass_id, shrink)
             self._delete_records([], meta={b"prepared": pass_id})
             self.prepared_pass = pass_id
 
     def finish_pass(self, ws, pass_id):
         """Phase 2 of a multi-shard commit: apply the prepared pass (MEM, evictions, last_pass)."""
         with self._lock:
-            if self.prepared_pass != pass_id:
+            if self.prepared_pass != pass_id or self._prepared_plan is None:
                 raise RuntimeError(f"pass {pass_id} was not prepared in {self.path} (prepared: {self.prepared_pass})")
             with self._timed("commit_s"):
                 self._settle()
-                self._finish(ws, pass_id, {b"prepared": None})
+                committed, plan = self._prepared_plan
+                self._prepared_plan = None
+                self._finish(ws, committed, plan, pass_id, {b"prepared": None})
         return_freed_memory()
 
-    def _finish(self, ws, pass_id, meta):
+    def _log_pass(self, ws, pass_id, shrink):
+        """Redo records of the pass: its rows (only admitted, not deleted keys when the store counts),
+        then its counters and deleted keys. Returns (the committed working set, admission plan)."""
+        if shrink and not self.counting:
+            raise ValueError(f"store at {self.path} keeps no counters to shrink by: set admit_threshold > 0 or "
+                             "shrink_every_passes > 0 (with delete_threshold / delete_after_unseen_passes)")
+        committed, plan = (ws, None) if not self.counting else self._plan_admission(ws, pass_id, shrink)
+        self._check_finite(committed)
+        self._log_bytes += self._append_log(pass_id, committed.keys, committed.rows)
+        if plan is not None:
+            self._log_bytes += self._append_log(pass_id, plan["count_keys"], plan["counts"], _COUNTS_RECORD)
+            self._log_bytes += self._append_log(pass_id, plan["deleted"], None, _DELETES_RECORD)
+        return committed, plan
+
+    def _finish(self, ws, committed, plan, pass_id, meta):
         """The commit point, then the rest in the background while the next pass trains.
 
-        After the commit point only the open working sets are patched here. The MEM update
-        (``_apply_commit``) runs in the prefetch thread, or in whichever call reads MEM first
-        (``_run_pending_apply``): it writes the dirty MEM victims (committed values of earlier
-        passes) to the SSD table, updates MEM, and queues the rows that did not fit in MEM on the
-        writer thread. Every one of those rows is in a committed redo record, so they may land
-        after the commit point (a crash before they land replays the log); until they land, loads
-        read them from ``_in_flight``. When they are most of the working set its rows are used
-        without a copy: they must not change after the commit."""
+        After the commit point, a counting store writes the pass's counters to the counts table and
+        deletes the shrunk keys from MEM and the SSD tables (synchronously: loads and the next
+        shrink read them; a crash in between replays the committed records), and the open working
+        sets are patched. The MEM update (``_apply_commit``) runs in the prefetch thread, or in
+        whichever call reads MEM first (``_run_pending_apply``): it writes the dirty MEM victims
+        (committed values of earlier passes) to the SSD table, updates MEM, and queues the rows that
+        did not fit in MEM on the writer thread. Every one of those rows is in a committed redo
+        record, so they may land after the commit point (a crash before they land replays the log);
+        until they land, loads read them from ``_in_flight``. When they are most of the working set
+        its rows are used without a copy: they must not change after the commit."""
         self._delete_records([], meta={**meta, b"last_pass": pass_id})  # the commit point
         if b"prepared" in meta:
             self.prepared_pass = None
         self.last_pass = pass_id
         self._open_sets.discard(ws)
-        patch_open_sets(self._open_sets, ws, pass_id)
-        self._pending_apply = lambda: self._apply_commit(ws)
+        if plan is not None:
+            self._put_counts(plan["count_keys"], plan["counts"])
+            if plan["deleted"].size:
+                with self._timed("write_s"):
+                    self._delete_keys(plan["deleted"])
+            for name in ("admitted", "pending", "evicted", "dropped"):
+                self._counters[f"pass_{name}"] = plan[name]
+            self._counters["admitted_rows"] += plan["admitted"]
+            self._counters["evicted_rows"] += plan["evicted"]
+            self._counters["dropped_counters"] += plan["dropped"]
+            self._counters["shrinks"] += int(plan["shrunk"])
+        patch_open_sets(self._open_sets, committed, pass_id)
+        if plan is not None:
+            for other in self._open_sets:
+                self._patch_counts(other, plan)
+        self._pending_apply = lambda: self._apply_commit(committed)
         self._executor.submit(self._background_apply)
+
+    # ------------------------------------------------------------------ admission and shrink
+    def _plan_admission(self, ws, pass_id, shrink):
+        """The pass's new counters, which keys get a row, and (when a shrink is due) which keys go.
+
+        Returns (committed working set, plan): ``committed`` holds the rows to store, the rows of
+        admitted keys that are not deleted (a key admitted by this pass starts from its initial
+        row); the plan has the counter records to write (``count_keys``, ``counts``), the
+        ``deleted`` keys and the pass's statistics."""
+        if len(ws) and not ws.counted and (self.admit_threshold > 0 or self.delete_threshold > 0):
+            raise ValueError(f"store at {self.path} admits or shrinks by show/click score, but no example was "
+                             "counted into this working set: call ws.count(keys, labels) (or count_positions) "
+                             "for the pass's examples before commit_pass")
+        show, click = self._decayed(ws.base_counts, pass_id)
+        counts = np.empty(len(ws), dtype=COUNT_DTYPE)
+        counts["show"] = show + ws.pass_show
+        counts["click"] = click + ws.pass_click
+        counts["seen"] = pass_id
+        admitted = ws.admitted | (self._score(counts["show"], counts["click"]) >= self.admit_threshold)
+        counts["admitted"] = admitted
+        due = self.shrink_every_passes > 0 and (pass_id + 1) % self.shrink_every_passes == 0
+        shrunk = due if shrink is None else bool(shrink)
+        keep = np.ones(len(ws), dtype=bool)
+        deleted, evicted = np.zeros(0, dtype=np.uint64), 0
+        if shrunk:
+            keep = ~self._doomed(counts, pass_id)
+            deleted, evicted = self._doomed_stored(ws.keys, pass_id)
+            deleted = np.sort(np.concatenate([deleted, ws.keys[~keep]]))
+            evicted += int((admitted & ~keep).sum())
+        newly = np.flatnonzero(admitted & keep & ~ws.admitted)
+        ws.rows[newly] = init_rows(ws.keys[newly], self.dim, self.state_dim, self.init_std, self.seed,
+                                   self.state_init)
+        take = admitted & keep
+        committed = ws
+        if not take.all():
+            committed = WorkingSet(ws.keys[take], ws.rows[take], self.dim, ws.base_pass)
+        plan = {"count_keys": ws.keys[keep], "counts": counts[keep], "deleted": deleted, "shrunk": shrunk,
+                "admitted": int(newly.size), "pending": int((keep & ~admitted).sum()), "evicted": evicted,
+                "dropped": int(deleted.size) - evicted}
+        return committed, plan
+
+    def _doomed(self, counts, pass_id):
+        """Fleet's shrink rule on counter records decayed to ``pass_id``: score below
+        ``delete_threshold``, or unseen for more than ``delete_after_unseen_passes`` passes."""
+        doomed = self._score(*self._decayed(counts, pass_id)) < self.delete_threshold
+        if self.delete_after_unseen_passes is not None:
+            doomed |= (pass_id - counts["seen"]) > self.delete_after_unseen_passes
+        return doomed
+
+    def _doomed_stored(self, exclude, pass_id):
+        """(sorted keys, how many had a row) of stored counter records the shrink rule removes, for
+        keys not in sorted ``exclude`` (this pass's keys, whose new counters decide). One scan of
+        the counts table, like Fleet's shrink over the whole table."""
+        doomed_keys, evicted = [], 0
+        for keys, counts in self._scan_counts():
+            doomed = self._doomed(counts, pass_id)
+            if exclude.size:
+                at = np.minimum(np.searchsorted(exclude, keys), exclude.size - 1)
+                doomed &= exclude[at] != keys
+            doomed_keys.append(keys[doomed])
+            evicted += int(counts["admitted"][doomed].sum())
+        return (np.concatenate(doomed_keys) if doomed_keys else np.zeros(0, dtype=np.uint64)), evicted
+
+    def _patch_counts(self, other, plan):
+        """Bring an open working set's counters and admission up to a commit: the pass's counters
+        (and rows admitted by it: their rows came with ``patch_open_sets``), and deleted keys back to
+        a never-seen key's state (initial or default row, no counters)."""
+        if other.base_counts is None or not len(other):
+            return
+        for keys, deleted in ((plan["count_keys"], False), (plan["deleted"], True)):
+            if not keys.size:
+                continue
+            at = np.minimum(np.searchsorted(keys, other.keys), keys.size - 1)
+            hit = np.flatnonzero(keys[at] == other.keys)
+            if not deleted:
+                other.base_counts[hit] = plan["counts"][at[hit]]
+                other.admitted[hit] = plan["counts"]["admitted"][at[hit]].astype(bool)
+                continue
+            other.base_counts[hit] = np.zeros(1, dtype=COUNT_DTYPE)
+            other.base_counts["seen"][hit] = -1
+            other.admitted[hit] = self.admit_threshold <= 0
+            other.rows[hit] = self.default_row
+            if self.admit_threshold <= 0:
+                other.rows[hit] = init_rows(other.keys[hit], self.dim, self.state_dim, self.init_std, self.seed,
+                                            self.state_init)
 
     def _apply_commit(self, ws):
         plan = self._plan_finish(ws)
@@ -648,6 +1018,10 @@ class HierarchicalStore:
         if ws.rows.shape != (ws.keys.size, self.row_dim) or ws.rows.dtype != np.float32:
             raise ValueError(f"working set rows must be float32 [{ws.keys.size}, {self.row_dim}], "
                              f"got {ws.rows.dtype} {ws.rows.shape}")
+
+    @staticmethod
+    def _check_finite(ws):
+        """Refuse to store non-finite rows (pending keys' rows are not stored: they are not checked)."""
         if not np.isfinite(ws.rows).all():
             bad = ws.keys[~np.isfinite(ws.rows).all(axis=1)]
             raise FloatingPointError(f"{bad.size} row(s) are not finite (e.g. key {int(bad[0])}); refusing to commit")
@@ -710,11 +1084,12 @@ class HierarchicalStore:
         with self._lock:
             self._ensure_open()
             self._settle()
-            rows = init_rows(unique, self.dim, self.state_dim, self.init_std, self.seed, self.state_init)
+            rows = np.empty((unique.size, self.row_dim), dtype=np.float32)
             slots, hit = self.mem.lookup(unique)
             rows[hit] = self.mem.rows[slots[hit]]
             miss = np.flatnonzero(~hit)
-            self._get_rows(unique[miss], rows, miss)
+            found = self._get_rows(unique[miss], rows, miss)
+            self._fill_fresh(unique, rows, miss[~found])  # initial rows, or the default row of pending keys
         return rows[np.searchsorted(unique, keys)]
 
     def stats(self):
@@ -725,13 +1100,14 @@ class HierarchicalStore:
             total = max(sum(self._counts.values()), 1)
             with self.env.begin(db=self.rows_db) as txn:
                 ssd_rows = txn.stat(self.rows_db)["entries"]
+                counter_rows = txn.stat(self.counts_db)["entries"]
             return {
                 "hit_rate": {k: v / total for k, v in self._counts.items()},
                 "key_counts": dict(self._counts),
                 "mem_rows": self.mem.size, "mem_cap_rows": self.mem.capacity,
                 "mem_bytes": self.mem.nbytes(), "mem_cap_bytes": self.mem.capacity * self.mem_bytes_per_row,
                 "mem_dirty_rows": int(self.mem.dirty[: self.mem.size].sum()),
-                "ssd_rows": ssd_rows, "log_bytes": self._log_bytes, "last_pass": self.last_pass,
+                "ssd_rows": ssd_rows, "counter_rows": counter_rows, "log_bytes": self._log_bytes, "last_pass": self.last_pass,
                 "process": process_memory_mb(), **self._counters,
             }
 
@@ -821,9 +1197,22 @@ class ShardedWorkingSet(WorkingSet):
         self.parts = parts
 
     def sync_parts(self):
-        """Copy the (trained) assembled rows back into the per-shard working sets."""
+        """Copy the (trained) assembled rows, and the pass's counts, back into the per-shard sets."""
         for i, part in enumerate(self.parts):
-            part.rows[:] = self.rows[self.shard_ids == i]
+            mine = self.shard_ids == i
+            part.rows[:] = self.rows[mine]
+            if self.pass_show is not None:
+                part.pass_show[:], part.pass_click[:] = self.pass_show[mine], self.pass_click[mine]
+                part.counted = self.counted
+
+    def gather_parts(self):
+        """Re-assemble rows, admission and counters from the per-shard sets (after their shards
+        patched them at a commit)."""
+        for i, part in enumerate(self.parts):
+            mine = self.shard_ids == i
+            self.rows[mine] = part.rows
+            self.admitted[mine] = part.admitted
+            self.base_counts[mine] = part.base_counts
 
 
 class ShardedStore:
@@ -872,6 +1261,9 @@ class ShardedStore:
             for i, part in enumerate(parts):
                 rows[shard_ids == i] = part.rows
             ws = ShardedWorkingSet(unique, rows, self.dim, self.last_pass, shard_ids, parts)
+            if self.shards[0].counting:
+                ws._start_counting(np.empty(unique.size, dtype=bool), np.empty(unique.size, dtype=COUNT_DTYPE))
+                ws.gather_parts()
             self._open_sets.add(ws)
             return ws
 
@@ -885,7 +1277,7 @@ class ShardedStore:
             for shard, part in zip(self.shards, ws.parts):
                 shard.discard(part)
 
-    def commit_pass(self, ws, pass_id):
+    def commit_pass(self, ws, pass_id, shrink=None):
         with self._lock:
             if ws not in self._open_sets:
                 raise ValueError("this working set was not loaded from this store, or was already committed")
@@ -894,11 +1286,16 @@ class ShardedStore:
                                  f"the store is at {self.last_pass}")
             ws.sync_parts()
             for shard, part in zip(self.shards, ws.parts):
-                shard.prepare_pass(part, pass_id)
+                shard.prepare_pass(part, pass_id, shrink=shrink)
             for shard, part in zip(self.shards, ws.parts):
                 shard.finish_pass(part, pass_id)
             self._open_sets.discard(ws)
-            patch_open_sets(self._open_sets, ws, pass_id)
+            if self.shards[0].counting:  # each shard patched its parts (admission may drop rows)
+                for other in self._open_sets:
+                    other.gather_parts()
+                    other.base_pass = pass_id
+            else:
+                patch_open_sets(self._open_sets, ws, pass_id)
 
     def read_rows(self, keys):
         keys = _as_keys(keys)

@@ -70,6 +70,14 @@ Protocol per pass ``i``:
    the average from server 0 (after server 0 finished pass ``i``), so all start pass ``i+1`` with
    identical dense parameters.
 
+Feature admission and shrink (the store's ``admit_threshold`` / ``shrink_every_passes`` settings,
+given to every server): each server applies the store's rules to its shard. ``fetch`` also returns
+which keys are admitted (``uint8``); a worker's ``ws.count(keys, labels)`` collects its shows and
+clicks, ``push`` carries them (``show``, ``click``: float32 per key; pending keys' deltas are sent as
+zeros), the server adds the W workers' counts into the merged working set, and its
+``prepare_pass`` decides admissions and (on the schedule, or when ``prepare`` carries ``shrink``)
+the deletions, logged with the pass, so the two-phase commit covers them.
+
 Crash consistency (``kill -9`` of any or all processes mid-pass, then a restart of the job): each
 server reopens its shard keeping a prepared pass undecided; worker 0 reads every server's
 ``status`` and tells each to roll the prepared pass forward when every shard prepared or finished
@@ -133,6 +141,8 @@ _OP_CODES = {name: i + 1 for i, name in enumerate(OPS)}
 _ARGS = {"resolve": {"commit": bool}, "open": {"token": int}, "fetch": {"token": int, "after_pass": int},
          "push": {"pass_id": int}, "prepare": {"pass_id": int}, "finish": {"pass_id": int},
          "pull_dense": {"pass_id": int}}
+# optional scalar arguments: prepare's shrink (0 / 1: skip / force the store's shrink; absent: its schedule)
+_OPTIONAL_ARGS = {"prepare": {"shrink": int}}
 _WORKER_OPS = frozenset({"open", "fetch", "push", "done", "alive"})  # need a worker id
 _CHIEF_OPS = frozenset({"resolve", "prepare", "finish"})  # worker 0 only
 # calls that block on other workers (wait_timeout) and calls safe to resend after a broken connection
@@ -520,31 +530,39 @@ class ShardServer:
         self._wait(lambda: self.store.last_pass >= after_pass, f"pass {after_pass} to commit")
         with self.store._lock:  # no commit may patch the rows while they are copied
             rows, base = ws.rows.copy(), ws.base_pass
+            admitted = None if ws.admitted is None else ws.admitted.astype(np.uint8)
             self.store.discard(ws)
         if base < after_pass:
             raise RuntimeError(f"shard {self.shard_id}: working set reflects pass {base}, expected {after_pass}")
-        return rows
+        return rows, admitted
 
-    def push(self, pass_id, worker, keys, delta, dense=None):
+    def push(self, pass_id, worker, keys, delta, dense=None, show=None, click=None):
+        """A worker's deltas of pass ``pass_id`` (and, when the store counts, its shows and clicks per
+        key: ``WorkingSet.count``)."""
         keys = self._own_keys(keys, "push")
         delta = np.asarray(delta, np.float32)
         if delta.shape != (keys.size, self.store.row_dim):
             raise ValueError(f"shard {self.shard_id}: push of {keys.size} keys with deltas of shape {delta.shape}, "
                              f"expected ({keys.size}, {self.store.row_dim})")
+        if (show is None) != (click is None) or (show is not None and not show.shape == click.shape == (keys.size,)):
+            raise ValueError(f"shard {self.shard_id}: push of {keys.size} keys needs both or neither of show and "
+                             f"click, each of shape ({keys.size},)")
         if dense is not None and self.shard_id != 0:
             raise ValueError(f"shard {self.shard_id}: dense state goes to server 0")
         self._wait(lambda: self.store.last_pass >= pass_id - 1, f"pass {pass_id - 1} to commit")
         with self.cond:
             if pass_id != self.store.last_pass + 1:
                 raise ValueError(f"shard {self.shard_id}: push of pass {pass_id}, expected {self.store.last_pass + 1}")
-            self.pushes.setdefault(pass_id, {})[worker] = (keys, delta)
+            self.pushes.setdefault(pass_id, {})[worker] = (keys, delta, show, click)
             if dense is not None:
                 self.dense_pushes.setdefault(pass_id, {})[worker] = dense
             self.cond.notify_all()
         return True
 
-    def prepare(self, pass_id):
-        """Phase 1: wait for every worker's push, merge, write the dense average (server 0), log."""
+    def prepare(self, pass_id, shrink=None):
+        """Phase 1: wait for every worker's push, merge, write the dense average (server 0), log.
+        A counting store gets the sum of the workers' shows and clicks and applies its admission
+        and shrink rules to the merged working set (``shrink``: None = its schedule)."""
         self._wait(lambda: len(self.pushes.get(pass_id, {})) == self.num_workers, f"all pushes of pass {pass_id}")
         if self.shard_id == 0:
             self._wait(lambda: len(self.dense_pushes.get(pass_id, {})) == self.num_workers,
@@ -553,15 +571,20 @@ class ShardServer:
         union = sorted_unique(np.concatenate([pushes[w][0] for w in range(self.num_workers)]))
         ws = self.store.load_working_set(union, count=False)
         for worker in range(self.num_workers):  # worker order: the float sums are reproducible
-            keys, delta = pushes[worker]
-            ws.rows[ws.index(keys)] += delta
+            keys, delta, show, click = pushes[worker]
+            at = ws.index(keys)
+            ws.rows[at] += delta
+            if show is not None and ws.pass_show is not None:  # a worker's keys are distinct: no repeats
+                ws.pass_show[at] += show
+                ws.pass_click[at] += click
+                ws.counted = True
         if self.shard_id == 0:
             dense = self.dense_pushes[pass_id]
             average = _average_states([dense[w] for w in range(self.num_workers)])
             with atomic_write(os.path.join(self.dense_dir, f"pass-{pass_id:05d}.npz"), "wb") as handle:
                 np.savez(handle, **{f"{g}/{n}": v for g, values in average.items() for n, v in values.items()})
             self.dense_latest = (pass_id, average)
-        self.store.prepare_pass(ws, pass_id)
+        self.store.prepare_pass(ws, pass_id, shrink=shrink)
         self.prepared = (pass_id, ws)
         return True
 
@@ -611,18 +634,26 @@ class ShardServer:
             raise BadFrame(f"{op} from worker {worker}: this job has workers 0..{self.num_workers - 1}")
         if op in _CHIEF_OPS and worker != 0:
             raise BadFrame(f"{op} is worker 0's call, not worker {worker}'s")
-        wanted = _ARGS.get(op, {})
-        if set(meta) != set(wanted):
-            raise BadFrame(f"{op} takes arguments {sorted(wanted)}, got {sorted(meta)}")
-        for name, kind in wanted.items():
+        wanted, optional = _ARGS.get(op, {}), _OPTIONAL_ARGS.get(op, {})
+        if not set(wanted) <= set(meta) <= set(wanted) | set(optional):
+            raise BadFrame(f"{op} takes arguments {sorted(wanted)}"
+                           f"{f' (optional: {sorted(optional)})' if optional else ''}, got {sorted(meta)}")
+        for name, kind in {**wanted, **optional}.items():
+            if name not in meta:
+                continue
             value = meta[name]
             if type(value) is not kind or (kind is int and not -2**62 < value < 2**62):
                 raise BadFrame(f"{op}: argument {name}={value!r} must be {kind.__name__}")
+        if op == "prepare" and meta.get("shrink") not in (None, 0, 1):
+            raise BadFrame(f"prepare: shrink={meta['shrink']} must be 0 or 1 (absent: the store's schedule)")
         arrays = request.arrays
         allowed = {"open": {"keys"}, "read_rows": {"keys"}, "push": {"keys", "delta"}}.get(op, set())
         extra = set(arrays) - allowed
         if op == "push":
-            extra = {name for name in extra if not name.startswith("dense/")}
+            extra = {name for name in extra if not name.startswith("dense/") and name not in ("show", "click")}
+            for name in {"show", "click"} & set(arrays):
+                if arrays[name].dtype != np.float32 or arrays[name].ndim != 1:
+                    raise BadFrame(f"push: {name} must be 1-d float32, got {arrays[name].dtype} {arrays[name].shape}")
         if extra or not allowed <= set(arrays):
             raise BadFrame(f"{op} takes arrays {sorted(allowed)}, got {sorted(arrays)}")
         if "keys" in allowed and (arrays["keys"].dtype != np.uint64 or arrays["keys"].ndim != 1):
@@ -642,13 +673,14 @@ class ShardServer:
         if op == "open":
             self.open(worker, meta["token"], arrays["keys"])
         elif op == "fetch":
-            return {}, {"rows": self.fetch(worker, meta["token"], meta["after_pass"])}
+            rows, admitted = self.fetch(worker, meta["token"], meta["after_pass"])
+            return {}, {"rows": rows, **({} if admitted is None else {"admitted": admitted})}
         elif op == "push":
             dense = {k: v for k, v in arrays.items() if k.startswith("dense/")}
             self.push(meta["pass_id"], worker, arrays["keys"], arrays["delta"],
-                      unflatten_state(dense) if dense else None)
+                      unflatten_state(dense) if dense else None, arrays.get("show"), arrays.get("click"))
         elif op == "prepare":
-            self.prepare(meta["pass_id"])
+            self.prepare(meta["pass_id"], None if meta.get("shrink") is None else bool(meta["shrink"]))
         elif op == "finish":
             self.finish(meta["pass_id"])
         elif op == "pull_dense":
@@ -775,13 +807,18 @@ def load_dense(path):
 
 
 # ---------------------------------------------------------------------------------------- worker
+# store statistics a worker's ``RemoteStore.stats`` sums over the shards (admission and shrink)
+_SUMMED_STATS = ("ssd_rows", "counter_rows", "admitted_rows", "evicted_rows", "dropped_counters", "pass_admitted",
+                 "pass_pending", "pass_evicted", "pass_dropped")
 class RemoteWorkingSet(WorkingSet):
     """A worker's HBM working set assembled from the shards; remembers the fetched rows."""
 
-    def __init__(self, keys, rows, dim, shard_ids):
+    def __init__(self, keys, rows, dim, shard_ids, admitted=None):
         super().__init__(keys, rows, dim, base_pass=None)
         self.shard_ids = shard_ids
         self.loaded = rows.copy()
+        if admitted is not None:  # the servers count: ``count`` collects this worker's shows and clicks
+            self._start_counting(admitted, None)
 
 
 class _PendingSet:
@@ -849,9 +886,11 @@ class RemoteStore:
         """One request to ``shard``; keyword arguments as the server's methods take them."""
         worker = kwargs.pop("worker", self.worker_id if op in _WORKER_OPS | _CHIEF_OPS else -1)
         arrays = {}
-        for name in ("keys", "delta"):
+        for name in ("keys", "delta", "show", "click"):
             if name in kwargs:
-                arrays[name] = kwargs.pop(name)
+                value = kwargs.pop(name)
+                if value is not None:
+                    arrays[name] = value
         if "keys" in arrays:
             arrays["keys"] = _as_keys(arrays["keys"])
         dense = kwargs.pop("dense", None)
@@ -890,7 +929,9 @@ class RemoteStore:
             return message.meta
         if op in ("resolve", "wait_ready"):
             return message.meta["last_pass"]
-        if op in ("fetch", "read_rows"):
+        if op == "fetch":
+            return message.arrays["rows"], message.arrays.get("admitted")
+        if op == "read_rows":
             return message.arrays["rows"]
         if op == "pull_dense":
             return unflatten_state(message.arrays)
@@ -951,27 +992,42 @@ class RemoteStore:
     def _fetch(self, unique, token):
         shard_ids = shard_of(unique, self.num_shards)
         parts = self._each("fetch", token=token, after_pass=self.last_pass)
-        rows = np.empty((unique.size, parts[0].shape[1]), dtype=np.float32)
-        for shard, part in enumerate(parts):
+        rows = np.empty((unique.size, parts[0][0].shape[1]), dtype=np.float32)
+        counting = all(admitted is not None for _, admitted in parts)
+        admitted = np.ones(unique.size, dtype=bool) if counting else None
+        for shard, (part, part_admitted) in enumerate(parts):
             rows[shard_ids == shard] = part
-        ws = RemoteWorkingSet(unique, rows, self.dim, shard_ids)
+            if counting:
+                admitted[shard_ids == shard] = part_admitted.astype(bool)
+        ws = RemoteWorkingSet(unique, rows, self.dim, shard_ids, admitted)
         ws.base_pass = self.last_pass
         return ws
 
-    def commit_pass(self, ws, pass_id, dense=None):
-        """Push this worker's deltas (and dense state to server 0); worker 0 runs the two-phase
-        commit; returns the dense state averaged over the workers (None without ``dense``)."""
+    def commit_pass(self, ws, pass_id, dense=None, shrink=None):
+        """Push this worker's deltas (and dense state to server 0; and the pass's shows and clicks
+        when the servers count); worker 0 runs the two-phase commit (``shrink``: None = the servers'
+        schedule, True / False forces / skips one); returns the dense state averaged over the
+        workers (None without ``dense``). Rows of pending keys (not admitted) are not pushed: their
+        deltas are zero, whatever the trainer did to them."""
         if pass_id != self.last_pass + 1:
             raise ValueError(f"pass_id {pass_id} must follow the last committed pass {self.last_pass}")
-        if not np.isfinite(ws.rows).all():
+        trainable = slice(None) if ws.admitted is None else ws.admitted
+        if not np.isfinite(ws.rows[trainable]).all():
             raise FloatingPointError(f"worker {self.worker_id}: non-finite rows in pass {pass_id}; refusing to push")
         delta = ws.rows - ws.loaded
-        self._each("push", per_shard=lambda s: {
-            "keys": ws.keys[ws.shard_ids == s], "delta": delta[ws.shard_ids == s],
-            "dense": dense if s == 0 else None}, pass_id=pass_id)
+        if ws.admitted is not None:
+            delta[~ws.admitted] = 0.0
+        counts = ws.counted
+
+        def arrays(s):
+            mine = ws.shard_ids == s
+            return {"keys": ws.keys[mine], "delta": delta[mine], "dense": dense if s == 0 else None,
+                    "show": ws.pass_show[mine] if counts else None, "click": ws.pass_click[mine] if counts else None}
+
+        self._each("push", per_shard=arrays, pass_id=pass_id)
         if self.worker_id == 0:
             for shard in range(self.num_shards):  # server 0 first: it writes the dense average
-                self._call(shard, "prepare", pass_id=pass_id)
+                self._call(shard, "prepare", pass_id=pass_id, **({} if shrink is None else {"shrink": int(bool(shrink))}))
             self._each("finish", pass_id=pass_id)
         average = self._call(0, "pull_dense", pass_id=pass_id) if dense is not None else None
         self.last_pass = pass_id
@@ -996,9 +1052,10 @@ class RemoteStore:
         per_shard = self._each("stats")
         counts = {k: sum(p["key_counts"][k] for p in per_shard) for k in per_shard[0]["key_counts"]}
         total = max(sum(counts.values()), 1)
+        summed = {k: sum(p.get(k, 0) for p in per_shard) for k in _SUMMED_STATS}
         return {"hit_rate": {k: v / total for k, v in counts.items()}, "key_counts": counts,
                 "mem_bytes": sum(p["mem_bytes"] for p in per_shard), "last_pass": self.last_pass,
-                "shards": per_shard}
+                **summed, "shards": per_shard}
 
     def _shutdown(self):
         self._closed.set()
