@@ -108,7 +108,13 @@ def open_store(config, sparse_dim):
 def store_settings(config, sparse_dim):
     s, ps = config["Store"], config["PS"]
     return dict(dim=sparse_dim, state_dim=sparse_dim, mem_cap_mb=float(s["mem_cap_mb"]),
-                init_std=float(ps["init_std"]), seed=int(config["Global"]["seed"]), state_init=0.0)
+                init_std=float(ps["init_std"]), seed=int(config["Global"]["seed"]), state_init=0.0,
+                admit_threshold=float(s["admit_threshold"]), nonclk_coeff=float(s["nonclk_coeff"]),
+                click_coeff=float(s["click_coeff"]), show_click_decay_rate=float(s["show_click_decay_rate"]),
+                delete_threshold=float(s["delete_threshold"]),
+                delete_after_unseen_passes=s["delete_after_unseen_passes"],
+                shrink_every_passes=int(s["shrink_every_passes"]),
+                pending_state=float("inf"))  # our Adagrad step lr*g*sqrt(g0/(g0+G)) is 0: pending rows stay 0
 
 
 def run(config):
@@ -142,6 +148,9 @@ def with_store_stats(metrics, store, ws):
     metrics.update({f"hit_{k}": float(v) for k, v in stats["hit_rate"].items()})
     metrics["mem_mb"] = stats["mem_bytes"] / 2 ** 20
     metrics["working_set_rows"] = int(len(ws))
+    if stats.get("counter_rows"):  # admission / shrink on (Store.admit_threshold, Store.shrink_every_passes)
+        metrics.update({name: int(stats[name]) for name in ("pass_admitted", "pass_pending", "pass_evicted",
+                                                             "pass_dropped", "counter_rows")})
     return metrics
 
 
@@ -475,6 +484,7 @@ class HierarchicalTrainer:
         self.step.set_table(ws.rows)  # the HBM tier: one dense tensor on the training device
         own_keys = ws.keys is data.distinct or np.array_equal(ws.keys, data.distinct)
         local = data.local if own_keys else ws.index(data.keys)  # [n, S] int64 rows of the HBM table
+        ws.count_positions(local, data.labels)  # shows / clicks for admission and shrink (no-op when off)
         scratch = np.empty(len(ws), dtype=np.int64)
         labels = data.labels.astype(np.float32).reshape(-1, 1)
         loss_sum, logits = 0.0, []

@@ -70,6 +70,15 @@ class CtrTask(Task):
                                 "under a PS launcher the shards are the servers"),
             "max_message_mb": Field(256.0, float, help="hierarchical PS: largest array payload of one store call "
                                     "(a shard's rows of a pass); raise it for bigger passes"),
+            "admit_threshold": Field(0.0, float, help="a new key gets a trainable row once its show/click score "
+                                     "reaches this (0: every key at once); see paddle_suite/ads/store.py"),
+            "nonclk_coeff": Field(1.0, float, help="score = nonclk_coeff * (show - click) + click_coeff * click"),
+            "click_coeff": Field(1.0, float, help="see nonclk_coeff"),
+            "show_click_decay_rate": Field(0.98, float, help="shows and clicks decay by this per pass"),
+            "shrink_every_passes": Field(0, int, help="shrink after every N passes (0: never)"),
+            "delete_threshold": Field(0.0, float, help="shrink: remove keys whose decayed score is below this"),
+            "delete_after_unseen_passes": Field(None, int, help="shrink: remove keys unseen for more than this "
+                                                "many passes (null: no such rule)"),
         },
     }
 
