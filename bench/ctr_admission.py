@@ -86,7 +86,7 @@ def run_variant(name, settings, train, test, out, pass_size):
 
 def markdown(results, args, meta, command):
     base = results[0]
-    lines = [f"# Feature admission and shrink (hierarchical store, one process)", "",
+    lines = ["# Feature admission and shrink (hierarchical store, one process)", "",
              f"{args.rows:,} training rows in passes of {args.pass_size:,}, {args.test_rows:,} test rows; "
              f"Bayes AUC {meta['bayes_auc']:.4f}. Command: `{command}`.", "",
              "| store setting | rows stored | vs off | counter records | store MB | admitted | evicted | test AUC | train s |",
