@@ -12,6 +12,7 @@ Each variant is the config's ``Store`` admission / shrink keys (``-o Store.admit
 import argparse
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -62,6 +63,7 @@ def run_variant(name, settings, train, test, out, pass_size):
     from paddle_suite.ads.store import HierarchicalStore
 
     run_out = os.path.join(out, "runs", "_".join(name.split()[:2]))
+    shutil.rmtree(run_out, ignore_errors=True)  # each variant trains from scratch (a finished store would resume)
     config = load_config(os.path.join(ROOT, "configs", "ctr_hierarchical.yaml"), [
         f"DataLoader.train_files=[{train}]", f"DataLoader.test_files=[{test}]", f"Global.output_dir={run_out}",
         f"DataLoader.pass_size={pass_size}", "Store.mem_cap_mb=16",
