@@ -166,8 +166,8 @@ class Logician(nn.Layer):
 
     def attn_memory_score(self, memory_proj, hidden, coverage):
         energy = memory_proj + self.attn_state(hidden).unsqueeze(1)
-        if self.use_coverage:
-            energy = energy + self.attn_coverage(coverage.unsqueeze(-1))
+        if self.use_coverage:  # w_c * c_t,i as a broadcast product: a (.., 1) x (1, h) matmul is slower
+            energy = energy + coverage.unsqueeze(-1) * self.attn_coverage.weight[0]
         return self.attn_v(paddle.tanh(energy)).squeeze(-1)
 
     # ------------------------------------------------------------------ training
