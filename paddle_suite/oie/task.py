@@ -120,7 +120,8 @@ class OIETask(DenseTask):
             "split_seed": Field(2024, int, help="seed of the hold-out permutation (kept apart from Global.seed)"),
             "max_source_len": Field(120, int, help="longer training sentences (tokens) are left out; 0 = none"),
             "max_target_len": Field(0, int, help="training targets longer than this (actions) are left out; 0 = none"),
-            "train_subset": Field(0, int, help="train on this many fixed random examples; 0 = all"),
+            "train_subset": Field(0, int, help="train on this many fixed random examples (within the length "
+                                  "limits); 0 = all"),
             "valid_subset": Field(200, int, help="decode this many fixed random valid sentences in training; 0 = all"),
             "test_subset": Field(0, int, help="decode this many fixed random test sentences (quick runs); 0 = all"),
             "vocab_min_freq": Field(1, int, help="words seen fewer times in training become <unk>"),
@@ -208,10 +209,6 @@ class OIETask(DenseTask):
             return self._train
         data_cfg = self.config["DataLoader"]
         examples = self.splits()["train"]
-        if 0 < data_cfg["train_subset"] < len(examples):
-            keep = np.sort(np.random.default_rng([self.seed, 11]).choice(len(examples), data_cfg["train_subset"],
-                                                                          replace=False))
-            examples = [examples[i] for i in keep]
         tokens = [tokenize(e.sentence, self.language) for e in examples]
         lengths = np.asarray([len(encode_target(e.facts, t, self.language).actions) for e, t in zip(examples, tokens)])
         keep = np.asarray([len(t) > 0 for t in tokens])
@@ -225,7 +222,11 @@ class OIETask(DenseTask):
                      data_cfg["max_source_len"], data_cfg["max_target_len"])
         if not keep.any():
             raise ValueError("no training example is within DataLoader.max_source_len / max_target_len")
-        self._train = ([e for e, k in zip(examples, keep) if k], lengths[keep])
+        kept = np.flatnonzero(keep)
+        if 0 < data_cfg["train_subset"] < len(kept):
+            kept = np.sort(np.random.default_rng([self.seed, 11]).choice(kept, data_cfg["train_subset"], replace=False))
+            log.info("oie data: training on a fixed random subset of %d examples", len(kept))
+        self._train = ([examples[i] for i in kept], lengths[kept])
         return self._train
 
     @property
