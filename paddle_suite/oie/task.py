@@ -45,12 +45,12 @@ import numpy as np
 import paddle_suite  # noqa: F401  (MKL_DEBUG_CPU_TYPE before paddle)
 import paddle
 
-from paddle_suite.config import Field, build_arch
+from paddle_suite.config import ConfigError, Field, build_arch
 from paddle_suite.data import find_dataset
 from paddle_suite.engine.run import Run, RunError
 from paddle_suite.oie.metrics import fact_scores, lexical_scores
 from paddle_suite.oie.model import make_batch
-from paddle_suite.oie.readers import OieDataError, read_oie_benchmark, read_saoke_jsonl, read_spansaoke
+from paddle_suite.oie.readers import read_oie_benchmark, read_saoke_jsonl, read_spansaoke
 from paddle_suite.oie.tokens import Vocab, encode_target, tokenize
 from paddle_suite.registry import LOSSES, METRICS, TASKS
 from paddle_suite.task import DenseTask, EvalResult
@@ -146,10 +146,14 @@ class OIETask(DenseTask):
         super().__init__(config)
         data_cfg, metric_cfg = config["DataLoader"], config["Metric"]
         if data_cfg["batch_size"] < 1 or data_cfg["eval_batch_size"] < 1:
-            raise ValueError("DataLoader.batch_size and DataLoader.eval_batch_size must be >= 1")
+            raise ConfigError("DataLoader.batch_size and DataLoader.eval_batch_size must be >= 1")
         if "saoke_facts" not in metric_cfg["names"]:
-            raise ValueError(f"Metric.names={metric_cfg['names']} must include saoke_facts (its f1 selects the best model)")
-        self.metrics = [METRICS.get(name) for name in metric_cfg["names"]]
+            raise ConfigError(f"Metric.names={metric_cfg['names']} must include saoke_facts (its f1 selects the best "
+                              "model)")
+        try:
+            self.metrics = [METRICS.get(name) for name in metric_cfg["names"]]
+        except KeyError as err:
+            raise ConfigError(f"Metric.names: {err.args[0]}") from None
         folder, self.reader, language, self.default_files = DATASETS[data_cfg["dataset"]]
         self.language = data_cfg["language"] or language
         self.folder = folder
@@ -168,8 +172,8 @@ class OIETask(DenseTask):
         if os.path.isabs(name):
             return name
         if self.folder is None and data_cfg["data_path"] is None:
-            raise ValueError("DataLoader.dataset=oie_tsv needs DataLoader.data_path (the folder of the files) "
-                             "or absolute file paths")
+            raise ConfigError("DataLoader.dataset=oie_tsv needs DataLoader.data_path (the folder of the files) "
+                              "or absolute file paths")
         folder = find_dataset(self.folder or "oie", data_cfg["data_path"], required=(name,))
         return str(folder / name)
 
@@ -180,11 +184,11 @@ class OIETask(DenseTask):
         data_cfg = self.config["DataLoader"]
         paths = {split: self._path(split) for split in SPLITS}
         if paths["train"] is None:
-            raise ValueError(f"DataLoader.train_file is required for dataset {data_cfg['dataset']}")
+            raise ConfigError(f"DataLoader.train_file is required for dataset {data_cfg['dataset']}")
         train = self.reader(paths["train"])
         held = {split: data_cfg[f"{split}_holdout"] if paths[split] is None else 0 for split in ("valid", "test")}
         if held["valid"] + held["test"] >= len(train):
-            raise ValueError(f"{paths['train']}: {len(train)} examples cannot give valid_holdout={held['valid']} "
+            raise ConfigError(f"{paths['train']}: {len(train)} examples cannot give valid_holdout={held['valid']} "
                              f"and test_holdout={held['test']} and still leave training examples")
         order = np.random.default_rng(data_cfg["split_seed"]).permutation(len(train))
         cut = {"test": order[:held["test"]], "valid": order[held["test"]:held["test"] + held["valid"]],
@@ -196,7 +200,7 @@ class OIETask(DenseTask):
             else:
                 splits[split] = [train[i] for i in np.sort(cut[split])]
             if not splits[split]:
-                raise ValueError(f"the {split} split is empty: give DataLoader.{split}_file or a "
+                raise ConfigError(f"the {split} split is empty: give DataLoader.{split}_file or a "
                                  f"DataLoader.{split}_holdout > 0")
         source = {s: paths[s] or f"held out of {paths['train']} (split_seed {data_cfg['split_seed']})" for s in SPLITS}
         log.info("oie data: %s", "; ".join(f"{s} {len(splits[s])} sentences from {source[s]}" for s in SPLITS))
@@ -221,7 +225,7 @@ class OIETask(DenseTask):
                      "tokens / max_target_len=%d actions)", int((~keep).sum()), len(examples),
                      data_cfg["max_source_len"], data_cfg["max_target_len"])
         if not keep.any():
-            raise ValueError("no training example is within DataLoader.max_source_len / max_target_len")
+            raise ConfigError("no training example is within DataLoader.max_source_len / max_target_len")
         kept = np.flatnonzero(keep)
         if 0 < data_cfg["train_subset"] < len(kept):
             kept = np.sort(np.random.default_rng([self.seed, 11]).choice(kept, data_cfg["train_subset"], replace=False))

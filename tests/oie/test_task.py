@@ -64,8 +64,12 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(write_config(tmp_path), ["DataLoader.dataset=spansoke"])
     with pytest.raises(ConfigError, match="Metric.beam_sise: unknown key. Did you mean 'Metric.beam_size'"):
         load_config(write_config(tmp_path), ["Metric.beam_sise=3"])
-    with pytest.raises(ValueError, match="must include saoke_facts"):
+    with pytest.raises(ConfigError, match="must include saoke_facts"):
         OIETask(load_config(write_config(tmp_path), ["Metric.names=[oie2016_lexical]"]))
+    with pytest.raises(ConfigError, match="Metric.names: unknown metric 'oie2016_lexcal'. Did you mean 'oie2016_lexical'"):
+        OIETask(load_config(write_config(tmp_path), ["Metric.names=[saoke_facts, oie2016_lexcal]"]))
+    with pytest.raises(ConfigError, match="oie_tsv needs DataLoader.data_path"):
+        OIETask(load_config(write_config(tmp_path), ["DataLoader.dataset=oie_tsv", "DataLoader.train_file=a.oie"])).splits()
 
 
 def test_spansaoke_validation_is_a_seeded_hold_out_of_dev(tmp_path, shared_data):
@@ -78,6 +82,28 @@ def test_spansaoke_validation_is_a_seeded_hold_out_of_dev(tmp_path, shared_data)
     assert [e.source for e in other_seed["valid"]] == [e.source for e in splits["valid"]]
     other_split = OIETask(load_config(write_config(tmp_path), ["DataLoader.split_seed=1"])).splits()
     assert [e.source for e in other_split["valid"]] != [e.source for e in splits["valid"]]
+
+
+def test_saoke_json_lines_with_held_out_valid_and_test(tmp_path):
+    from paddle_suite.oie.readers import Example, write_saoke_jsonl
+
+    examples = [Example(f"甲{i}乙丙", parse_facts(f"(甲{i}, 乙, 丙)")) for i in range(30)]
+    write_saoke_jsonl(tmp_path / "SAOKE_DATA.json", examples)
+    config = load_config(write_config(tmp_path), ["DataLoader.dataset=saoke_json", f"DataLoader.data_path={tmp_path}",
+                                                  "DataLoader.train_file=null", "DataLoader.test_file=null",
+                                                  "DataLoader.valid_holdout=5", "DataLoader.test_holdout=4",
+                                                  "DataLoader.train_subset=0"])
+    splits = OIETask(config).splits()
+    sizes = {name: len(split) for name, split in splits.items()}
+    assert sizes == {"train": 21, "valid": 5, "test": 4}
+    sentences = [{e.sentence for e in split} for split in splits.values()]
+    assert set.union(*sentences) == {e.sentence for e in examples} and sum(map(len, sentences)) == 30
+    assert splits["test"][0].facts[0].predicate == "乙"
+    too_many = load_config(config["_source"], ["DataLoader.dataset=saoke_json", f"DataLoader.data_path={tmp_path}",
+                                               "DataLoader.train_file=null", "DataLoader.test_file=null",
+                                               "DataLoader.valid_holdout=20", "DataLoader.test_holdout=10"])
+    with pytest.raises(ConfigError, match="30 examples cannot give valid_holdout=20 and test_holdout=10"):
+        OIETask(too_many).splits()
 
 
 def test_batches_are_a_pure_function_of_seed_epoch_and_position(tmp_path, shared_data):
