@@ -75,6 +75,9 @@ class LogicianLoss:
     """``nll_weight * nll + coverage_weight * coverage`` from the model's named terms."""
 
     def __init__(self, loss_cfg):
+        if loss_cfg["nll_weight"] <= 0 or loss_cfg["coverage_weight"] < 0:
+            raise ConfigError(f"Loss.nll_weight must be > 0 and Loss.coverage_weight >= 0, got "
+                              f"{loss_cfg['nll_weight']} and {loss_cfg['coverage_weight']}")
         self.weights = {"nll": loss_cfg["nll_weight"], "coverage": loss_cfg["coverage_weight"]}
 
     def __call__(self, terms):

@@ -219,3 +219,13 @@ def test_training_through_tools_train_lowers_the_validation_loss(tmp_path, share
     assert len(losses) == 4 and losses[0] > losses[1] > losses[2] > losses[3], losses
     assert losses[3] < 0.75 * losses[0], losses
     assert (run_dir / "best" / "model.pdparams").is_file() and (run_dir / "best" / "vocab.json").is_file()
+
+
+def test_logician_loss_weights_the_named_terms():
+    from paddle_suite.registry import LOSSES
+
+    loss = LOSSES.get("logician")({"name": "logician", "nll_weight": 1.0, "coverage_weight": 0.5})
+    assert loss({"nll": 2.0, "coverage": 3.0}) == 3.5
+    assert LOSSES.get("logician")({"nll_weight": 2.0, "coverage_weight": 0.0})({"nll": 2.0, "coverage": 3.0}) == 4.0
+    with pytest.raises(ConfigError, match="Loss.nll_weight must be > 0"):
+        LOSSES.get("logician")({"nll_weight": 0.0, "coverage_weight": 1.0})
