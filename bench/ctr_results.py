@@ -114,7 +114,7 @@ def data_spec(rows, hot_slots, id_zipf):
 def make_data(data_dir, rows, test_rows, hot_slots, id_zipf, chunk_rows=50_000):
     """Generate train.txt / test.txt (reused when the meta matches); returns the data description."""
     from paddle_suite.ads.generator import generate, sample_chunk
-    from paddle_suite.ads.fleet_ps import roc_auc
+    from paddle_suite.ads.common import roc_auc
 
     if rows % chunk_rows:
         raise ValueError(f"--rows must be a multiple of {chunk_rows} (the generator's chunk) so the test rows "
@@ -295,7 +295,7 @@ def _evaluate(config_path, overrides):
     """The ctr task's evaluate (exported body + the run's sparse rows), in this process."""
     import paddle_suite  # noqa: F401
     from paddle_suite.config import load_config
-    from paddle_suite.ads.fleet_ps import evaluate_run
+    from paddle_suite.ads.task import evaluate_run
 
     return evaluate_run(load_config(str(config_path), overrides))
 
@@ -369,9 +369,10 @@ def fleet_test_auc(config_overrides, run_path, test_file):
     """Score the test rows with the job's export and its final sparse shards, keeping only the
     test keys' rows (the full dump of a 5e7-key table is too large to parse whole)."""
     from paddle_suite.ads.data import CtrFileReader
-    from paddle_suite.ads.fleet_ps import ExportedBody, SparseShards, read_latest, roc_auc, write_delta
+    from paddle_suite.ads.common import ExportedBody, roc_auc
+    from paddle_suite.ads.fleet_ps import SparseShards, latest_checkpoint, write_delta
 
-    meta = read_latest(run_path)
+    meta = latest_checkpoint(os.path.join(run_path, "checkpoints"))
     if meta is None or meta["kind"] != "base" or len(meta["chain"]) != 1:
         raise RuntimeError(f"expected one base checkpoint in {run_path}/checkpoints, got {meta}")
     test = CtrFileReader(test_file).read_all()

@@ -66,8 +66,8 @@ def run_async(workdir, lr, pass_size, passes):
 
 
 def run_hierarchical(workdir, lr, pass_size):
-    from paddle_suite.ads.fleet_ps import evaluate_run
     from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+    from paddle_suite.ads.task import evaluate_run
     from paddle_suite.config import load_config
 
     config = load_config(str(REPO / "configs" / "ctr_hierarchical.yaml"),

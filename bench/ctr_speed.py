@@ -73,7 +73,7 @@ import paddle  # noqa: E402
 
 from paddle_suite.config import load_config  # noqa: E402
 from paddle_suite.ads.data import CtrBatch, read_ctr  # noqa: E402
-from paddle_suite.ads.fleet_ps import roc_auc  # noqa: E402
+from paddle_suite.ads.common import roc_auc  # noqa: E402
 
 CONFIG = REPO / "configs" / "ctr_dnn_ps.yaml"
 
@@ -122,7 +122,8 @@ def timed_epoch(step, batches, warmup):
 # ------------------------------------------------------------------------------------------ sides
 def run_static(config, train_batches, test, warmup):
     from paddle_suite.ads import models
-    from paddle_suite.ads.fleet_ps import ExportedBody, export_body, local_session
+    from paddle_suite.ads.common import ExportedBody, export_body
+    from paddle_suite.ads.fleet_ps import local_session
 
     program, exe, scope = local_session(config)
     with paddle.static.scope_guard(scope):

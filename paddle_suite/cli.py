@@ -9,7 +9,7 @@ import sys
 
 import paddle_suite  # noqa: F401  (sets MKL_DEBUG_CPU_TYPE before paddle loads)
 from paddle_suite.config import ConfigError, load_config
-from paddle_suite.data import DatasetNotFound
+from paddle_suite.data import DataError, DatasetNotFound
 from paddle_suite.engine.run import OtherRun
 from paddle_suite.registry import TASKS
 
@@ -42,7 +42,7 @@ def _run(args, action):
         config = load_config(args.config, args.override)
         task = TASKS.get(config["Global"]["task"])(config)
         return action(task)
-    except (ConfigError, DatasetNotFound, FileNotFoundError, OtherRun) as err:
+    except (ConfigError, DataError, DatasetNotFound, FileNotFoundError, OtherRun) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

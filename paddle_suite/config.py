@@ -348,10 +348,3 @@ def build_arch(config, **from_data):
         raise ConfigError(f"architecture {config['Arch']['name']} needs {', '.join(missing)}, which the task did not supply")
     accepted = inspect.signature(factory).parameters
     return factory(**kwargs, **{k: v for k, v in from_data.items() if k in accepted})
-
-
-def run_dir(config):
-    """Alias of ``paddle_suite.engine.run.Run(config).dir``, for callers outside the engine."""
-    from paddle_suite.engine.run import Run
-
-    return Run(config).dir

@@ -13,6 +13,14 @@ from pathlib import Path
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class DataError(ValueError):
+    """Bad input data: the message names the file (and line), what is wrong and how to fix it.
+
+    Capabilities raise it (or a subclass) for malformed or empty data; the command-line tools print
+    the message as one line and exit with status 2.
+    """
+
+
 class DatasetNotFound(FileNotFoundError):
     pass
 

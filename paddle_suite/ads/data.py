@@ -30,7 +30,10 @@ Choices made here (the paper and the data leave them open):
 * Malformed lines (wrong field count, bad label, unparsable or non-finite number, wrong slot
   name, empty slot id, blank line) raise :class:`CtrDataError` naming ``file:line`` and the
   reason, or are counted and skipped with ``skip_malformed=True`` (``reader.num_skipped``,
-  ``reader.skipped_examples`` and a logged warning report them).
+  ``reader.skipped_examples`` and a logged warning report them; :class:`CtrFilesReader` keeps
+  the count per file). A file with no lines ("FILE is empty") or no example (only a CSV
+  header, or every line skipped: "no examples in FILE") is an error too: a run never trains on
+  nothing and reports success.
 
 ``CtrSlotDataGenerator`` is a ``paddle.distributed.fleet.MultiSlotDataGenerator`` for Fleet's
 ``InMemoryDataset`` / ``QueueDataset`` (``dataset.set_pipe_command("python -m
@@ -39,15 +42,28 @@ paddle_suite.ads.data --pipe")``). Its slot order, which ``dataset.set_use_var``
 ``C1`` .. ``C26`` (int64, [-1, 1], lod_level=1). Keys are written as unsigned 64-bit decimals
 (the data feed parses them with strtoull); a numpy uint64 key array is fed to an int64
 variable as ``keys.view(np.int64)``, which keeps the bit pattern the parameter server sees.
+
+Pipe errors. Paddle 2.6.2's dataset runs the pipe command per file as ``bash -c 'set -o
+pipefail; ( CMD ) < "FILE"'`` (``( zcat ) < "FILE" | CMD`` for ``.gz``), ignores its exit status
+and loads nothing from a failed file. So the pipe names its input itself: ``--source FILE`` if
+given, else the file behind its stdin (``/proc/self/fd/0``), else the ``< "FILE"`` of the
+parent shell's command line (the ``.gz`` case), else ``<stdin>``. A malformed line exits 1 with
+``error: FILE:LINE: reason`` on stderr, and with ``--status-dir DIR`` every run of the pipe
+writes ``DIR/pipe-<pid>.json`` (source, rows, skipped lines, error): :func:`collect_pipe_status`
+reads them after ``load_into_memory`` and raises the first error, or a file with no record,
+so the trainer can fail the job (and log the skipped counts) instead of training on nothing.
 """
 import gzip
 import logging
 import math
 import os
+import re
 import sys
 from typing import NamedTuple
 
 import numpy as np
+
+from paddle_suite.data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +83,22 @@ _FNV_OFFSET = _U(0xCBF29CE484222325)
 _FNV_PRIME = _U(0x100000001B3)
 
 
-class CtrDataError(ValueError):
-    """A malformed CTR data line: the message names file, line and reason."""
+class CtrDataError(DataError):
+    """Bad CTR data: the message names the file (and line) and says what is wrong and how to fix it."""
+
+
+def _no_examples(path, skipped, skipped_examples, fmt):
+    if skipped:
+        return CtrDataError(f"no examples in {path}: all {skipped} line(s) are malformed, e.g. "
+                            f"{skipped_examples[0]}. Fix the file (format {fmt}) or remove it from the file list.")
+    what = "it has only the CSV header" if fmt == "criteo_csv" else "it has no data lines"
+    return CtrDataError(f"no examples in {path}: {what}. Point the file list at data files "
+                        "(tools/gen_ctr_data.py writes some).")
+
+
+def _empty_file(path):
+    return CtrDataError(f"{path} is empty (no lines): point the file list at a CTR data file "
+                        "(tools/gen_ctr_data.py writes some) or remove this one.")
 
 
 class CtrBatch(NamedTuple):
@@ -360,7 +390,11 @@ class CtrFileReader:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"CTR data file not found: {self.path}")
-        self.fmt = detect_format(self.path) if fmt == "auto" else fmt
+        with _open_binary(self.path) as handle:
+            first_line = handle.readline()
+        if not first_line:
+            raise _empty_file(self.path)
+        self.fmt = detect_format(self.path, first_line) if fmt == "auto" else fmt
         self.parser = _BlockParser(self.fmt, hash_seed, dense_transform)
         self.skip_malformed = skip_malformed
         self.block_bytes = int(block_bytes)
@@ -392,6 +426,8 @@ class CtrFileReader:
         if self.num_skipped:
             log.warning("%s: skipped %d malformed line(s), e.g. %s", self.path, self.num_skipped,
                         self.skipped_examples[0])
+        if self.num_rows == 0:
+            raise _no_examples(self.path, self.num_skipped, self.skipped_examples, self.fmt)
 
     def _handle_bad(self, lines_before, bad_idx, messages):
         where = [f"{self.path}:{lines_before + i + 1}: {m}" for i, m in zip(bad_idx, messages)]
@@ -421,6 +457,40 @@ class CtrFileReader:
 
     def read_all(self):
         return concat_batches(self)
+
+
+class CtrFilesReader:
+    """Several CTR files in order, as one stream of per-file fixed-size batches, with the
+    malformed lines skipped per file (``skip_malformed=True``) counted for the trainer's metrics.
+
+    >>> stream = CtrFilesReader(files, skip_malformed=True)
+    >>> for batch in stream.batches(512): ...
+    >>> stream.num_skipped, stream.skipped_per_file      # {path: lines skipped}, files read so far
+    """
+
+    def __init__(self, paths, fmt="auto", skip_malformed=False, hash_seed=0, dense_transform="log1p"):
+        self.paths = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        self.options = dict(fmt=fmt, skip_malformed=skip_malformed, hash_seed=hash_seed,
+                            dense_transform=dense_transform)
+        self.skipped_per_file = {}
+        self.num_rows = 0
+
+    @property
+    def num_skipped(self):
+        return sum(self.skipped_per_file.values())
+
+    def batches(self, batch_size, drop_last=False):
+        for path in self.paths:
+            reader = CtrFileReader(path, **self.options)
+            before = 0
+            try:
+                for batch in reader.batches(batch_size, drop_last):
+                    self.num_rows += len(batch)
+                    self.skipped_per_file[path] = self.skipped_per_file.get(path, 0) + reader.num_skipped - before
+                    before = reader.num_skipped
+                    yield batch
+            finally:
+                self.skipped_per_file[path] = self.skipped_per_file.get(path, 0) + reader.num_skipped - before
 
 
 def _read_blocks(handle, block_bytes):
@@ -553,25 +623,32 @@ def _generator_class():
         dataset's pipe command runs) parses whole blocks vectorised and writes the same text.
         """
 
-        def __init__(self, fmt="auto", hash_seed=0, dense_transform="log1p", skip_malformed=False):
+        def __init__(self, fmt="auto", hash_seed=0, dense_transform="log1p", skip_malformed=False, source=None):
             super().__init__()
             self.fmt, self.hash_seed, self.dense_transform = fmt, hash_seed, dense_transform
             self.skip_malformed = skip_malformed
+            self.source = source or "<stdin>"  # the file name in error messages
             self.parser = None
             self.skipped = 0
+            self.skipped_examples = []
+            self.rows = 0
             self.line_no = 0
 
         def _parser_for(self, first_line):
             if self.parser is None:
-                self.fmt = detect_format("<stdin>", first_line) if self.fmt == "auto" else self.fmt
+                self.fmt = detect_format(self.source, first_line) if self.fmt == "auto" else self.fmt
                 self.parser = _BlockParser(self.fmt, self.hash_seed, self.dense_transform)
             return self.parser
 
         def _check(self, bad_idx, messages, lines_before):
             if bad_idx.size:
+                where = f"{self.source}:{lines_before + bad_idx[0] + 1}: {messages[0]}"
                 if not self.skip_malformed:
-                    raise CtrDataError(f"<stdin>:{lines_before + bad_idx[0] + 1}: {messages[0]}")
+                    raise CtrDataError(f"{where} (format {self.fmt}). Fix or remove the line, or set "
+                                       "DataLoader.skip_malformed=true to count and skip malformed lines.")
                 self.skipped += int(bad_idx.size)
+                if not self.skipped_examples:
+                    self.skipped_examples.append(where)
 
         def generate_sample(self, line):
             def sample_iter():
@@ -591,32 +668,115 @@ def _generator_class():
             return sample_iter
 
         def run_from_stdin(self):
+            """Parse stdin block by block and write MultiSlot text; raise :class:`CtrDataError`
+            on a malformed line (unless skipping), an empty input or one without examples."""
             stream = sys.stdin.buffer
             first = stream.readline()
             if not first:
-                return
+                raise _empty_file(self.source)
             parser = self._parser_for(first)
             lines_before = 0
             if self.fmt == "criteo_csv":
                 lines_before = 1
+                if first.decode("utf-8", "replace").rstrip("\r\n") != CSV_HEADER:
+                    raise CtrDataError(f"{self.source}:1: expected the CSV header '{CSV_HEADER}', got {first[:120]!r}")
                 first = b""
             out = sys.stdout.buffer
             for block in _read_blocks(_Prepend(first, stream), 4 << 20):
                 batch, bad_idx, messages = parser.parse(block)
                 self._check(bad_idx, messages, lines_before)
                 lines_before += int(np.count_nonzero(block == 10))
+                self.rows += len(batch)
                 out.write(format_multislot(batch))
             out.flush()
             if self.skipped:
-                sys.stderr.write(f"CtrSlotDataGenerator: skipped {self.skipped} malformed line(s)\n")
+                sys.stderr.write(f"{self.source}: skipped {self.skipped} malformed line(s), "
+                                 f"e.g. {self.skipped_examples[0]}\n")
+            if self.rows == 0:
+                raise _no_examples(self.source, self.skipped, self.skipped_examples, self.fmt)
 
     _GENERATOR_CLASS = CtrSlotDataGenerator
     return CtrSlotDataGenerator
 
 
-def make_data_generator(fmt="auto", hash_seed=0, dense_transform="log1p", skip_malformed=False):
+def make_data_generator(fmt="auto", hash_seed=0, dense_transform="log1p", skip_malformed=False, source=None):
     """A :class:`CtrSlotDataGenerator` (``fleet.MultiSlotDataGenerator`` subclass) instance."""
-    return _generator_class()(fmt, hash_seed, dense_transform, skip_malformed)
+    return _generator_class()(fmt, hash_seed, dense_transform, skip_malformed, source)
+
+
+_PADDLE_PIPE_INPUT = re.compile(r'\) < "([^"]+)"')
+
+
+def stdin_source():
+    """The file the pipe command reads, as Paddle's dataset runs it (see the module docstring)."""
+    try:
+        target = os.readlink("/proc/self/fd/0")
+        if os.path.isfile(target):
+            return target
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as handle:
+            parent = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:  # not Linux, or no /proc
+        return "<stdin>"
+    found = _PADDLE_PIPE_INPUT.search(parent)
+    return found.group(1) if found else "<stdin>"
+
+
+def _write_pipe_status(status_dir, record):
+    import json
+
+    from paddle_suite.io import atomic_write
+
+    os.makedirs(status_dir, exist_ok=True)
+    with atomic_write(os.path.join(status_dir, f"pipe-{os.getpid()}.json"), "w") as handle:
+        json.dump(record, handle)
+
+
+def collect_pipe_status(status_dir, files=(), remove=True):
+    """Read the records the pipe command wrote with ``--status-dir`` (one per file it ran on).
+
+    Raises :class:`CtrDataError` with the first failed file's message, or naming a file of
+    ``files`` with no record (its pipe died before reporting: see the worker log). Returns
+    ``{"rows": n, "skipped": k, "skipped_per_file": {source: k}}``; ``remove`` deletes the
+    records, so the directory can be reused for the next pass.
+    """
+    import glob
+    import json
+
+    paths = sorted(glob.glob(os.path.join(status_dir, "pipe-*.json")))
+    records = []
+    for path in paths:
+        with open(path) as handle:
+            records.append(json.load(handle))
+    if remove:
+        for path in paths:
+            os.remove(path)
+    errors = [r["error"] for r in records if r.get("error")]
+    if errors:
+        raise CtrDataError(errors[0] + (f" ({len(errors) - 1} more file(s) failed)" if len(errors) > 1 else ""))
+    reported = {os.path.realpath(r["source"]) for r in records}
+    missing = [f for f in files if os.path.realpath(f) not in reported]
+    if missing:
+        raise CtrDataError(f"{missing[0]}: the dataset pipe command wrote no status for this file (it died before "
+                           "reading it through): see the worker's stderr")
+    return {"rows": sum(r["rows"] for r in records), "skipped": sum(r["skipped"] for r in records),
+            "skipped_per_file": {r["source"]: r["skipped"] for r in records}}
+
+
+def run_pipe(args):
+    """``--pipe``: stdin -> MultiSlot text; on bad data one ``error:`` line on stderr and exit 1."""
+    source = args.source or stdin_source()
+    generator = make_data_generator(args.fmt, args.hash_seed, args.dense_transform, args.skip_malformed, source)
+    record = {"source": source, "rows": 0, "skipped": 0, "error": None}
+    try:
+        generator.run_from_stdin()
+    except CtrDataError as err:
+        record["error"] = str(err)
+        sys.stderr.write(f"error: {err}\n")
+    record.update(rows=generator.rows, skipped=generator.skipped)
+    if args.status_dir:
+        _write_pipe_status(args.status_dir, record)
+    if record["error"]:
+        sys.exit(1)
 
 
 def __getattr__(name):  # ``data.CtrSlotDataGenerator`` without importing paddle for plain reading
@@ -662,11 +822,18 @@ def main(argv=None):
     parser.add_argument("--hash-seed", type=int, default=0)
     parser.add_argument("--dense-transform", default="log1p", choices=("log1p", "none"))
     parser.add_argument("--skip-malformed", action="store_true")
+    parser.add_argument("--source", default=None,
+                        help="--pipe: the input's file name for messages (default: found from stdin / the dataset)")
+    parser.add_argument("--status-dir", default=None,
+                        help="--pipe: write pipe-<pid>.json (source, rows, skipped, error) here for the trainer")
     args = parser.parse_args(argv)
     if args.check:
-        check_files(args.check, args.fmt, args.skip_malformed, args.hash_seed)
+        try:
+            check_files(args.check, args.fmt, args.skip_malformed, args.hash_seed)
+        except CtrDataError as err:
+            sys.exit(f"error: {err}")
     elif args.pipe:
-        make_data_generator(args.fmt, args.hash_seed, args.dense_transform, args.skip_malformed).run_from_stdin()
+        run_pipe(args)
     else:
         parser.error("nothing to do: pass --pipe or --check FILE")
 

@@ -16,18 +16,20 @@ without it the job runs locally, so one config works with and without ``fleetrun
 
 Data (``DataLoader.reader``):
 
-* ``numpy`` (default, every mode): our reader (``paddle_suite.ads.data``) streams the training
-  files as one sequence of ``DataLoader.batch_size`` batches; a pass is ``DataLoader.pass_size``
-  examples; worker ``w`` of ``W`` trains the pass's batches with ``index % W == w`` through
-  ``Executor.run`` feeds.
+* ``numpy`` (default, every mode): the pass stream of ``common.pass_batches`` (a pass is
+  ``DataLoader.pass_size`` examples, worker ``w`` of ``W`` trains the batches with
+  ``index % W == w``) through ``Executor.run`` feeds.
 * ``dataset`` (async only): Fleet's ``InMemoryDataset`` with the data module's
   ``MultiSlotDataGenerator`` as pipe command (``python -m paddle_suite.ads.data --pipe``); a pass
   is ``DataLoader.files_per_pass`` files per worker, dealt round-robin, trained with
   ``train_from_dataset``. Its C++ worker scales the pushed sparse gradients differently from the
   feed path (not traced): measured on the generator's data it needs ``PS.sparse_lr`` about 30
   where the feed path learns with 1.0. Loss is summed in-graph (``models.LOSS_SUM``); loading time
-  is reported apart (``load_s``) and not counted in examples/s. Per pass, worker 0 logs loss, AUC (global over all workers, via gloo) and
-examples/s to VisualDL (``<output_dir>/<run_name>/vdl``) and ``metrics.jsonl``.
+  is reported apart (``load_s``) and not counted in examples/s.
+
+Per pass, worker 0 logs loss, AUC (global over all workers, via gloo), examples/s and (with
+``DataLoader.skip_malformed`` and the numpy reader) ``skipped_lines`` through the run's metrics
+sink (``engine.run.MetricsSink``: VisualDL ``pass/*`` and ``metrics.jsonl``).
 
 Checkpoints (``<run_dir>/checkpoints/pass-NNNNN``), after every ``PS.save_every_passes`` passes:
 
@@ -52,14 +54,13 @@ Checkpoints (``<run_dir>/checkpoints/pass-NNNNN``), after every ``PS.save_every_
   the base's values) and continues with the next pass. The last few async pushes in flight at a
   base snapshot can be missing from it (async training has no consistent cut).
 
-Export: a body-only inference program (inputs: slot embeddings ``emb`` [n, S, sparse_dim] and
-``dense``; output: click probability), saved with ``paddle.static.save_inference_model`` from the
+Export: ``common.export_body``'s body-only inference program (inputs: slot embeddings ``emb``
+[n, S, sparse_dim] and ``dense``; output: click probability), saved from the
 chief's scope (its dense parameters are pulled from the servers continuously in async mode), plus
 the sparse part: ``SparseShards`` reads a checkpoint chain's shards and returns rows for keys.
 """
 import glob
 import gzip
-import json
 import logging
 import os
 import shutil
@@ -72,14 +73,15 @@ import paddle_suite  # noqa: F401  (MKL flag before paddle)
 import paddle
 
 from paddle_suite.config import ConfigError
-from paddle_suite.io import atomic_write
-from paddle_suite.registry import ARCHS
+from paddle_suite.engine.run import Run, RunError, read_json, write_json
 from paddle_suite.ads import models
+from paddle_suite.ads.common import (INFERENCE_DIR, ONEDNN_OPS, SkippedLines, auc_from_stats, build_body,
+                                     dataset_passes, export_body, log_pass, pass_batches, training_files,
+                                     use_onednn)
 from paddle_suite.ads.store import sorted_unique
 
 log = logging.getLogger(__name__)
 
-NUM_SLOTS, NUM_DENSE = 26, 13
 PS_MODES = ("async", "geo", "local")
 _SPARSE_RULES = {"adagrad": "SparseAdaGradSGDRule", "naive": "SparseNaiveSGDRule", "adam": "SparseAdamSGDRule"}
 
@@ -91,17 +93,6 @@ def fleet_role():
     if not role:
         return None
     return "server" if role.upper() == "PSERVER" else "worker"
-
-
-def run_directory(config):
-    g = config["Global"]
-    return os.path.join(g["output_dir"], g["run_name"] or "ctr")
-
-
-def build_body(config):
-    arch = dict(config["Arch"])
-    factory = ARCHS.get(arch.pop("name"))
-    return factory(num_slots=NUM_SLOTS, num_dense=NUM_DENSE, **arch)
 
 
 # ------------------------------------------------------------------------------------------ programs
@@ -127,25 +118,6 @@ def sparse_table_config(ps_cfg):
 
 #: ops of the MLP that run faster on oneDNN kernels on CPU (bench/ctr_speed.py, 2026-11-28: matmul
 #: and relu ~1 ms of ~9.5 ms a batch). Not all ops: FLAGS_use_mkldnn=1 fails in paddle 2.6.2 ("could not
-#: reshape a memory descriptor"), elementwise_add on oneDNN is slower, concat / gather crash. Local
-#: mode only: that is where it was measured; Fleet's worker programs keep the default kernels.
-ONEDNN_OPS = ("matmul_v2", "matmul_v2_grad", "relu", "relu_grad")
-
-
-def use_onednn(program, op_types):
-    """Mark the ``op_types`` ops of ``program`` to run on oneDNN kernels (the per-op ``use_mkldnn``).
-
-    Grad ops are marked only when they output every input's gradient: paddle 2.6.2's oneDNN
-    matmul_v2_grad segfaults when one is not wanted (DeepFM's linear term on the fed dense input)."""
-    for block in program.blocks:
-        for op in block.ops:
-            if op.type not in op_types:
-                continue
-            if op.type.endswith("_grad") and not all(op.output(name) for name in op.output_names):
-                continue
-            op._set_attr("use_mkldnn", True)
-
-
 def _minimize_local(opt_cfg, optimizer, loss):
     """``optimizer.minimize(loss)``, except that with Adam (and no clipping) the dense parameters get
     one ``merged_adam`` op (``use_multi_tensor``) instead of one op each (~0.5 ms a batch of 8
@@ -221,34 +193,11 @@ class CtrStaticProgram:
         return feed
 
 
+
 # ------------------------------------------------------------------------------------------ data
-def training_files(config):
-    paths = config["DataLoader"]["train_files"]
-    if isinstance(paths, str):
-        paths = [paths]
-    files = sorted({f for p in paths for f in (glob.glob(p) or [p])})
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing or not files:
-        raise FileNotFoundError(
-            f"DataLoader.train_files: no such file(s) {missing or paths}; generate data with "
-            "tools/gen_ctr_data.py or point DataLoader.train_files at Criteo TSV/CSV or slot files"
-        )
-    return files
-
-
-def stream_batches(config, files):
-    """Yield ``CtrBatch`` batches of the whole training stream (all epochs), in a fixed order."""
-    from paddle_suite.ads.data import CtrFileReader
-
-    dl = config["DataLoader"]
-    for _ in range(int(config["Global"]["epochs"])):
-        for path in files:
-            reader = CtrFileReader(path, dl["format"], dl["skip_malformed"], dl["hash_seed"])
-            yield from reader.batches(int(dl["batch_size"]))
-
-
-def pipe_command(config):
-    """Shell command the dataset runs on each file: our generator, any CTR format -> MultiSlot."""
+def pipe_command(config, status_dir=None):
+    """Shell command the dataset runs on each file: our generator, any CTR format -> MultiSlot.
+    ``status_dir``: where each run of the pipe records its file's rows / skipped lines / error."""
     import shlex
 
     dl = config["DataLoader"]
@@ -257,82 +206,18 @@ def pipe_command(config):
                "--hash-seed", str(dl["hash_seed"])]
     if dl["skip_malformed"]:
         command.append("--skip-malformed")
+    if status_dir:
+        command += ["--status-dir", status_dir]
     return f"PYTHONPATH={shlex.quote(repo)}${{PYTHONPATH:+:$PYTHONPATH}} " + " ".join(shlex.quote(c) for c in command)
 
 
-def dataset_passes(config, files, rank=0, world=1, start_pass=0):
-    """Yield ``(pass_id, files of this rank)``: a pass is ``DataLoader.files_per_pass * world`` files
-    of the stream (all epochs), dealt round-robin to the workers."""
-    per_pass = max(1, int(config["DataLoader"]["files_per_pass"])) * world
-    stream = [f for _ in range(int(config["Global"]["epochs"])) for f in files]
-    for pass_id, lo in enumerate(range(0, len(stream), per_pass)):
-        if pass_id >= start_pass:
-            yield pass_id, stream[lo:lo + per_pass][rank::world]
-
-
-def pass_batches(config, files, rank=0, world=1, start_pass=0):
-    """Yield ``(pass_id, [batches of this rank])`` from ``start_pass`` on."""
-    dl = config["DataLoader"]
-    per_pass = max(1, int(dl["pass_size"]) // int(dl["batch_size"]))
-    current, pending = 0, []
-    for index, batch in enumerate(stream_batches(config, files)):
-        pass_id = index // per_pass
-        if pass_id != current:
-            if current >= start_pass:
-                yield current, pending
-            current, pending = pass_id, []
-        if pass_id >= start_pass and index % world == rank:
-            pending.append(batch)
-    if current >= start_pass and (pending or world > 1):
-        yield current, pending
-
-
 # ------------------------------------------------------------------------------------------ checkpoints
-def checkpoint_root(run_dir):
-    return os.path.join(run_dir, "checkpoints")
+LATEST = "latest.json"  # the meta of the newest complete checkpoint, in <run_dir>/checkpoints
 
 
-def read_latest(run_dir):
-    """The meta dict of the newest complete checkpoint, or None."""
-    path = os.path.join(checkpoint_root(run_dir), "latest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def _write_json(path, value):
-    with atomic_write(path, "w") as handle:
-        json.dump(value, handle, indent=1)
-
-
-class MetricsLog:
-    """Per-pass metrics to VisualDL and ``metrics.jsonl`` (worker 0 / local only)."""
-
-    def __init__(self, run_dir, enabled):
-        self.enabled = enabled
-        self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.writer = None
-        if enabled:
-            from visualdl import LogWriter
-
-            self.writer = LogWriter(logdir=os.path.join(run_dir, "vdl"))
-
-    def log(self, pass_id, metrics):
-        if not self.enabled:
-            return
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"pass/{key}", float(value), pass_id)
-        self.writer.flush()
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({"pass": pass_id, **metrics}) + "\n")
-        log.info("pass %d: %s", pass_id, json.dumps(metrics))
-        print(f"pass {pass_id}: {json.dumps(metrics)}", flush=True)
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
+def latest_checkpoint(checkpoints_dir):
+    """The meta dict of the newest complete checkpoint in a run's ``checkpoints_dir``, or None."""
+    return read_json(os.path.join(checkpoints_dir, LATEST))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -341,7 +226,8 @@ class PSTrainer:
 
     def __init__(self, config):
         self.config = config
-        self.run_dir = run_directory(config)
+        self.out = Run(config)
+        self.run_dir = self.out.dir
         self.role = fleet_role()
         mode = config["PS"]["mode"]
         if self.role is None and mode != "local":
@@ -383,16 +269,22 @@ class PSTrainer:
         if choice == "none":
             return None
         if choice == "auto":
-            return read_latest(self.run_dir)
-        with open(os.path.join(choice, "meta.json")) as handle:  # a pass-NNNNN directory
-            return json.load(handle)
+            return latest_checkpoint(self.out.checkpoints_dir)
+        meta = read_json(os.path.join(choice, "meta.json"))  # a pass-NNNNN directory
+        if meta is None:
+            raise RunError(f"Global.resume={choice}: no meta.json there; give a checkpoint directory "
+                           f"{self.out.checkpoints_dir}/pass-NNNNN, 'auto' or 'none'")
+        return meta
 
     def _run_trainer(self, fleet):
         distributed = self.role is not None
         rank = fleet.worker_index() if distributed else 0
         world = fleet.worker_num() if distributed else 1
         self.is_chief = rank == 0
-        os.makedirs(self.run_dir, exist_ok=True)
+        if self.is_chief:
+            self.out.create()
+        else:
+            os.makedirs(self.run_dir, exist_ok=True)
         exe = paddle.static.Executor(paddle.CPUPlace())
         self.exe = exe
         exe.run(self.program.startup)
@@ -402,7 +294,7 @@ class PSTrainer:
         if resume is not None and resume["kind"] == "full":
             # local / geo: every worker loads the chief's saved program state before init_worker,
             # so geo's delta baseline is the loaded table, not the random init
-            path = os.path.join(checkpoint_root(self.run_dir), resume["chain"][-1], "model")
+            path = os.path.join(self.out.checkpoints_dir, resume["chain"][-1], "model")
             paddle.static.load(self.program.main, path, exe)
         self.pull_dense = None
         if distributed:
@@ -416,7 +308,9 @@ class PSTrainer:
             if self.is_chief:
                 print(f"resumed from {resume['chain'][-1]} (pass {resume['pass']})", flush=True)
             start_pass = resume["pass"] + 1
-        metrics_log = MetricsLog(self.run_dir, self.is_chief)
+        sink = self.out.metrics(self.is_chief)
+        skipped = SkippedLines()
+        self.worker_skipped_lines = 0  # reader=dataset: lines this worker's pipes skipped so far
         self.touched = []  # distinct keys trained per pass since the save before the last one
         files = training_files(self.config)
         v = self.program.vars
@@ -425,7 +319,8 @@ class PSTrainer:
         last = None
         use_dataset = self.config["DataLoader"]["reader"] == "dataset"
         passes = (dataset_passes(self.config, files, rank, world, start_pass) if use_dataset
-                  else pass_batches(self.config, files, rank, world, start_pass))
+                  else pass_batches(self.config, files, rank, world, start_pass, skipped))
+        count_skipped = self.config["DataLoader"]["skip_malformed"] and not use_dataset
         for pass_id, part in passes:
             if max_passes and pass_id >= max_passes:
                 break
@@ -443,17 +338,21 @@ class PSTrainer:
             metrics = self._pass_metrics(fleet, distributed, scope, loss_sum, seen, elapsed)
             if use_dataset:
                 metrics["load_s"] = load_seconds
-            metrics_log.log(pass_id, metrics)
+                if self.config["DataLoader"]["skip_malformed"]:  # each worker reads its own files
+                    metrics["skipped_lines_this_worker"] = self.worker_skipped_lines
+            if count_skipped:  # every worker reads the whole stream: its count is the job's
+                metrics["skipped_lines"] = skipped.through_pass[pass_id]
+            log_pass(sink, pass_id, metrics)
             last = {"pass": pass_id, **metrics}
             every = max(1, int(self.config["PS"]["save_every_passes"]))
             if (pass_id + 1) % every == 0:
                 self.save_checkpoint(fleet, pass_id, distributed)
         if last is not None and self.is_chief:
-            self.export_dense(os.path.join(self.run_dir, "inference"))
+            self.export_dense(self.out.path(INFERENCE_DIR))
         if distributed:
             fleet.util.barrier()
             fleet.stop_worker()
-        metrics_log.close()
+        sink.close()
         return last
 
     def _train_numpy_pass(self, batches, v):
@@ -472,13 +371,18 @@ class PSTrainer:
         """One pass through Fleet's InMemoryDataset fed by the data module's generator (pipe)."""
         if not files:  # this worker has no file in the pass; it still joins the pass's barriers
             return 0, 0.0
+        from paddle_suite.ads.data import collect_pipe_status
+
         dl = self.config["DataLoader"]
+        # paddle ignores the pipe's exit status: its status records make a bad file fail the job
+        status_dir = self.out.path("pipe_status", f"pid-{os.getpid()}")
         dataset = paddle.distributed.InMemoryDataset()
         dataset.init(batch_size=int(dl["batch_size"]), thread_num=int(dl["dataset_threads"]),
-                     use_var=self.program.vars["use_vars"], pipe_command=pipe_command(self.config))
+                     use_var=self.program.vars["use_vars"], pipe_command=pipe_command(self.config, status_dir))
         dataset.set_filelist(files)
         started = time.time()
         dataset.load_into_memory()
+        self.worker_skipped_lines += collect_pipe_status(status_dir, files)["skipped"]
         load_seconds = time.time() - started
         seen = int(dataset.get_memory_data_size())
         # train_from_dataset always writes <id>_train_desc.prototxt into the working directory
@@ -501,7 +405,7 @@ class PSTrainer:
             worlds = fleet.worker_num()
             loss_sum, seen, elapsed = totals[0], totals[1], totals[2] / worlds  # mean wall time
         else:
-            auc = _auc_from_stats(stat_pos, stat_neg)
+            auc = auc_from_stats(stat_pos, stat_neg)
         return {
             "loss": float(loss_sum / max(seen, 1)),
             "auc": float(auc),
@@ -511,9 +415,9 @@ class PSTrainer:
 
     # -- save / load
     def save_checkpoint(self, fleet, pass_id, distributed):
-        root = checkpoint_root(self.run_dir)
+        root = self.out.checkpoints_dir
         target = os.path.join(root, f"pass-{pass_id:05d}")
-        previous = read_latest(self.run_dir) if self.is_chief else None
+        previous = latest_checkpoint(self.out.checkpoints_dir) if self.is_chief else None
         base_every = max(1, int(self.config["PS"]["base_every"]))
         if not distributed or self.mode == "geo":
             # geo: fleet.save_persistables does not write the geo sparse table, so the chief's
@@ -553,8 +457,8 @@ class PSTrainer:
         chain = [name] if kind in ("base", "full") else previous["chain"] + [name]
         meta = {"pass": pass_id, "kind": kind, "chain": chain, "mode": self.mode,
                 "sparse_dim": self.program.body.sparse_dim, "sparse_optimizer": self.config["PS"]["sparse_optimizer"]}
-        _write_json(os.path.join(target, "meta.json"), meta)
-        _write_json(os.path.join(root, "latest.json"), meta)
+        write_json(os.path.join(target, "meta.json"), meta)
+        write_json(os.path.join(root, LATEST), meta)
         self._prune(root, chain)
 
     def _prune(self, root, chain):
@@ -562,8 +466,7 @@ class PSTrainer:
         keep = max(1, int(self.config["Global"]["keep_checkpoints"]))
         metas = {}
         for meta_path in sorted(glob.glob(os.path.join(root, "pass-*", "meta.json"))):
-            with open(meta_path) as handle:
-                metas[os.path.dirname(meta_path)] = json.load(handle)
+            metas[os.path.dirname(meta_path)] = read_json(meta_path)
         bases = [m["chain"][0] for m in metas.values() if m["kind"] in ("base", "full")]
         keep_bases = set(bases[-keep:]) | {chain[0]}
         for directory, meta in metas.items():
@@ -579,7 +482,7 @@ class PSTrainer:
 
     def _load_ps_chain(self, fleet, meta):
         """Async PS: the servers load the base, then each delta (rows in later files win)."""
-        root = checkpoint_root(self.run_dir)
+        root = self.out.checkpoints_dir
         for name in meta["chain"]:
             fleet.load_model(os.path.join(root, name), mode=0)  # the chief asks every server
         fleet.util.barrier()
@@ -611,47 +514,12 @@ def dense_puller(fleet):
     return pull
 
 
-def export_body(config, exe, scope, path):
-    """Body-only inference model: inputs ``emb`` [n, S, sparse_dim], ``dense`` [n, 13] -> ``prob``.
-
-    Parameter names match the training program (same unique-name order), so the values are taken
-    from ``scope`` (on a PS worker: the dense parameters last pulled from the servers).
-    """
-    infer, startup = paddle.static.Program(), paddle.static.Program()
-    with paddle.static.program_guard(infer, startup), paddle.utils.unique_name.guard():
-        body = build_body(config)
-        emb = paddle.static.data("emb", shape=[-1, NUM_SLOTS, body.sparse_dim], dtype="float32")
-        dense = paddle.static.data("dense", shape=[-1, NUM_DENSE], dtype="float32")
-        prob = paddle.nn.functional.sigmoid(body(emb, dense))
-    with paddle.static.scope_guard(scope):
-        missing = [p.name for p in infer.all_parameters() if scope.find_var(p.name) is None]
-        if missing:
-            raise RuntimeError(f"export: parameters {missing} are not in the training scope")
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        paddle.static.save_inference_model(os.path.join(tmp, "body"), [emb, dense], [prob], exe, program=infer)
-        _write_json(os.path.join(tmp, "arch.json"), {"Arch": config["Arch"], "sparse_dim": body.sparse_dim})
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path
-
-
 def _broadcast_kind(fleet, kind):
     code = np.array([1.0 if kind == "base" else 0.0])
     if fleet.worker_index() != 0:
         code[:] = 0.0
     return "base" if fleet.util.all_reduce(code, "sum")[0] > 0.5 else "delta"
 
-
-def _auc_from_stats(stat_pos, stat_neg):
-    """AUC from paddle.static.auc's histogram accumulators (same formula as fleet.metrics.auc)."""
-    pos = np.asarray(stat_pos, dtype=np.float64).reshape(-1)[::-1]
-    neg = np.asarray(stat_neg, dtype=np.float64).reshape(-1)[::-1]
-    tp = np.cumsum(pos)
-    fp = np.cumsum(neg)
-    area = np.sum((fp - np.concatenate([[0.0], fp[:-1]])) * (tp + np.concatenate([[0.0], tp[:-1]])) / 2.0)
-    return area / (tp[-1] * fp[-1]) if tp[-1] > 0 and fp[-1] > 0 else 0.5
 
 
 # ------------------------------------------------------------------------------------------ sparse shards
@@ -686,7 +554,7 @@ def _parse_rows(raw):
 def _line_keys(buf):
     """Vectorised parse of a shard buffer (uint8): line byte ranges and the leading uint64 keys."""
     ends = np.flatnonzero(buf == 10)
-    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)[: ends.size]  # an empty shard has no line
     spaces = np.flatnonzero(buf == 32)
     key_end = spaces[np.searchsorted(spaces, starts)]
     length = key_end - starts
@@ -735,10 +603,10 @@ class SparseShards:
     keys never trained get zeros (``found`` False), as a PS pull would give a near-zero new row.
     """
 
-    def __init__(self, checkpoint_root_dir, meta=None):
-        meta = meta or _read_json(os.path.join(checkpoint_root_dir, "latest.json"))
+    def __init__(self, checkpoints_dir, meta=None):
+        meta = meta or read_json(os.path.join(checkpoints_dir, LATEST))
         if meta is None:
-            raise FileNotFoundError(f"no checkpoint in {checkpoint_root_dir} (latest.json missing)")
+            raise RunError(f"no checkpoint in {checkpoints_dir} ({LATEST} missing): train first")
         self.sparse_dim = int(meta["sparse_dim"])
         state = {"adagrad": 1, "naive": 0}.get(meta["sparse_optimizer"])
         if state is None:
@@ -746,7 +614,7 @@ class SparseShards:
         embedx = _HEADER_COLS + 1 + state  # value column of the first embedx weight (key excluded)
         all_keys, all_rows = [], []
         for name in meta["chain"]:  # later checkpoints override earlier rows
-            directory = os.path.join(checkpoint_root_dir, name, SPARSE_TABLE_DIR)
+            directory = os.path.join(checkpoints_dir, name, SPARSE_TABLE_DIR)
             for shard in sorted(glob.glob(os.path.join(directory, "part-*"))):
                 keys, values = _parse_rows(_read_shard(shard))
                 if not len(keys):
@@ -779,101 +647,20 @@ class SparseShards:
         return rows.reshape(*keys.shape, self.sparse_dim), found.reshape(keys.shape)
 
 
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
-
-
-# ------------------------------------------------------------------------------------------ eval / export
-class ExportedBody:
-    """The exported dense body run with a paddle inference predictor."""
-
-    def __init__(self, path):
-        from paddle import inference
-
-        cfg = inference.Config(os.path.join(path, "body.pdmodel"), os.path.join(path, "body.pdiparams"))
-        cfg.disable_glog_info()
-        self.predictor = inference.create_predictor(cfg)
-
-    def __call__(self, emb, dense):
-        names = self.predictor.get_input_names()
-        for name, value in zip(names, (emb, dense)):
-            self.predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(value, dtype=np.float32))
-        self.predictor.run()
-        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu().reshape(-1)
-
-
-def roc_auc(labels, scores):
-    """Exact ROC AUC (ties get half credit)."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    pos, neg = labels.sum(), (~labels).sum()
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores).reshape(-1))
-    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def evaluate_run(config):
-    """AUC / log loss of ``DataLoader.test_files`` with the run's export + its sparse rows."""
-    from paddle_suite.ads.data import CtrFileReader
-
-    run_dir = run_directory(config)
-    mode = config["PS"]["mode"]
-    export_dir = os.path.join(run_dir, "inference")
-    if not os.path.isdir(export_dir):
-        raise FileNotFoundError(f"no export in {export_dir}: train first (or run tools/export.py)")
-    body = ExportedBody(export_dir)
-    lookup = sparse_lookup_for(config)
-    files = config["DataLoader"]["test_files"]
-    if not files:
-        raise ValueError("DataLoader.test_files is empty: name held-out files to evaluate")
-    labels, scores = [], []
-    dl = config["DataLoader"]
-    try:
-        for path in [files] if isinstance(files, str) else files:
-            for batch in CtrFileReader(path, dl["format"], dl["skip_malformed"], dl["hash_seed"]).batches(8192):
-                emb = lookup(batch.sparse)
-                scores.append(body(emb, batch.dense))
-                labels.append(batch.labels)
-    finally:
-        if getattr(lookup, "store", None) is not None:  # hierarchical: the store holds a lock
-            lookup.store.close()
-    labels, scores = np.concatenate(labels), np.concatenate(scores)
-    eps = 1e-7
-    clipped = np.clip(scores, eps, 1 - eps)
-    logloss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
-    latest = read_latest(run_dir)
-    trained_mode = latest["mode"] if latest is not None else mode  # async/geo configs may have run locally
-    return {"auc": roc_auc(labels, scores), "logloss": logloss, "examples": int(len(labels)), "mode": trained_mode}
-
-
-def sparse_lookup_for(config):
-    """``keys (n, S) uint64 -> emb (n, S, sparse_dim)`` from the run's newest checkpoint."""
-    run_dir = run_directory(config)
-    mode = config["PS"]["mode"]
-    root = checkpoint_root(run_dir)
-    meta = _read_json(os.path.join(root, "latest.json"))
-    if mode == "hierarchical":
-        from paddle_suite.ads.hierarchical_train import store_lookup
-
-        return store_lookup(config)
+# ------------------------------------------------------------------------------------------ lookup / export
+def checkpoint_lookup(run):
+    """``keys (n, S) uint64 -> emb (n, S, sparse_dim)`` from the run's newest checkpoint: the
+    chief's table (local / geo, keys modulo its rows) or the PS shards of the chain (async)."""
+    meta = latest_checkpoint(run.checkpoints_dir)
     if meta is None:
-        raise FileNotFoundError(f"no checkpoint in {root}: train first")
+        raise RunError(f"no checkpoint in {run.checkpoints_dir}: train first")
     if meta["kind"] == "full" or meta["mode"] in ("local", "geo"):
-        return _local_table_lookup(config, os.path.join(root, meta["chain"][-1], "model"), meta)
-    shards = SparseShards(root, meta)
+        state = paddle.load(os.path.join(run.checkpoints_dir, meta["chain"][-1], "model.pdparams"))
+        table = np.asarray(state[models.SPARSE_TABLE])
+        vocab = np.uint64(table.shape[0])
+        return lambda keys: table[(np.asarray(keys, np.uint64) % vocab).astype(np.int64)]
+    shards = SparseShards(run.checkpoints_dir, meta)
     return lambda keys: shards.lookup(keys)[0]
-
-
-def _local_table_lookup(config, prefix, meta):
-    state = paddle.load(prefix + ".pdparams")
-    table = np.asarray(state[models.SPARSE_TABLE])
-    vocab = np.uint64(table.shape[0])
-    return lambda keys: table[(np.asarray(keys, np.uint64) % vocab).astype(np.int64)]
 
 
 def local_session(config):
@@ -882,20 +669,10 @@ def local_session(config):
     return CtrStaticProgram(config, "local"), paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope()
 
 
-def export_run(config, output=None):
-    """The export is written at the end of training; this re-exports it from the newest local
-    checkpoint (local mode) or reports where the trained export is."""
-    run_dir = run_directory(config)
-    path = output or os.path.join(run_dir, "inference")
-    meta = read_latest(run_dir)
-    if meta is not None and meta["mode"] == "local":
-        program, exe, scope = local_session(config)
-        with paddle.static.scope_guard(scope):
-            exe.run(program.startup)
-            paddle.static.load(program.main, os.path.join(checkpoint_root(run_dir), meta["chain"][-1], "model"), exe)
-        return export_body(config, exe, scope, path)
-    if not os.path.isdir(os.path.join(run_dir, "inference")):
-        raise FileNotFoundError(f"no export in {run_dir}/inference: PS jobs export at the end of training")
-    if output:
-        shutil.copytree(os.path.join(run_dir, "inference"), output, dirs_exist_ok=True)
-    return path
+def export_checkpoint(config, meta, path):
+    """Export the body from a local-mode checkpoint (``meta`` of ``latest_checkpoint``) to ``path``."""
+    program, exe, scope = local_session(config)
+    with paddle.static.scope_guard(scope):
+        exe.run(program.startup)
+        paddle.static.load(program.main, os.path.join(Run(config).checkpoints_dir, meta["chain"][-1], "model"), exe)
+    return export_body(config, exe, scope, path)

@@ -28,8 +28,8 @@ feed path: 1.0; its InMemoryDataset path needs about 30, measured, not traced).
 
 Commit protocol (what makes resume after ``kill -9`` consistent): the commit point is the store's
 ``commit_pass`` (one LMDB transaction). The dense parameters and optimiser state of pass ``i``
-are written atomically to ``dense/pass-i.pdparams`` (a pickle of numpy arrays) *before* the store
-commits pass ``i``.
+are written atomically to ``<run_dir>/dense/pass-i.npz`` (``write_dense``: plain arrays, loaded
+without pickle) *before* the store commits pass ``i``.
 On restart with ``L = store.last_pass``: ``dense/pass-L`` exists (written before the commit that
 made ``L`` last), dense files of passes ``> L`` are leftovers of a crash between the two writes
 and are deleted, and training continues with pass ``L + 1`` from ``dense/pass-L`` and the
@@ -52,38 +52,39 @@ updates, as in Fleet's async/geo merge), server 0 averages the dense state and w
 every worker continues from the averaged dense state, so all workers start pass ``i+1``
 identical. After ``kill -9`` of the whole job, a restart resolves the two-phase commit (every
 shard at the same last pass ``L``, dense files above ``L`` dropped) and resumes with pass ``L+1``
-from the dense state of ``L`` (protocol details in ``store_service``). Without role variables
+from the dense state of ``L`` (protocol details in ``store_service``). Worker 0 logs each pass's
+metrics over every worker's batches (``DistributedTrainer``). Without role variables
 the single-process workflow above runs (``Store.num_shards`` > 1: the same shards and two-phase
 commit in one process, ``store.ShardedStore``). A distributed run's store is read offline (eval,
 ``store_lookup``) as a ``ShardedStore`` (``<Store.path>/layout.json`` records S).
 """
 import itertools
 import glob
-import json
 import logging
 import os
-import pickle
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import scipy.stats  # noqa: F401  (roc_auc's import, done up front so no pass pays for it)
 
 import paddle_suite  # noqa: F401  (MKL flag before paddle)
 import paddle
 
+from paddle_suite.config import ConfigError
+from paddle_suite.engine.run import Run, RunError, read_json
 from paddle_suite.io import atomic_write
+from paddle_suite.ads.common import (INFERENCE_DIR, NUM_DENSE, NUM_SLOTS, ONEDNN_OPS, SkippedLines, build_body,
+                                     export_from_arrays, log_pass, pass_batches, roc_auc, training_files,
+                                     use_onednn)
 from paddle_suite.ads.store import sorted_unique, unique_inverse
-from paddle_suite.ads.fleet_ps import (MetricsLog, NUM_DENSE, NUM_SLOTS, build_body, export_body, pass_batches,
-                                       roc_auc, run_directory, training_files)
 
 log = logging.getLogger(__name__)
-_DENSE_FILE = re.compile(r"pass-(\d+)\.pdparams$")
+_DENSE_FILE = re.compile(r"pass-(\d+)\.npz$")
 
 
 def store_path(config):
-    return config["Store"]["path"] or os.path.join(run_directory(config), "store")
+    return config["Store"]["path"] or Run(config).path("store")
 
 
 def open_store(config, sparse_dim):
@@ -92,11 +93,11 @@ def open_store(config, sparse_dim):
     kwargs = store_settings(config, sparse_dim)
     num_shards = int(config["Store"]["num_shards"])
     layout = os.path.join(store_path(config), "layout.json")
-    if os.path.exists(layout):  # written by a distributed run's server 0: S shard directories
-        with open(layout) as handle:
-            stored = int(json.load(handle)["num_shards"])
+    recorded = read_json(layout)  # written by a distributed run's server 0: S shard directories
+    if recorded is not None:
+        stored = int(recorded["num_shards"])
         if num_shards > 1 and num_shards != stored:
-            raise ValueError(f"{layout} says the store has {stored} shards but Store.num_shards={num_shards}; "
+            raise ConfigError(f"{layout} says the store has {stored} shards but Store.num_shards={num_shards}; "
                              f"set Store.num_shards={stored} or 1")
         num_shards = stored
     if num_shards > 1:
@@ -126,6 +127,7 @@ def run(config):
             sparse_dim = build_body(config).sparse_dim
         return serve_from_env(store_path(config), num_workers,
                               keep_dense=int(config["Global"]["keep_checkpoints"]),
+                              max_message_mb=float(config["Store"]["max_message_mb"]),
                               **store_settings(config, sparse_dim))
     if role != "TRAINER":
         raise ValueError(f"TRAINING_ROLE={role!r}: expected PSERVER or TRAINER")
@@ -229,7 +231,6 @@ class PassStep:
     TABLE = "hbm_table"
 
     def __init__(self, config):
-        from paddle_suite.ads.fleet_ps import ONEDNN_OPS, use_onednn
         from paddle_suite.engine.optim import build_optimizer
 
         paddle.enable_static()
@@ -325,14 +326,34 @@ class PassStep:
                 self.scope.var(name).get_tensor().set(np.asarray(value), self.place)
 
 
+def write_dense(path, state):
+    """The dense half (``PassStep.state()``) as ``.npz`` arrays ``model/<name>``, ``optimizer/<name>``,
+    written atomically."""
+    arrays = {f"{group}/{name}": np.asarray(value) for group in ("model", "optimizer")
+              for name, value in state[group].items()}
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_dense(path):
+    """``{"model": {name: array}, "optimizer": {name: array}}`` of a ``write_dense`` file (no pickles)."""
+    state = {"model": {}, "optimizer": {}}
+    with np.load(path, allow_pickle=False) as arrays:
+        for key in arrays.files:
+            group, name = key.split("/", 1)
+            state[group][name] = arrays[key]
+    return state
+
+
 class HierarchicalTrainer:
     def __init__(self, config):
         self.config = config
-        self.run_dir = run_directory(config)
-        self.dense_dir = os.path.join(self.run_dir, "dense")
-        ps = config["PS"]
+        self.out = Run(config)
+        self.run_dir = self.out.dir
+        self.dense_dir = self.out.path("dense")
         self.batch_size = int(config["DataLoader"]["batch_size"])
-        self.max_passes = int(ps["max_passes"])
+        self.max_passes = int(config["PS"]["max_passes"])
+        self.skipped = None  # SkippedLines of the training stream, when train() reads it
 
     # -- model
     def build_model(self):
@@ -342,15 +363,14 @@ class HierarchicalTrainer:
     # -- dense checkpoints (see the commit protocol in the module docstring)
     def _dense_files(self):
         found = {}
-        for path in glob.glob(os.path.join(self.dense_dir, "pass-*.pdparams")):
+        for path in glob.glob(os.path.join(self.dense_dir, "pass-*.npz")):
             match = _DENSE_FILE.search(path)
             if match:
                 found[int(match.group(1))] = path
         return found
 
     def _save_dense(self, pass_id):
-        with atomic_write(os.path.join(self.dense_dir, f"pass-{pass_id:05d}.pdparams"), "wb") as handle:
-            pickle.dump({**self.step.state(), "pass": pass_id}, handle, protocol=4)
+        write_dense(os.path.join(self.dense_dir, f"pass-{pass_id:05d}.npz"), self.step.state())
 
     def _prune_dense(self, last_pass):
         keep = max(1, int(self.config["Global"]["keep_checkpoints"]))
@@ -368,49 +388,55 @@ class HierarchicalTrainer:
         if last_pass < 0:
             return
         if last_pass not in files:
-            raise RuntimeError(
+            legacy = os.path.join(self.dense_dir, f"pass-{last_pass:05d}.pdparams")
+            if os.path.exists(legacy):
+                raise RunError(f"{legacy} is a dense checkpoint of an earlier version (a pickle, which is not "
+                               f"loaded: unpickling can run code); start a new run (-o Global.run_name=NAME)")
+            raise RunError(
                 f"the store at {store_path(self.config)} committed pass {last_pass} but {self.dense_dir} has no "
-                f"pass-{last_pass:05d}.pdparams: the store and the dense checkpoints belong to different runs"
+                f"pass-{last_pass:05d}.npz: the store and the dense checkpoints belong to different runs"
             )
-        with open(files[last_pass], "rb") as handle:
-            self.step.set_state(pickle.load(handle))
+        self.step.set_state(read_dense(files[last_pass]))
 
     # -- training
     def train(self):
         self.build_model()
+        self.out.create()
         os.makedirs(self.dense_dir, exist_ok=True)
         store = open_store(self.config, self.sparse_dim)
-        metrics_log = MetricsLog(self.run_dir, True)
+        sink = self.out.metrics()
         last = None
         try:
             start = store.last_pass + 1
             self._restore_dense(store.last_pass)
             if start:
                 print(f"resuming after pass {store.last_pass} (store and dense/pass-{store.last_pass:05d})", flush=True)
-            batches = self._pass_batches(pass_batches(self.config, training_files(self.config), 0, 1, start))
-            last = self.train_passes(store, batches, metrics_log)
+            self.skipped = SkippedLines()
+            batches = self._pass_batches(pass_batches(self.config, training_files(self.config), 0, 1, start,
+                                                      self.skipped))
+            last = self.train_passes(store, batches, sink)
             if last is not None:
-                self.export(os.path.join(self.run_dir, "inference"))
+                self.export(self.out.path(INFERENCE_DIR))
         finally:
             store.close()
-            metrics_log.close()
+            sink.close()
         return last
 
     def _pass_batches(self, batches):
         return itertools.takewhile(lambda pass_batch: not self.max_passes or pass_batch[0] < self.max_passes, batches)
 
-    def train_passes(self, store, pass_batches, metrics_log=None):
+    def train_passes(self, store, pass_batches, sink=None):
         """Train ``(pass_id, batches)`` passes (``PassData`` built in a background thread one pass
-        ahead) on ``store``; the last pass's metrics."""
+        ahead) on ``store``; the last pass's metrics. ``sink``: the run's ``MetricsSink``, or None."""
         def commit(ws, pass_id):
             self._save_dense(pass_id)  # before the commit point: see the protocol
             store.commit_pass(ws, pass_id)
             self._prune_dense(pass_id)
-            return metrics_log is not None
+            return sink is not None
 
-        return self._run_passes(store, (p for p in read_ahead(pass_batches) if len(p)), commit, metrics_log)
+        return self._run_passes(store, (p for p in read_ahead(pass_batches) if len(p)), commit, sink)
 
-    def _run_passes(self, store, passes, commit, metrics_log):
+    def _run_passes(self, store, passes, commit, sink):
         """The pass loop: pass i+1's working set is prefetched while pass i trains; ``commit(ws,
         pass_id)`` writes pass i back and says whether this process logs its metrics."""
         last = None
@@ -424,15 +450,26 @@ class HierarchicalTrainer:
             pending = store.prefetch(upcoming.distinct) if prefetch else None
             metrics = self.train_pass(current, ws)
             if commit(ws, current.pass_id):
-                metrics_log.log(current.pass_id, with_store_stats(metrics, store, ws))
+                metrics = self.job_metrics(current.pass_id, metrics)
+                if self.skipped is not None and self.config["DataLoader"]["skip_malformed"]:
+                    metrics["skipped_lines"] = self.skipped.through_pass[current.pass_id]
+                log_pass(sink, current.pass_id, with_store_stats(metrics, store, ws))
             last = {"pass": current.pass_id, **metrics}
             if upcoming is not None and pending is None:
                 pending = store.prefetch(upcoming.distinct)
             current = upcoming
         return last
 
+    def job_metrics(self, pass_id, metrics):
+        """The metrics to log for a pass: this process trained all of it."""
+        return metrics
+
     def train_pass(self, data, ws):
+        """Train one pass; its metrics. ``self.pass_scores`` keeps what metrics over several workers
+        need: labels, logits (each before its batch's update), summed loss and training seconds."""
         if not len(data):  # a worker with no batch in this pass still joins its commit
+            self.pass_scores = {"labels": np.zeros(0, np.int8), "logits": np.zeros(0, np.float32),
+                                "loss_sum": 0.0, "seconds": 0.0}
             return {"loss": float("nan"), "auc": float("nan"), "examples": 0, "examples_per_s": 0.0}
         started = time.time()
         self.step.set_table(ws.rows)  # the HBM tier: one dense tensor on the training device
@@ -449,9 +486,12 @@ class HierarchicalTrainer:
             logits.append(logit)
         self.step.table_into(ws.rows)
         elapsed = time.time() - started
+        logits = np.concatenate(logits)
+        self.pass_scores = {"labels": data.labels.astype(np.int8), "logits": logits, "loss_sum": loss_sum,
+                            "seconds": elapsed}
         return {
             "loss": loss_sum / max(len(data), 1),
-            "auc": roc_auc(data.labels, np.concatenate(logits)),  # progressive: before each batch's update
+            "auc": roc_auc(data.labels, logits),  # progressive: before each batch's update
             "examples": int(len(data)),
             "examples_per_s": len(data) / max(elapsed, 1e-9),
         }
@@ -461,9 +501,22 @@ class HierarchicalTrainer:
         return export_from_arrays(self.config, self.step.state()["model"], path)
 
 
+PASS_SCORES = "pass_scores"  # <run_dir>/pass_scores/pass-NNNNN.w<k>.npz: worker k's scores of a pass
+
+
 class DistributedTrainer(HierarchicalTrainer):
     """Worker ``worker_id`` of ``num_workers`` on the shard servers at ``endpoints`` (see the module
-    docstring and ``store_service``). Worker 0 logs metrics (of its own batches) and exports."""
+    docstring and ``store_service``). Worker 0 logs the metrics of the whole job and exports.
+
+    Pass metrics cover every worker's batches: before pushing pass ``i`` each worker writes its
+    labels, logits, summed loss and training seconds to ``<run_dir>/pass_scores`` (atomically);
+    the servers commit pass ``i`` only after every worker pushed it, so once worker 0's commit
+    returns all files are there. Worker 0 then computes loss, exact AUC and examples over all of
+    them, examples/s as the job's examples over the slowest worker's training time, and
+    ``workers_in_metrics``; a missing file (a run directory not shared by the workers) is logged
+    as a warning and shows in that count. Scores travel as files, not RPCs, so the store protocol
+    stays as it is; this needs the run directory on a filesystem all workers see (one machine or
+    a shared mount)."""
 
     def __init__(self, config, worker_id, num_workers, endpoints):
         super().__init__(config)
@@ -475,13 +528,57 @@ class DistributedTrainer(HierarchicalTrainer):
     def set_dense_state(self, state):
         self.step.set_state(state)
 
+    def _scores_path(self, pass_id, worker):
+        return self.out.path(PASS_SCORES, f"pass-{pass_id:05d}.w{worker}.npz")
+
+    def _write_scores(self, pass_id):
+        scores = self.pass_scores
+        with atomic_write(self._scores_path(pass_id, self.worker_id), "wb") as handle:
+            np.savez(handle, labels=scores["labels"], logits=scores["logits"],
+                     loss_sum=np.float64(scores["loss_sum"]), seconds=np.float64(scores["seconds"]))
+
+    def _drop_scores(self, last_pass):
+        """Remove score files of committed passes (left when worker 0 crashed before merging them)."""
+        for path in glob.glob(self.out.path(PASS_SCORES, "pass-*.w*.npz")):
+            if int(re.match(r"pass-(\d+)\.", os.path.basename(path)).group(1)) <= last_pass:
+                os.remove(path)
+
+    def job_metrics(self, pass_id, metrics):
+        """Worker 0: the pass's metrics over every worker's scores (see the class docstring)."""
+        parts, missing = [], []
+        for worker in range(self.num_workers):
+            path = self._scores_path(pass_id, worker)
+            if not os.path.exists(path):
+                missing.append(path)
+                continue
+            with np.load(path, allow_pickle=False) as arrays:
+                parts.append({name: arrays[name] for name in arrays.files})
+            os.remove(path)
+        if missing:
+            log.warning("pass %d: no scores from %s (is the run directory shared by all workers?); the pass "
+                        "metrics cover %d of %d workers", pass_id, missing, len(parts), self.num_workers)
+        labels = np.concatenate([p["labels"] for p in parts])
+        logits = np.concatenate([p["logits"] for p in parts])
+        seconds = max(float(p["seconds"]) for p in parts)
+        return {
+            "loss": sum(float(p["loss_sum"]) for p in parts) / max(len(labels), 1),
+            "auc": roc_auc(labels, logits) if len(labels) else float("nan"),
+            "examples": int(len(labels)),
+            "examples_per_s": len(labels) / max(seconds, 1e-9),
+            "workers_in_metrics": len(parts),
+        }
+
     def train(self):
         from paddle_suite.ads.store_service import RemoteStore
 
         self.build_model()
-        store = RemoteStore(self.endpoints, self.worker_id, self.num_workers, self.sparse_dim)
+        store = RemoteStore(self.endpoints, self.worker_id, self.num_workers, self.sparse_dim,
+                            max_message_mb=float(self.config["Store"]["max_message_mb"]))
         chief = self.worker_id == 0
-        metrics_log = MetricsLog(self.run_dir, chief)
+        if chief:
+            self.out.create()
+            self._drop_scores(store.last_pass)
+        sink = self.out.metrics(chief)
         last, finished = None, False
         try:
             start = store.last_pass + 1
@@ -489,42 +586,32 @@ class DistributedTrainer(HierarchicalTrainer):
                 self.set_dense_state(store.pull_dense(store.last_pass))
                 print(f"worker {self.worker_id}: resuming after pass {store.last_pass} "
                       f"(shards and dense/pass-{store.last_pass:05d})", flush=True)
+            self.skipped = SkippedLines()  # every worker reads the whole stream: its count is the job's
             batches = self._pass_batches(pass_batches(self.config, training_files(self.config),
-                                                      self.worker_id, self.num_workers, start))
+                                                      self.worker_id, self.num_workers, start, self.skipped))
 
             def commit(ws, pass_id):
+                self._write_scores(pass_id)  # before the push: see the class docstring
                 self.set_dense_state(store.commit_pass(ws, pass_id, dense=self.dense_state()))
                 return chief
 
             # every worker joins every commit, even with no batch in a pass
-            last = self._run_passes(store, read_ahead(batches), commit, metrics_log)
+            last = self._run_passes(store, read_ahead(batches), commit, sink)
             if last is not None and chief:
-                self.export(os.path.join(self.run_dir, "inference"))
+                self.export(self.out.path(INFERENCE_DIR))
             finished = True
         finally:
             store.close(done=finished)
-            metrics_log.close()
+            sink.close()
         return last
-
-
-def export_from_arrays(config, arrays, path):
-    """Write ``fleet_ps.export_body``'s inference model from ``{parameter name: array}``."""
-    was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
-    try:
-        scope = paddle.static.Scope()
-        place = paddle.CPUPlace()
-        for name, value in arrays.items():
-            scope.var(name).get_tensor().set(np.asarray(value), place)
-        return export_body(config, paddle.static.Executor(place), scope, path)
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
 
 
 def store_lookup(config):
     """``keys -> embeddings`` from the committed rows of the run's store (read-only use)."""
-    arch = json.load(open(os.path.join(run_directory(config), "inference", "arch.json")))
+    arch_file = Run(config).path(INFERENCE_DIR, "arch.json")
+    arch = read_json(arch_file)
+    if arch is None:
+        raise RunError(f"no {arch_file}: train first (the export at the end of training writes it)")
     sparse_dim = int(arch["sparse_dim"])
     store = open_store(config, sparse_dim)
 

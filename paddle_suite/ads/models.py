@@ -1,4 +1,4 @@
-"""CTR networks (DNN, DeepFM) shared by every training mode of the ads capability.
+"""CTR networks (DNN, DeepFM, Wide&Deep) shared by every training mode of the ads capability.
 
 The network *body* is a ``paddle.nn.Layer`` mapping ``(emb [n, S, sparse_dim], dense [n, D]) ->
 logit [n, 1]``. Every mode builds it into a static program: the Fleet parameter server and
@@ -14,7 +14,14 @@ Choices where the papers leave details open:
   (``sparse_dim = emb_dim + 1``), so one row carries everything a key owns and the
   hierarchical store moves it as one unit.
 * Dense features enter the DNN tower concatenated with the flattened embeddings and, in
-  DeepFM, also through a linear first-order term.
+  DeepFM and Wide&Deep, also through a linear first-order term.
+* Wide&Deep (Cheng et al. 2016): logit = wide + deep, trained jointly. The wide part is a
+  linear model over the sparse slots (a 1-d weight per key, stored like DeepFM's as the last
+  column of the key's row) plus the dense features; the deep part is the DNN tower on the
+  embeddings and dense features. The paper's hand-picked cross-product features are left out
+  (they are a feature-engineering choice per data set; hashed crosses can be fed as extra
+  slots), and both parts train with the run's optimisers (sparse rows: ``PS.sparse_optimizer``,
+  dense: ``Optimizer``) rather than the paper's FTRL for the wide part.
 """
 import paddle
 import paddle.nn as nn
@@ -71,6 +78,22 @@ class DeepFMBody(nn.Layer):
         return first_order + pairwise + deep
 
 
+class WideDeepBody(nn.Layer):
+    """Wide&Deep: a linear model over the slots' keys and the dense features + a DNN tower."""
+
+    def __init__(self, num_slots, num_dense, emb_dim=16, hidden_sizes=(400, 400, 400)):
+        super().__init__()
+        self.num_slots, self.num_dense, self.emb_dim = num_slots, num_dense, emb_dim
+        self.sparse_dim = emb_dim + 1  # last column: the key's wide (linear) weight
+        self.dense_linear = nn.Linear(num_dense, 1)
+        self.mlp = _mlp(num_slots * emb_dim + num_dense, hidden_sizes)
+
+    def forward(self, emb, dense):
+        wide = paddle.sum(emb[:, :, self.emb_dim], axis=1, keepdim=True) + self.dense_linear(dense)
+        flat = paddle.reshape(emb[:, :, : self.emb_dim], [-1, self.num_slots * self.emb_dim])
+        return wide + self.mlp(paddle.concat([flat, dense], axis=1))
+
+
 @ARCHS.register("CtrDNN")
 def ctr_dnn(num_slots, num_dense, emb_dim: int = 16, hidden_sizes: list = (400, 400, 400)):
     """Arch factory: ``Arch: {name: CtrDNN, emb_dim: 16, hidden_sizes: [400, 400, 400]}``."""
@@ -81,6 +104,12 @@ def ctr_dnn(num_slots, num_dense, emb_dim: int = 16, hidden_sizes: list = (400, 
 def deepfm(num_slots, num_dense, emb_dim: int = 16, hidden_sizes: list = (400, 400, 400)):
     """Arch factory: ``Arch: {name: DeepFM, emb_dim: 16, hidden_sizes: [400, 400, 400]}``."""
     return DeepFMBody(num_slots, num_dense, int(emb_dim), tuple(int(h) for h in hidden_sizes))
+
+
+@ARCHS.register("WideDeep")
+def wide_deep(num_slots, num_dense, emb_dim: int = 16, hidden_sizes: list = (400, 400, 400)):
+    """Arch factory: ``Arch: {name: WideDeep, emb_dim: 16, hidden_sizes: [400, 400, 400]}``."""
+    return WideDeepBody(num_slots, num_dense, int(emb_dim), tuple(int(h) for h in hidden_sizes))
 
 
 def bce_loss(logit, label):

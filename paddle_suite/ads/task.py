@@ -1,5 +1,6 @@
 """The ``ctr`` task: CTR models trained on Fleet's parameter server, locally, or pass by pass on
-the hierarchical HBM/MEM/SSD store. ``PS.mode`` selects the workflow:
+the hierarchical HBM/MEM/SSD store. ``PS.mode`` selects the workflow, and this module is where
+that choice is made (train, evaluate, export, sparse lookup); the trainers share ``common``:
 
 * ``async`` / ``geo``: Fleet parameter server (``fleetrun --server_num=S --worker_num=W
   tools/train.py -c configs/ctr_dnn_ps.yaml`` or ``python -m paddle_suite.ads.launcher ...``);
@@ -11,9 +12,18 @@ the hierarchical HBM/MEM/SSD store. ``PS.mode`` selects the workflow:
 
 ``evaluate`` scores ``DataLoader.test_files`` with the exported dense body plus the sparse rows
 of the newest checkpoint (PS shards or the hierarchical store); ``export`` writes that body.
+
+Training is counted in passes (``PS.max_passes``, ``PS.save_every_passes``), there is no
+validation during training, and the static programs run in float32, so the dense trainer's
+``Global.max_steps``, ``eval_every``, ``save_every``, ``early_stop_patience``, ``test_split`` and
+``amp`` mean nothing here: a config that sets one of them stops with an error saying so.
 """
+import os
+import shutil
+
 from paddle_suite.ads import models  # noqa: F401  (registers the CtrDNN / DeepFM architectures)
-from paddle_suite.config import Field
+from paddle_suite.config import CORE_SCHEMA, ConfigError, Field
+from paddle_suite.engine.run import Run, RunError
 from paddle_suite.registry import TASKS
 from paddle_suite.task import Task
 
@@ -58,8 +68,14 @@ class CtrTask(Task):
             "prefetch": Field(True, bool, help="load pass i+1's working set while pass i trains"),
             "num_shards": Field(1, int, help="hierarchical, one process: key-hash shards (ShardedStore); "
                                 "under a PS launcher the shards are the servers"),
+            "max_message_mb": Field(256.0, float, help="hierarchical PS: largest array payload of one store call "
+                                    "(a shard's rows of a pass); raise it for bigger passes"),
         },
     }
+
+    def __init__(self, config):
+        super().__init__(config)
+        check_unused_global_keys(config)
 
     def train(self, args):
         mode = self.config["PS"]["mode"]
@@ -72,11 +88,85 @@ class CtrTask(Task):
         return PSTrainer(self.config).run()
 
     def evaluate(self, args):
-        from paddle_suite.ads.fleet_ps import evaluate_run
-
         return evaluate_run(self.config)
 
     def export(self, args):
-        from paddle_suite.ads.fleet_ps import export_run
-
         return export_run(self.config, getattr(args, "output", None))
+
+
+#: core Global keys of the dense trainer that the ctr trainers do not read, and what to use instead
+UNUSED_GLOBAL_KEYS = {
+    "max_steps": "use PS.max_passes",
+    "eval_every": "evaluate with tools/eval.py after training: there is no validation during training",
+    "save_every": "use PS.save_every_passes",
+    "early_stop_patience": "use PS.max_passes: there is no validation during training",
+    "test_split": "use DataLoader.test_files with tools/eval.py",
+    "amp": "the CTR programs run in float32",
+}
+
+
+def check_unused_global_keys(config):
+    """Refuse a non-default value of a Global key the ctr task never reads (rather than ignore it)."""
+    for key, instead in UNUSED_GLOBAL_KEYS.items():
+        default = CORE_SCHEMA["Global"][key].default
+        if config["Global"][key] != default:
+            raise ConfigError(f"Global.{key}={config['Global'][key]!r} is not used by Global.task: ctr; remove it "
+                              f"from {config.get('_source', 'the config')} or its -o override ({instead})")
+
+
+def sparse_lookup_for(config):
+    """``keys (n, S) uint64 -> emb (n, S, sparse_dim)`` from the run's newest checkpoint (the
+    hierarchical store's committed rows, or a Fleet / local checkpoint)."""
+    if config["PS"]["mode"] == "hierarchical":
+        from paddle_suite.ads.hierarchical_train import store_lookup
+
+        return store_lookup(config)
+    from paddle_suite.ads.fleet_ps import checkpoint_lookup
+
+    return checkpoint_lookup(Run(config))
+
+
+def trained_mode(config):
+    """The mode the run trained in: async / geo configs run locally without a launcher."""
+    if config["PS"]["mode"] == "hierarchical":
+        return "hierarchical"
+    from paddle_suite.ads.fleet_ps import latest_checkpoint
+
+    latest = latest_checkpoint(Run(config).checkpoints_dir)
+    return latest["mode"] if latest is not None else config["PS"]["mode"]
+
+
+def evaluate_run(config):
+    """AUC / log loss of ``DataLoader.test_files`` with the run's export + its sparse rows."""
+    from paddle_suite.ads.common import evaluate_exported, exported_body, held_out_files
+
+    held_out_files(config)  # a clear error before any model is loaded
+    body = exported_body(config)
+    lookup = sparse_lookup_for(config)
+    try:
+        result = evaluate_exported(config, body, lookup)
+    finally:
+        if getattr(lookup, "store", None) is not None:  # hierarchical: the store holds a lock
+            lookup.store.close()
+    return {**result, "mode": trained_mode(config)}
+
+
+def export_run(config, output=None):
+    """The export is written at the end of training; this re-exports it from the newest local-mode
+    checkpoint, or copies the trained export to ``output``."""
+    from paddle_suite.ads.common import INFERENCE_DIR
+
+    run = Run(config)
+    trained = run.path(INFERENCE_DIR)
+    path = output or trained
+    if config["PS"]["mode"] != "hierarchical":
+        from paddle_suite.ads.fleet_ps import export_checkpoint, latest_checkpoint
+
+        meta = latest_checkpoint(run.checkpoints_dir)
+        if meta is not None and meta["mode"] == "local":
+            return export_checkpoint(config, meta, path)
+    if not os.path.isdir(trained):
+        raise RunError(f"no export in {trained}: train first (PS and hierarchical jobs export at the end of training)")
+    if output:
+        shutil.copytree(trained, output, dirs_exist_ok=True)
+    return path

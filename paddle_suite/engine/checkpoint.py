@@ -9,31 +9,13 @@ never leaves a half-written checkpoint that ``resume: auto`` would pick up.
 import os
 import pickle
 import random
-import re
 import shutil
 
 import numpy as np
 import paddle
 
-from paddle_suite.engine.run import BEST_METRICS_FILE, CHECKPOINTS, Run, write_json
+from paddle_suite.engine.run import BEST_METRICS_FILE, MODEL_FILE, Run, list_checkpoints, write_json
 from paddle_suite.io import atomic_directory
-
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-MODEL_FILE = "model.pdparams"
-
-
-def list_checkpoints(run_directory):
-    """Checkpoint directories of a run, oldest first."""
-    root = os.path.join(run_directory, CHECKPOINTS)
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        match = _STEP_DIR.match(name)
-        if match and os.path.isfile(os.path.join(root, name, "trainer.pkl")):
-            found.append((int(match.group(1)), os.path.join(root, name)))
-    return [path for _, path in sorted(found)]
-
 
 def rng_state():
     return {"python": random.getstate(), "numpy": np.random.get_state(), "paddle": paddle.get_rng_state()}

@@ -104,13 +104,20 @@ def parameter_groups(opt_cfg, named):
 
 
 def build_optimizer(opt_cfg, parameters, total_steps):
-    """Return ``(optimizer, scheduler_or_None)``; ``parameters`` is a Layer (names for the groups) or
-    an iterable of parameters."""
+    """Return ``(optimizer, scheduler_or_None)``; ``parameters`` is a Layer (names for the groups),
+    an iterable of parameters, or None for a static program (all of its trainable parameters)."""
     lr = build_scheduler(opt_cfg, total_steps)
     clip = paddle.nn.ClipGradByGlobalNorm(opt_cfg["grad_clip"]) if opt_cfg["grad_clip"] > 0 else None
-    named = _named(parameters)
-    groups = parameter_groups(opt_cfg, named)
-    common = dict(learning_rate=lr, parameters=groups or [p for _, p in named], grad_clip=clip)
+    if parameters is None:  # a static program: paddle optimises all its trainable parameters
+        if opt_cfg.get("param_groups") or opt_cfg.get("no_weight_decay"):
+            raise ConfigError("Optimizer.param_groups / no_weight_decay need a dygraph model; "
+                              "this task builds a static program (remove them)")
+        named, groups = None, None
+    else:
+        named = _named(parameters)
+        groups = parameter_groups(opt_cfg, named)
+    common = dict(learning_rate=lr, parameters=groups or (None if named is None else [p for _, p in named]),
+                  grad_clip=clip)
     # with groups each one carries its decay; the optimizer's own would apply to the groups without one
     wd = None if groups else (opt_cfg["weight_decay"] or None)
     name = opt_cfg["name"]

@@ -17,6 +17,7 @@ paths themselves.
 import json
 import logging
 import os
+import re
 
 import yaml
 
@@ -30,6 +31,23 @@ BEST = "best"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 BEST_METRICS_FILE = "metrics.json"
+
+
+MODEL_FILE = "model.pdparams"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def list_checkpoints(run_directory):
+    """The ``checkpoints/step_N`` directories of a run (complete ones: with ``trainer.pkl``), oldest first."""
+    root = os.path.join(run_directory, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        match = _STEP_DIR.match(name)
+        if match and os.path.isfile(os.path.join(root, name, "trainer.pkl")):
+            found.append((int(match.group(1)), os.path.join(root, name)))
+    return [path for _, path in sorted(found)]
 
 
 class RunError(FileNotFoundError):
@@ -94,9 +112,7 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
     def latest_checkpoint(self):
         """The newest ``checkpoints/step_N`` directory, or None."""
-        from paddle_suite.engine import checkpoint as ckpt
-
-        return (ckpt.list_checkpoints(self.dir) or [None])[-1]
+        return (list_checkpoints(self.dir) or [None])[-1]
 
     def resolve_checkpoint(self, spec=None, latest=None, has_model=None):
         """A checkpoint path from ``spec``: a path, ``"best"``, ``"latest"``, or None.
@@ -106,10 +122,8 @@ class Run:
         ``has_model(path)`` tells whether a directory holds weights; dense tasks get both from
         ``engine.checkpoint``. Raises ``RunError`` naming what was tried.
         """
-        from paddle_suite.engine import checkpoint as ckpt
-
         latest = latest or self.latest_checkpoint
-        has_model = has_model or (lambda path: os.path.isfile(os.path.join(path, ckpt.MODEL_FILE)))
+        has_model = has_model or (lambda path: os.path.isfile(os.path.join(path, MODEL_FILE)))
         spec = spec or self.config["Global"].get("checkpoint")
         if spec == "latest":
             found = latest()

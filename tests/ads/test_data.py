@@ -244,3 +244,116 @@ def test_slot_trailing_spaces_and_check_cli(tmp_path, ctr_dir, capsys):
         assert np.array_equal(a, b)
     ctr.main(["--check", str(padded)])
     assert "format slot, 3 rows, 0 skipped" in capsys.readouterr().out
+
+
+def test_empty_and_example_free_files_are_errors(tmp_path, ctr_dir, good_tsv_lines):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(ctr.DataError, match=r"empty.txt is empty"):
+        ctr.read_ctr(empty)
+    with pytest.raises(ctr.DataError, match=r"empty.txt is empty"):
+        ctr.read_ctr(empty, fmt="criteo_tsv")
+    gz = tmp_path / "empty.txt.gz"
+    with gzip.open(gz, "wb"):
+        pass
+    with pytest.raises(ctr.DataError, match=r"empty.txt.gz is empty"):
+        ctr.read_ctr(gz)
+    header = _write(tmp_path, "header.csv", [ctr.CSV_HEADER])
+    with pytest.raises(ctr.DataError, match=r"no examples in .*header.csv: it has only the CSV header"):
+        ctr.read_ctr(header)
+    skipped_all = _write(tmp_path, "all_bad.tsv", ["7" + line[1:] for line in good_tsv_lines])
+    with pytest.raises(ctr.DataError, match=r"no examples in .*all_bad.tsv: all 5 line\(s\) are malformed, "
+                                            r"e.g. .*all_bad.tsv:1: label must be 0 or 1"):
+        ctr.read_ctr(skipped_all, skip_malformed=True)
+
+
+def test_files_reader_counts_skipped_lines_per_file(tmp_path, good_tsv_lines):
+    lines = list(good_tsv_lines)
+    lines[1] = lines[1] + "\textra"
+    bad = _write(tmp_path, "bad.tsv", lines)
+    clean = _write(tmp_path, "clean.tsv", good_tsv_lines)
+    stream = ctr.CtrFilesReader([str(clean), str(bad)], skip_malformed=True)
+    sizes = [len(b) for b in stream.batches(3)]
+    assert sizes == [3, 2, 3, 1]  # batches do not span files
+    assert stream.skipped_per_file == {str(clean): 0, str(bad): 1}
+    assert stream.num_skipped == 1 and stream.num_rows == 9
+    with pytest.raises(ctr.DataError, match=r"bad.tsv:2: expected 40 tab-separated fields"):
+        list(ctr.CtrFilesReader([str(clean), str(bad)]).batches(3))
+
+
+def _pipe(args, stdin, status_dir=None):
+    command = [sys.executable, "-m", "paddle_suite.ads.data", "--pipe", *args]
+    if status_dir:
+        command += ["--status-dir", str(status_dir)]
+    return subprocess.run(command, stdin=stdin, capture_output=True, timeout=120)
+
+
+def test_pipe_names_the_file_and_line_and_reports_status(tmp_path, good_tsv_lines):
+    lines = list(good_tsv_lines)
+    lines[3] = "7" + lines[3][1:]
+    bad = _write(tmp_path, "bad.tsv", lines)
+    status = tmp_path / "status"
+    with open(bad, "rb") as stdin:  # as Paddle runs it: ( CMD ) < "FILE"
+        out = _pipe([], stdin, status)
+    assert out.returncode == 1
+    assert out.stderr.decode().strip().splitlines()[-1] == (
+        f"error: {bad}:4: label must be 0 or 1, got '7' (format criteo_tsv). Fix or remove the line, or set "
+        "DataLoader.skip_malformed=true to count and skip malformed lines.")
+    with pytest.raises(ctr.DataError, match=rf"{bad}:4: label must be 0 or 1"):
+        ctr.collect_pipe_status(status, [bad])
+    assert not list(status.iterdir())  # consumed
+    # a pipe (cat FILE | ...) has no file behind stdin: --source names it
+    cat = subprocess.Popen(["cat", str(bad)], stdout=subprocess.PIPE)
+    out = _pipe(["--source", "data/bad.tsv"], cat.stdout)
+    cat.wait()
+    assert out.returncode == 1 and "error: data/bad.tsv:4: label must be 0 or 1" in out.stderr.decode()
+    # skipping: counted per file and reported to the trainer
+    with open(bad, "rb") as stdin:
+        out = _pipe(["--skip-malformed"], stdin, status)
+    assert out.returncode == 0 and len(out.stdout.decode().splitlines()) == 4
+    assert ctr.collect_pipe_status(status, [bad]) == {"rows": 4, "skipped": 1, "skipped_per_file": {str(bad): 1}}
+    with pytest.raises(ctr.DataError, match=r"clean.tsv: the dataset pipe command wrote no status"):
+        ctr.collect_pipe_status(status, [tmp_path / "clean.tsv"])
+
+
+def test_pipe_empty_and_header_only_inputs_fail(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    header = _write(tmp_path, "header.csv", [ctr.CSV_HEADER])
+    for path, message in ((empty, f"{empty} is empty"), (header, f"no examples in {header}")):
+        with open(path, "rb") as stdin:
+            out = _pipe([], stdin)
+        assert out.returncode == 1 and f"error: {message}" in out.stderr.decode()
+        assert out.stdout == b""
+
+
+@pytest.mark.slow
+def test_inmemory_dataset_pipe_failure_names_the_gz_file(tmp_path, good_tsv_lines):
+    """Paddle's dataset ignores the pipe's exit status and loads nothing from the failed file;
+    the status records name the file (here .gz: stdin is zcat's pipe) so the trainer can fail."""
+    lines = list(good_tsv_lines)
+    lines[3] = "7" + lines[3][1:]
+    bad = tmp_path / "bad.tsv.gz"
+    bad.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    good = _write(tmp_path, "good.tsv", good_tsv_lines)
+    status = tmp_path / "status"
+    code = f"""
+import sys, paddle_suite, paddle
+from paddle_suite.ads import data
+paddle.enable_static()
+click = paddle.static.data("click", [-1, 1], "int64")
+dense = paddle.static.data("dense_feature", [-1, 13], "float32")
+sparse = [paddle.static.data(f"C{{i}}", [-1, 1], "int64", lod_level=1) for i in range(1, 27)]
+dataset = paddle.distributed.InMemoryDataset()
+dataset.init(batch_size=4, thread_num=1, use_var=[click, dense] + sparse,
+             pipe_command=sys.executable + " -m paddle_suite.ads.data --pipe --status-dir {status}")
+files = [{str(good)!r}, {str(bad)!r}]
+dataset.set_filelist(files)
+dataset.load_into_memory()
+print("SIZE", dataset.get_memory_data_size())
+data.collect_pipe_status({str(status)!r}, files)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert "SIZE 5" in out.stdout  # the bad file loaded nothing, and Paddle went on
+    assert out.returncode == 1
+    assert f"CtrDataError: {bad}:4: label must be 0 or 1" in out.stderr

@@ -162,8 +162,9 @@ def test_delta_filter_and_sparse_chain_lookup(tmp_path):
 
 def test_local_mode_resumes_after_restart(tmp_path, capsys):
     """Without a Fleet role the async config runs locally; a new process continues after the last pass."""
-    from paddle_suite.ads.fleet_ps import PSTrainer, read_latest
+    from paddle_suite.ads.fleet_ps import PSTrainer, latest_checkpoint
     from paddle_suite.config import load_config
+    from paddle_suite.engine.run import Run
 
     train, _, _ = _planted(tmp_path, rows=3 * 8192, vocab=3000)
     overrides = [f"DataLoader.train_files=[{train}]", f"Global.output_dir={tmp_path / 'out'}",
@@ -171,8 +172,9 @@ def test_local_mode_resumes_after_restart(tmp_path, capsys):
     first = PSTrainer(load_config(CONFIG, overrides + ["PS.max_passes=2"]))
     assert first.mode == "local"
     first.run()
-    run_dir = str(tmp_path / "out" / "ctr_dnn_ps")
-    assert read_latest(run_dir)["pass"] == 1
+    run = Run(first.config)
+    run_dir = run.dir
+    assert latest_checkpoint(run.checkpoints_dir)["pass"] == 1
     capsys.readouterr()
     PSTrainer(load_config(CONFIG, overrides)).run()
     assert "resumed from pass-00001 (pass 1)" in capsys.readouterr().out
@@ -180,9 +182,9 @@ def test_local_mode_resumes_after_restart(tmp_path, capsys):
     assert [m["pass"] for m in passes] == [0, 1, 2]
     # the restored model keeps its quality: pass 2 starts from the trained tables, not from scratch
     assert passes[2]["auc"] > passes[0]["auc"] + 0.1, passes
-    assert read_latest(run_dir)["kind"] == "full"
+    assert latest_checkpoint(run.checkpoints_dir)["kind"] == "full"
     # re-export from the newest local checkpoint
-    from paddle_suite.ads.fleet_ps import export_run
+    from paddle_suite.ads.task import export_run
 
     exported = export_run(load_config(CONFIG, overrides), str(tmp_path / "reexport"))
     assert os.path.isfile(os.path.join(exported, "body.pdmodel"))
@@ -196,7 +198,7 @@ def _metrics(run_dir):
 
 @pytest.mark.slow
 def test_async_two_servers_two_workers_learn_checkpoint_and_resume(tmp_path):
-    from paddle_suite.ads.fleet_ps import evaluate_run
+    from paddle_suite.ads.task import evaluate_run
     from paddle_suite.config import load_config
 
     train, test, meta = _planted(tmp_path, rows=3 * 12288)

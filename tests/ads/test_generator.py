@@ -123,3 +123,66 @@ def test_cli_prints_bayes_auc(tmp_path, capsys):
     assert meta["vocab"] == [1000] * 26 and meta["zipf"] == [1.3] * 26
     with pytest.raises(ValueError, match="26"):
         gen.CtrSpec(10, vocab=[5, 6])
+
+
+def test_bias_solved_without_scipy():
+    """The click rate is calibrated by bisection (no scipy: it can crash when loaded after paddle)."""
+    assert gen.solve_increasing(lambda x: x ** 3, 8.0, -30.0, 30.0) == pytest.approx(2.0, abs=1e-9)
+    with pytest.raises(ValueError, match="no solution"):
+        gen.solve_increasing(lambda x: x, 40.0, -30.0, 30.0)
+    spec = small_spec(10, ctr=0.1)
+    pilot = gen.sample_chunk(spec, 0, 50_000, rng=np.random.default_rng([3, 2]))  # the calibration sample
+    assert np.mean(1 / (1 + np.exp(-pilot["logit"]))) == pytest.approx(0.1, abs=1e-9)
+
+
+def temporal_spec(hot_fraction, drift, rows=100_000, pass_rows=20_000):
+    # id-like long tail (large vocabulary, Zipf < 1): without the hot set few keys recur
+    return gen.CtrSpec(rows, vocab=10 ** 6, zipf=0.75, seed=4, cat_missing=0.02, hot_fraction=hot_fraction,
+                       hot_set_size=3_000, drift_per_pass=drift, pass_rows=pass_rows)
+
+
+def test_hot_set_drifts_by_the_given_share():
+    spec = temporal_spec(0.5, 0.15)
+    positions = np.arange(spec.hot_size(0))
+    members = np.stack([gen.hot_ranks(spec, 0, p, positions) for p in range(8)])
+    changed = (members[1:] != members[:-1]).mean(axis=1)
+    # each position changes at a rate of d per pass: the share per pass is d up to sampling noise of u_j
+    assert changed.mean() == pytest.approx(0.15, abs=0.01)
+    assert np.all(np.abs(changed - 0.15) < 0.03)
+    assert members.min() >= 1 and members.max() <= 10 ** 6
+    assert np.array_equal(gen.hot_ranks(temporal_spec(0.5, 0.0), 3, 0, positions),
+                          gen.hot_ranks(temporal_spec(0.5, 0.0), 3, 9, positions))  # no drift: a fixed hot set
+    full = temporal_spec(0.5, 1.0)  # drift 1: every member replaced every pass
+    assert (gen.hot_ranks(full, 0, 0, positions) != gen.hot_ranks(full, 0, 1, positions)).all()
+
+
+@pytest.mark.parametrize("hot_fraction, drift", [(0.0, 0.1), (0.6, 0.1), (0.6, 0.5), (0.9, 0.0)])
+def test_measured_pass_reuse_matches_the_model(hot_fraction, drift):
+    """Share of a pass's key occurrences that occurred in the previous pass, measured on the
+    generated rows, against the value the parameters imply (``expected_reuse``)."""
+    spec = temporal_spec(hot_fraction, drift)
+    chunk = gen.sample_chunk(spec, 0, spec.rows)
+    for slot in (0, 11):
+        ranks = chunk["ranks"][:, slot].reshape(-1, spec.pass_rows)
+        measured = [np.isin(ranks[p], ranks[p - 1]).mean() for p in range(1, len(ranks))]
+        expected = [gen.expected_reuse(spec, slot, p) for p in range(1, len(ranks))]
+        np.testing.assert_allclose(measured, expected, atol=0.01)
+    # the model's point: the hot set, not the tail, makes keys recur
+    if hot_fraction == 0:
+        assert max(expected) < 0.25
+    else:
+        assert min(expected) > hot_fraction * (1 - drift) * 0.9
+
+
+def test_track_reuse_in_meta_and_stationary_stream_unchanged(tmp_path):
+    stationary = gen.generate(temporal_spec(0.0, 0.1, rows=40_000), tmp_path / "a.txt", progress=False,
+                              track_reuse=True)
+    hot = gen.generate(temporal_spec(0.8, 0.1, rows=40_000), tmp_path / "b.txt", progress=False, track_reuse=True)
+    assert [p["pass"] for p in hot["reuse"]["reuse_per_pass"]] == [0, 1]
+    assert hot["reuse"]["mean_seen_previous_pass"] > stationary["reuse"]["mean_seen_previous_pass"] + 0.3
+    assert hot["reuse"]["mean_new"] < stationary["reuse"]["mean_new"] - 0.3
+    assert hot["hot_fraction"] == 0.8 and hot["drift_per_pass"] == 0.1 and hot["pass_rows"] == 20_000
+    # hot_fraction 0 draws nothing extra: the rows are those of a spec without temporal parameters
+    plain = gen.CtrSpec(40_000, vocab=10 ** 6, zipf=0.75, seed=4, cat_missing=0.02)
+    gen.generate(plain, tmp_path / "c.txt", progress=False)
+    assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "c.txt").read_bytes()

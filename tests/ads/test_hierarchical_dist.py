@@ -232,16 +232,19 @@ def _final_state(out, train, test):
 
 @pytest.mark.slow
 def test_two_servers_two_workers_learn_and_resume_after_kill_9(tmp_path):
-    from paddle_suite.ads.fleet_ps import evaluate_run
     from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+    from paddle_suite.ads.task import evaluate_run
 
     train, test, meta = _planted(tmp_path, rows=PASSES * PASS_SIZE)
 
     # 1. the S=2/W=2 job learns, about as well as one process on the same data
     _run_job(_job(train, test, tmp_path / "ref", tmp_path / "ref_logs"))
     ref_run = tmp_path / "ref" / "ctr_hierarchical"
-    passes = [json.loads(line)["pass"] for line in open(ref_run / "metrics.jsonl")]
-    assert passes == list(range(PASSES))
+    records = [json.loads(line) for line in open(ref_run / "metrics.jsonl")]
+    assert [r["pass"] for r in records] == list(range(PASSES))
+    # worker 0 logs metrics over both workers' batches (each trained half of every pass)
+    assert [(r["examples"], r["workers_in_metrics"]) for r in records] == [(PASS_SIZE, 2)] * PASSES
+    assert records[-1]["auc"] > 0.75 and not os.listdir(ref_run / "pass_scores")
     dist = evaluate_run(_config(_overrides(train, test, tmp_path / "ref")))
     single_config = _config(_overrides(train, test, tmp_path / "single"))
     HierarchicalTrainer(single_config).train()

@@ -36,8 +36,8 @@ def _config(overrides):
 @pytest.mark.parametrize("shards", [1, 2])
 def test_pass_training_learns_and_evaluates(tmp_path, shards):
     """shards=2: the key-hash sharded store (what S servers would own), in one process."""
-    from paddle_suite.ads.fleet_ps import evaluate_run
     from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+    from paddle_suite.ads.task import evaluate_run
 
     train, test, meta = _planted(tmp_path, rows=4 * 8192)
     config = _config(_overrides(tmp_path, train, test, tmp_path / "out", [f"Store.num_shards={shards}"]))
@@ -54,7 +54,113 @@ def test_pass_training_learns_and_evaluates(tmp_path, shards):
     assert 0.75 < result["auc"] < meta["bayes_auc"] + 0.02, (result, meta["bayes_auc"])
     # commit protocol bookkeeping: dense checkpoints exist only for committed passes
     dense = sorted(os.listdir(run_dir / "dense"))
-    assert dense == ["pass-00002.pdparams", "pass-00003.pdparams"]
+    assert dense == ["pass-00002.npz", "pass-00003.npz"]
+
+
+def _vdl_scalars(run_dir, tag):
+    import glob
+
+    from visualdl import LogReader
+
+    (path,) = glob.glob(os.path.join(run_dir, "vdl", "vdlrecords*"))
+    return [(record.id, record.value) for record in LogReader(file_path=path).get_data("scalar", tag)]
+
+
+def test_pass_metrics_and_skipped_lines_reach_the_run_sink(tmp_path):
+    """Pass metrics go through the engine's MetricsSink (metrics.jsonl prefix 'pass' and VisualDL
+    'pass/*'); with DataLoader.skip_malformed the skipped lines are counted there, not only logged."""
+    from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+    from paddle_suite.engine.run import read_metrics
+
+    train, test, _ = _planted(tmp_path, rows=2 * 8192, vocab=3000)
+    lines = open(train).read().splitlines(keepends=True)
+    bad = ["not a criteo line\n", "1\tx\n", "\t\t\n"]
+    # two bad lines in pass 0's data, one after the last good line: the file is one 8 MiB reader
+    # block, so every pass counts all three (the count is cumulative, per block read)
+    with open(train, "w") as handle:
+        handle.writelines(lines[:100] + bad[:2] + lines[100:] + bad[2:])
+    config = _config(_overrides(tmp_path, train, test, tmp_path / "out", ["DataLoader.skip_malformed=true"]))
+    HierarchicalTrainer(config).train()
+    run_dir = str(tmp_path / "out" / "ctr_hierarchical")
+    records = read_metrics(run_dir, "pass")
+    assert [r["step"] for r in records] == [r["pass"] for r in records] == [0, 1]
+    assert [r["skipped_lines"] for r in records] == [3, 3]
+    assert sum(r["examples"] for r in records) == 2 * 8192
+    assert _vdl_scalars(run_dir, "pass/skipped_lines") == [(0, 3.0), (1, 3.0)]
+    assert [round(v, 5) for _, v in _vdl_scalars(run_dir, "pass/auc")] == [round(r["auc"], 5) for r in records]
+    assert os.path.isfile(os.path.join(run_dir, "config.yaml"))  # the run's config snapshot
+
+
+def test_ctr_refuses_global_keys_it_does_not_read(tmp_path):
+    from paddle_suite.ads.task import CtrTask
+    from paddle_suite.config import ConfigError
+
+    CtrTask(_config(_overrides(tmp_path, "x", "y", tmp_path / "out")))  # defaults are fine
+    for key, value, hint in [("max_steps", 5, "PS.max_passes"), ("save_every", 100, "PS.save_every_passes"),
+                             ("amp", "true", "float32"), ("test_split", "test", "DataLoader.test_files"),
+                             ("eval_every", 10, "tools/eval.py"), ("early_stop_patience", 3, "PS.max_passes")]:
+        config = _config(_overrides(tmp_path, "x", "y", tmp_path / "out", [f"Global.{key}={value}"]))
+        with pytest.raises(ConfigError, match=f"Global.{key}=.*not used by Global.task: ctr.*{hint}"):
+            CtrTask(config)
+
+
+def test_evaluate_errors_are_one_clear_line(tmp_path):
+    from paddle_suite.ads.task import evaluate_run
+    from paddle_suite.config import ConfigError
+    from paddle_suite.engine.run import RunError
+
+    config = _config(_overrides(tmp_path, "x", "y", tmp_path / "out", ["DataLoader.test_files=[]"]))
+    with pytest.raises(ConfigError, match="DataLoader.test_files is empty"):
+        evaluate_run(config)
+    config = _config(_overrides(tmp_path, "x", "y", tmp_path / "out"))
+    with pytest.raises(RunError, match="no export in .*train first"):
+        evaluate_run(config)
+
+
+def test_dense_checkpoint_is_plain_arrays(tmp_path):
+    """dense/pass-N.npz round-trips the dense state without pickle."""
+    import paddle_suite.ads.hierarchical_train as ht
+
+    state = {"model": {"linear_0.w_0": np.arange(6, dtype=np.float32).reshape(2, 3)},
+             "optimizer": {"linear_0.w_0_moment1_0": np.ones(3, np.float32), "learning_rate_0": np.float32(0.1)}}
+    path = str(tmp_path / "dense" / "pass-00000.npz")
+    ht.write_dense(path, state)
+    back = ht.read_dense(path)
+    assert back.keys() == state.keys()
+    for group in state:
+        assert back[group].keys() == state[group].keys()
+        for name, value in state[group].items():
+            np.testing.assert_array_equal(back[group][name], value)
+    assert os.listdir(tmp_path / "dense") == ["pass-00000.npz"]  # no temporary file left
+
+
+def test_distributed_pass_metrics_cover_every_worker(tmp_path, caplog):
+    """Worker 0 merges the score files of all workers: exact AUC and loss over every example."""
+    from paddle_suite.ads.common import roc_auc
+    from paddle_suite.ads.hierarchical_train import DistributedTrainer
+
+    config = _config(_overrides(tmp_path, "x", "y", tmp_path / "out"))
+    rng = np.random.default_rng(0)
+    workers = [DistributedTrainer(config, w, 3, []) for w in range(3)]
+    scores = []
+    for worker, n in zip(workers, (500, 300, 0)):  # worker 2 had no batch in the pass
+        labels = rng.integers(0, 2, n).astype(np.int8)
+        logits = (labels * (0.5 + worker.worker_id) + rng.normal(size=n)).astype(np.float32)
+        worker.pass_scores = {"labels": labels, "logits": logits, "loss_sum": 0.25 * n,
+                              "seconds": 1.0 + worker.worker_id}
+        worker._write_scores(7)
+        scores.append((labels, logits))
+    merged = workers[0].job_metrics(7, {"auc": 0.0})
+    labels, logits = (np.concatenate(x) for x in zip(*scores))
+    assert merged["auc"] == pytest.approx(roc_auc(labels, logits), abs=1e-12)
+    assert abs(merged["auc"] - roc_auc(*scores[0])) > 0.01  # not worker 0's own AUC
+    assert merged["examples"] == 800 and merged["loss"] == pytest.approx(0.25)
+    assert merged["examples_per_s"] == pytest.approx(800 / 3.0) and merged["workers_in_metrics"] == 3
+    assert not os.listdir(tmp_path / "out" / "ctr_hierarchical" / "pass_scores")
+    workers[1]._write_scores(8)  # worker 0's and 2's files missing: said, not hidden
+    merged = workers[0].job_metrics(8, {})
+    assert merged["workers_in_metrics"] == 1 and merged["examples"] == 300
+    assert "cover 1 of 3 workers" in caplog.text
 
 
 def test_pass_step_updates_rows_by_the_adagrad_rule(tmp_path):
@@ -153,10 +259,8 @@ def test_batch_rows_dedupes_with_a_reused_scratch():
 
 def _final_state(run_dir, config_overrides):
     """Every stored row of the run (keys of the training data) and the dense parameters."""
-    import paddle
-
     from paddle_suite.ads.data import read_ctr
-    from paddle_suite.ads.hierarchical_train import open_store
+    from paddle_suite.ads.hierarchical_train import open_store, read_dense
 
     config = _config(config_overrides)
     batch, _ = read_ctr(config["DataLoader"]["train_files"][0])
@@ -167,7 +271,7 @@ def _final_state(run_dir, config_overrides):
         last = store.last_pass
     finally:
         store.close()
-    dense = paddle.load(os.path.join(run_dir, "dense", f"pass-{last:05d}.pdparams"))["model"]
+    dense = read_dense(os.path.join(run_dir, "dense", f"pass-{last:05d}.npz"))["model"]
     return last, rows, {k: np.asarray(v) for k, v in dense.items()}
 
 

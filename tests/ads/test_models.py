@@ -21,7 +21,7 @@ def _planted(tmp_path, rows=61440, test_rows=8000, vocab=3000):
 def test_archs_registered_with_config_keys():
     from paddle_suite.config import arch_schema
 
-    for name in ("CtrDNN", "DeepFM"):
+    for name in ("CtrDNN", "DeepFM", "WideDeep"):
         assert set(arch_schema(name)) == {"name", "emb_dim", "hidden_sizes"}
         body = ARCHS.get(name)(num_slots=26, num_dense=13, emb_dim=4, hidden_sizes=[8])
         assert body.sparse_dim == (4 if name == "CtrDNN" else 5)
@@ -40,6 +40,35 @@ def test_deepfm_pairwise_term_matches_explicit_sum():
     flat = np.concatenate([vec.reshape(7, -1), dense], axis=1)
     deep = body.mlp(paddle.to_tensor(flat)).numpy()[:, 0]
     np.testing.assert_allclose(out[:, 0], first + pairwise + deep, rtol=1e-5, atol=1e-5)
+
+
+def test_wide_deep_is_a_linear_model_plus_the_dnn_tower():
+    paddle.disable_static()
+    paddle.seed(0)
+    body = models.wide_deep(num_slots=5, num_dense=3, emb_dim=4, hidden_sizes=[6])
+    emb = np.random.default_rng(0).normal(size=(7, 5, 5)).astype(np.float32)
+    dense = np.random.default_rng(1).normal(size=(7, 3)).astype(np.float32)
+    out = body(paddle.to_tensor(emb), paddle.to_tensor(dense)).numpy()[:, 0]
+    w = body.dense_linear.weight.numpy()[:, 0]
+    wide = emb[:, :, 4].sum(1) + dense @ w + body.dense_linear.bias.numpy()[0]
+    deep = body.mlp(paddle.to_tensor(np.concatenate([emb[:, :, :4].reshape(7, -1), dense], axis=1))).numpy()[:, 0]
+    np.testing.assert_allclose(out, wide + deep, rtol=1e-5, atol=1e-5)
+    # the wide weight of a key moves the logit by exactly that weight (no interaction)
+    bumped = emb.copy()
+    bumped[:, 2, 4] += 1.5
+    np.testing.assert_allclose(body(paddle.to_tensor(bumped), paddle.to_tensor(dense)).numpy()[:, 0], out + 1.5,
+                               rtol=1e-5, atol=1e-5)
+    # and the deep part sees only the first emb_dim columns
+    assert body.mlp[0].weight.shape == [5 * 4 + 3, 6]
+
+
+def test_wide_deep_config():
+    from paddle_suite.config import load_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "wide_deep_ps.yaml")
+    config = load_config(root, [])
+    assert config["Arch"]["name"] == "WideDeep" and config["Global"]["task"] == "ctr"
+    assert config["PS"]["mode"] == "async" and config["DataLoader"]["batch_size"] == 512
 
 
 def test_dnn_body_same_in_static_and_dygraph():
@@ -72,9 +101,10 @@ def test_dnn_body_same_in_static_and_dygraph():
     np.testing.assert_allclose(static, dynamic, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["CtrDNN", "DeepFM"])
+@pytest.mark.parametrize("arch", ["CtrDNN", "DeepFM", "WideDeep"])
 def test_local_static_training_learns_planted_model(tmp_path, arch):
-    from paddle_suite.ads.fleet_ps import PSTrainer, evaluate_run
+    from paddle_suite.ads.fleet_ps import PSTrainer
+    from paddle_suite.ads.task import evaluate_run
     from paddle_suite.config import load_config
 
     train, test, meta = _planted(tmp_path)
@@ -101,7 +131,8 @@ def test_local_program_reads_distinct_keys_like_a_per_key_lookup(tmp_path):
     its predictions must equal the exported body run on the table row of every (example, slot)
     key, and the step must change exactly the rows of the batch's keys."""
     from paddle_suite.ads.data import CtrBatch
-    from paddle_suite.ads.fleet_ps import ExportedBody, export_body, local_session
+    from paddle_suite.ads.common import ExportedBody, export_body
+    from paddle_suite.ads.fleet_ps import local_session
     from paddle_suite.config import load_config
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ctr_dnn_ps.yaml")
@@ -143,7 +174,8 @@ def test_local_program_fast_paths_keep_the_math():
     ``merged_adam`` for the dense parameters next to the table's lazy Adam) must train exactly as
     the plain program does: one Adam op per parameter, default kernels."""
     from paddle_suite.ads.data import CtrBatch
-    from paddle_suite.ads.fleet_ps import CtrStaticProgram, build_body, local_session
+    from paddle_suite.ads.common import build_body
+    from paddle_suite.ads.fleet_ps import CtrStaticProgram, local_session
     from paddle_suite.config import load_config
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ctr_dnn_ps.yaml")
@@ -177,3 +209,22 @@ def test_local_program_fast_paths_keep_the_math():
     assert fast_losses[-1] < fast_losses[0]
     np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-4)
     np.testing.assert_allclose(fast_table, plain_table, rtol=1e-4, atol=1e-6)
+
+
+def test_wide_deep_trains_in_the_hierarchical_pass_mode(tmp_path):
+    """The same body in the HBM / MEM / SSD pass step (rows of emb_dim + 1 columns through the store)."""
+    from paddle_suite.ads.task import evaluate_run
+    from paddle_suite.ads.hierarchical_train import HierarchicalTrainer
+    from paddle_suite.config import load_config
+
+    train, test, meta = _planted(tmp_path, rows=4 * 8192)
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "wide_deep_ps.yaml")
+    config = load_config(root, [
+        f"DataLoader.train_files=[{train}]", f"DataLoader.test_files=[{test}]", f"Global.output_dir={tmp_path / 'out'}",
+        "DataLoader.pass_size=8192", "Arch.emb_dim=8", "Arch.hidden_sizes=[64,32]", "PS.mode=hierarchical",
+        "PS.sparse_lr=0.05", "Store.mem_cap_mb=2",
+    ])
+    last = HierarchicalTrainer(config).train()
+    assert last["pass"] == 3
+    result = evaluate_run(config)
+    assert 0.75 < result["auc"] < meta["bayes_auc"] + 0.02, (result, meta["bayes_auc"])

@@ -64,6 +64,7 @@ def legitimate_pass(endpoints, shards, threads, errors):
     rng = np.random.default_rng(1)
     deltas = [rng.normal(size=(m.size, DIM + STATE)).astype(np.float32) for m in MINE]
     results, failures = [None, None], []
+    committed = threading.Barrier(2, timeout=60)  # worker 1's commit returns before worker 0 finishes the shards
 
     def work(w):
         try:
@@ -73,6 +74,7 @@ def legitimate_pass(endpoints, shards, threads, errors):
             ws.rows += deltas[w]
             average = store.commit_pass(ws, 0, dense={"model": {"w": np.full(3, float(w), np.float32)},
                                                       "optimizer": {"step": np.array([7 + w], np.int64)}})
+            committed.wait()
             results[w] = (store.read_rows(KEYS), average)
             store.close()
         except Exception as error:
