@@ -229,3 +229,20 @@ def test_logician_loss_weights_the_named_terms():
     assert LOSSES.get("logician")({"nll_weight": 2.0, "coverage_weight": 0.0})({"nll": 2.0, "coverage": 3.0}) == 4.0
     with pytest.raises(ConfigError, match="Loss.nll_weight must be > 0"):
         LOSSES.get("logician")({"nll_weight": 0.0, "coverage_weight": 1.0})
+
+
+def test_a_malformed_data_line_stops_the_cli_with_its_position(tmp_path, capsys):
+    from paddle_suite.cli import train
+
+    folder = tmp_path / "tsv"
+    folder.mkdir()
+    good = "John lives in Paris .\tlives\tlives in\tJohn\tParis\n"
+    (folder / "train.oie").write_text(good + "A broken line\tonly\n")
+    (folder / "dev.oie").write_text(good)
+    (folder / "test.oie").write_text(good)
+    config = write_config(tmp_path, base="logician_oie2016.yaml",
+                          DataLoader={"dataset": "oie_tsv", "data_path": str(folder), "train_subset": 0})
+    with pytest.raises(SystemExit) as stop:
+        train(["-c", str(config), "--no-progress"])
+    assert stop.value.code == 2
+    assert f"{folder / 'train.oie'}:2: 2 tab-separated fields" in capsys.readouterr().err
