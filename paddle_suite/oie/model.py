@@ -26,11 +26,18 @@ Architecture, with the readings we chose where the paper leaves details open:
   The training loss is ``-log`` of the probability of every action that spells the gold token
   (its keyword, or every source position holding that word) plus ``coverage_weight`` times the
   coverage loss, averaged over real target steps.
+- **No copy** (``copy: false``, the ablation and the plain seq2seq): words are generated from the
+  source vocabulary instead, ``P = softmax(W_g [s_t; ctx_t])`` over keywords + vocabulary words,
+  with the same target actions (a word the sentence lacks is ``<unk>`` in both modes, so both
+  learn the same sequences); a word outside the training vocabulary can then only be ``<unk>``.
+  The plain attention seq2seq is ``copy: false, coverage: false, graph: none``.
 - **Beam search** keeps only continuations the fact grammar allows
   (:class:`paddle_suite.oie.tokens.FactGrammar`), so every finished hypothesis is a sequence of
   well-formed facts; a word's copy probability is summed over its positions (one action per
   distinct word); it stops when ``beam_size`` hypotheses have finished, ranked by
-  log-probability divided by ``length ** length_penalty``.
+  log-probability divided by ``length ** length_penalty``. Sentences are decoded in batches
+  (:meth:`Logician.beam_search_batch`): every live hypothesis of every sentence is one row of one
+  decoder step, so the per-step cost of paddle's ops is shared by the whole batch.
 
 The decoder loops over target steps in Python, batched over sentences: coverage and the
 dependency path make step t depend on step t-1's attention, so the steps cannot be fused.
@@ -74,16 +81,18 @@ def coverage_loss(attention, coverage):
 @ARCHS.register("Logician")
 class Logician(nn.Layer):
     """Arch keys: ``vocab_size`` (from the data), ``embedding_dim``, ``hidden_size``, ``rnn`` (gru|lstm),
-    ``graph`` (auto|dependency|adjacency|none), ``coverage``, ``dropout``."""
+    ``graph`` (auto|dependency|adjacency|none), ``coverage``, ``copy`` (restricted copy, else
+    generation from the vocabulary), ``dropout``."""
 
     def __init__(self, vocab_size, embedding_dim=128, hidden_size=256, rnn="gru", graph="auto",
-                 coverage=True, dropout=0.1):
+                 coverage=True, copy=True, dropout=0.1):
         super().__init__()
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
         if rnn not in ("gru", "lstm"):
             raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
-        self.graph, self.use_coverage = graph, coverage
+        self.graph, self.use_coverage, self.use_copy = graph, coverage, copy
+        self.vocab_size = vocab_size
         self.word_embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.keyword_embedding = nn.Embedding(NUM_KEYWORDS, embedding_dim)
         encoder_cls = nn.GRU if rnn == "gru" else nn.LSTM
@@ -96,12 +105,17 @@ class Logician(nn.Layer):
         self.attn_coverage = nn.Linear(1, hidden_size, bias_attr=False)
         self.attn_v = nn.Linear(hidden_size, 1, bias_attr=False)
         self.dep_gate = nn.Linear(hidden_size + memory, 1)
-        self.keyword_out = nn.Linear(hidden_size + memory, NUM_KEYWORDS)
-        self.copy_gate = nn.Linear(hidden_size + memory + embedding_dim, 1)
+        if copy:
+            self.keyword_out = nn.Linear(hidden_size + memory, NUM_KEYWORDS)
+            self.copy_gate = nn.Linear(hidden_size + memory + embedding_dim, 1)
+        else:  # keywords and vocabulary words from one softmax
+            self.generator = nn.Linear(hidden_size + memory, NUM_KEYWORDS + vocab_size)
         self.dropout = nn.Dropout(dropout)
-        # Never emitted: padding and the start symbol.
-        mask = np.zeros([NUM_KEYWORDS], dtype=np.float32)
+        # Never emitted: padding and the start symbol (and the padding word when generating).
+        mask = np.zeros([NUM_KEYWORDS if copy else NUM_KEYWORDS + vocab_size], dtype=np.float32)
         mask[[KEYWORD_ID[PAD], KEYWORD_ID[BOS]]] = NEG_INF
+        if not copy:
+            mask[NUM_KEYWORDS] = NEG_INF
         self.register_buffer("keyword_mask", paddle.to_tensor(mask), persistable=False)
 
     # ------------------------------------------------------------------ pieces
@@ -126,7 +140,8 @@ class Logician(nn.Layer):
         }
 
     def step(self, input_emb, hidden, state, memory, memory_proj, src_mask, graph):
-        """One decoder step -> (output distribution (B, K+L), new hidden, new state, coverage loss (B,))."""
+        """One decoder step -> (output distribution (B, K+L), or (B, K+V) without copy, new hidden,
+        new state, coverage loss (B,))."""
         hidden, _ = self.decoder(paddle.concat([input_emb, state["context"]], axis=-1), hidden)
         coverage = state["coverage"]
         score = self.attn_memory_score(memory_proj, hidden, coverage)
@@ -138,9 +153,12 @@ class Logician(nn.Layer):
             attention = gate * attention + (1.0 - gate) * moved
         context = paddle.bmm(attention.unsqueeze(1), memory).squeeze(1)
         features = paddle.concat([hidden, context], axis=-1)
-        keyword_probs = F.softmax(self.keyword_out(self.dropout(features)) + self.keyword_mask, axis=-1)
-        p_keyword = F.sigmoid(self.copy_gate(paddle.concat([features, input_emb], axis=-1)))
-        distribution = paddle.concat([p_keyword * keyword_probs, (1.0 - p_keyword) * attention], axis=-1)
+        if self.use_copy:
+            keyword_probs = F.softmax(self.keyword_out(self.dropout(features)) + self.keyword_mask, axis=-1)
+            p_keyword = F.sigmoid(self.copy_gate(paddle.concat([features, input_emb], axis=-1)))
+            distribution = paddle.concat([p_keyword * keyword_probs, (1.0 - p_keyword) * attention], axis=-1)
+        else:
+            distribution = F.softmax(self.generator(self.dropout(features)) + self.keyword_mask, axis=-1)
         cov_loss = coverage_loss(attention, coverage)
         new_state = {"context": context, "attention": attention,
                      "coverage": coverage + attention if self.use_coverage else coverage}
@@ -148,8 +166,8 @@ class Logician(nn.Layer):
 
     def attn_memory_score(self, memory_proj, hidden, coverage):
         energy = memory_proj + self.attn_state(hidden).unsqueeze(1)
-        if self.use_coverage:
-            energy = energy + self.attn_coverage(coverage.unsqueeze(-1))
+        if self.use_coverage:  # w_c * c_t,i as a broadcast product: a (.., 1) x (1, h) matmul is slower
+            energy = energy + coverage.unsqueeze(-1) * self.attn_coverage.weight[0]
         return self.attn_v(paddle.tanh(energy)).squeeze(-1)
 
     # ------------------------------------------------------------------ training
@@ -168,7 +186,10 @@ class Logician(nn.Layer):
         for t in range(steps):
             distribution, hidden, state, cov_loss = self.step(inputs[:, t], hidden, state, memory, memory_proj,
                                                               src_mask, graph)
-            gold = (distribution * batch["tgt_gold"][:, t]).sum(axis=-1)
+            if self.use_copy:
+                gold = (distribution * batch["tgt_gold"][:, t]).sum(axis=-1)
+            else:
+                gold = paddle.take_along_axis(distribution, batch["tgt_index"][:, t:t + 1], axis=1).squeeze(-1)
             nll.append(-paddle.log(paddle.clip(gold, min=1e-12)))
             cov.append(cov_loss)
         mask = batch["tgt_mask"]
@@ -183,85 +204,143 @@ class Logician(nn.Layer):
     def beam_search(self, src_ids, graph, tokens=None, beam_size=4, max_steps=60, length_penalty=1.0):
         """Best grammatical action sequence for one sentence (``src_ids``: its word ids; ``tokens``:
         its tokens, so repeated words are merged; without them equal ids are merged)."""
-        length = len(src_ids)
-        keys = tokens if tokens is not None else src_ids
-        if len(keys) != length:
-            raise ValueError(f"{len(keys)} tokens for {length} word ids")
-        first_of = {}
-        first_position = np.asarray([first_of.setdefault(key, i) for i, key in enumerate(keys)])
-        is_first = first_position == np.arange(length)
-        ids = paddle.to_tensor(np.asarray([src_ids], dtype="int64"))
-        src_mask = paddle.ones([1, length])
-        memory, memory_proj, hidden = self.encode(ids, src_mask)
-        graph_t = paddle.to_tensor(graph[None]) if self.graph != "none" else None
+        return self.beam_search_batch([(src_ids, graph, tokens)], beam_size, max_steps, length_penalty)[0]
+
+    @paddle.no_grad()
+    def beam_search_batch(self, sources, beam_size=4, max_steps=60, length_penalty=1.0):
+        """Best grammatical action sequence per sentence; ``sources`` is a list of ``(src_ids, graph,
+        tokens)``. Actions are ``("kw", keyword id)`` and ``("copy", source position)``; without
+        copy, ``("copy", word id)`` names the vocabulary word generated."""
+        count, width = len(sources), max(len(ids) for ids, _, _ in sources)
+        ids = np.zeros([count, width], dtype="int64")
+        mask = np.zeros([count, width], dtype="float32")
+        graphs = np.zeros([count, width, width], dtype="float32")
+        first_position = np.tile(np.arange(width), (count, 1))  # padding maps to itself (probability 0)
+        for s, (src_ids, graph, tokens) in enumerate(sources):
+            length = len(src_ids)
+            keys = tokens if tokens is not None else src_ids
+            if len(keys) != length:
+                raise ValueError(f"{len(keys)} tokens for {length} word ids")
+            first_of = {}
+            first_position[s, :length] = [first_of.setdefault(key, i) for i, key in enumerate(keys)]
+            ids[s, :length], mask[s, :length] = src_ids, 1.0
+            graphs[s, :length, :length] = graph
+        if self.use_copy:  # one action per distinct word: its first position
+            word_ok = (first_position == np.arange(width)) & (mask > 0)
+        else:  # any vocabulary word but padding
+            word_ok = np.broadcast_to(np.arange(self.vocab_size) > 0, (count, self.vocab_size))
+        src_mask = paddle.to_tensor(mask)
+        memory, memory_proj, hidden = self.encode(paddle.to_tensor(ids), src_mask)
+        graph_t = paddle.to_tensor(graphs) if self.graph != "none" else None
         state = self.init_state(memory, src_mask)
-        grammar = FactGrammar()
-        beams = [([], 0.0, GrammarState())]  # (actions, log-prob, grammar state)
-        last_input = [KEYWORD_ID[BOS]]
-        finished = []
-        src_ids_np = np.asarray(src_ids)
-        for _ in range(max_steps):
-            n = len(beams)
-            expand = paddle.to_tensor(np.zeros(n, dtype="int64"))
-            distribution, hidden, state, _ = self.step(
-                self.embed_inputs(paddle.to_tensor(np.asarray(last_input, dtype="int64"))),
-                hidden, state, paddle.gather(memory, expand), paddle.gather(memory_proj, expand),
-                paddle.gather(src_mask, expand), None if graph_t is None else paddle.gather(graph_t, expand))
-            probs = distribution.numpy()
-            # A word's probability is the sum over every position holding it (as in the loss);
-            # it is credited to its first position and the other positions are closed.
-            merged = np.zeros_like(probs[:, NUM_KEYWORDS:])
-            np.add.at(merged.T, first_position, probs[:, NUM_KEYWORDS:].T)
-            probs[:, NUM_KEYWORDS:] = merged
-            log_probs = np.log(np.maximum(probs, 1e-30))
-            allowed = np.full_like(log_probs, -np.inf)
-            for b, (_, _, gstate) in enumerate(beams):
+        grammar, masks = FactGrammar(), {}
+
+        def keyword_mask(gstate):  # additive mask of the keywords a grammar state allows, cached
+            if gstate not in masks:
                 keywords, copy_ok = grammar.allowed(gstate)
-                allowed[b, keywords] = 0.0
-                if copy_ok:
-                    allowed[b, NUM_KEYWORDS:][is_first] = 0.0
-            scores = (log_probs + allowed) + np.asarray([score for _, score, _ in beams])[:, None]
-            order = np.argsort(-scores, axis=None)[: 2 * beam_size]
-            new_beams, rows, inputs = [], [], []
-            for flat in order:
-                b, j = divmod(int(flat), scores.shape[1])
-                if not np.isfinite(scores[b, j]):
-                    break
-                action = ("kw", j) if j < NUM_KEYWORDS else ("copy", j - NUM_KEYWORDS)
-                actions = beams[b][0] + [action]
-                gstate = grammar.advance(beams[b][2], action)
-                if gstate.phase == "done":
-                    finished.append((actions, float(scores[b, j]) / len(actions) ** length_penalty))
-                    continue
-                new_beams.append((actions, float(scores[b, j]), gstate))
-                rows.append(b)
-                inputs.append(j if j < NUM_KEYWORDS else NUM_KEYWORDS + int(src_ids_np[j - NUM_KEYWORDS]))
-                if len(new_beams) == beam_size:
-                    break
-            if not new_beams or len(finished) >= beam_size:
+                allowed = np.full(NUM_KEYWORDS, -np.inf)
+                allowed[keywords] = 0.0
+                masks[gstate] = allowed, copy_ok
+            return masks[gstate]
+
+        # One row per live hypothesis: (sentence, actions, log-prob, grammar state), grouped by sentence.
+        rows = [(s, [], 0.0, GrammarState()) for s in range(count)]
+        last_input = [KEYWORD_ID[BOS]] * count
+        finished = [[] for _ in range(count)]
+        best_prefix = [[] for _ in range(count)]
+        for _ in range(max_steps):
+            sentence_of = np.asarray([row[0] for row in rows])
+            index = paddle.to_tensor(sentence_of)
+            distribution, hidden, state, _ = self.step(
+                self.embed_inputs(paddle.to_tensor(np.asarray(last_input, dtype="int64"))), hidden, state,
+                paddle.gather(memory, index), paddle.gather(memory_proj, index), paddle.gather(src_mask, index),
+                None if graph_t is None else paddle.gather(graph_t, index))
+            probs = distribution.numpy()
+            if self.use_copy:
+                # A word's probability is the sum over every position holding it (as in the loss);
+                # it is credited to its first position and the other positions are closed.
+                merged = np.zeros_like(probs[:, NUM_KEYWORDS:])
+                flat = np.arange(len(rows))[:, None] * width + first_position[sentence_of]
+                np.add.at(merged.reshape(-1), flat.reshape(-1), probs[:, NUM_KEYWORDS:].reshape(-1))
+                probs[:, NUM_KEYWORDS:] = merged
+            scores = np.log(np.maximum(probs, 1e-30))
+            for r, (s, _, score, gstate) in enumerate(rows):
+                allowed, copy_ok = keyword_mask(gstate)
+                scores[r, :NUM_KEYWORDS] += allowed + score
+                scores[r, NUM_KEYWORDS:] = np.where(word_ok[s] & copy_ok, scores[r, NUM_KEYWORDS:] + score, -np.inf)
+            new_rows, parents, inputs = [], [], []
+            start = 0
+            while start < len(rows):  # each sentence's rows in turn
+                s = rows[start][0]
+                stop = start
+                while stop < len(rows) and rows[stop][0] == s:
+                    stop += 1
+                candidates = scores[start:stop].reshape(-1)
+                keep = min(2 * beam_size, candidates.size)
+                top = np.argpartition(-candidates, keep - 1)[:keep]
+                kept = 0
+                for flat in top[np.argsort(-candidates[top], kind="stable")]:
+                    b, j = divmod(int(flat), scores.shape[1])
+                    score = float(candidates[flat])
+                    if not np.isfinite(score):
+                        break
+                    parent = rows[start + b]
+                    action = ("kw", j) if j < NUM_KEYWORDS else ("copy", j - NUM_KEYWORDS)
+                    actions = parent[1] + [action]
+                    gstate = grammar.advance(parent[3], action)
+                    if gstate.phase == "done":
+                        finished[s].append((actions, score / len(actions) ** length_penalty))
+                        continue
+                    new_rows.append((s, actions, score, gstate))
+                    parents.append(start + b)
+                    if j < NUM_KEYWORDS:
+                        inputs.append(j)
+                    else:
+                        word = j - NUM_KEYWORDS
+                        inputs.append(NUM_KEYWORDS + int(ids[s, word] if self.use_copy else word))
+                    kept += 1
+                    if kept == beam_size:
+                        break
+                if kept and len(finished[s]) >= beam_size:  # this sentence is done
+                    del new_rows[-kept:], parents[-kept:], inputs[-kept:]
+                elif kept:
+                    best_prefix[s] = new_rows[-kept][1]
+                start = stop
+            if not new_rows:
                 break
-            index = paddle.to_tensor(np.asarray(rows, dtype="int64"))
+            index = paddle.to_tensor(np.asarray(parents, dtype="int64"))
             hidden = paddle.gather(hidden, index)
             state = {k: paddle.gather(v, index) for k, v in state.items()}
-            beams, last_input = new_beams, inputs
-        if finished:
-            return max(finished, key=lambda item: item[1])[0]
-        return beams[0][0]  # length limit: the best prefix; decode_actions drops an open fact
+            rows, last_input = new_rows, inputs
+        # A sentence without a finished hypothesis (length limit) gets its best prefix;
+        # decode_actions drops an open fact.
+        return [max(done, key=lambda item: item[1])[0] if done else prefix
+                for done, prefix in zip(finished, best_prefix)]
 
     def extract(self, sentence, vocab, language, heads=None, **beam_options):
         """SAOKE facts for one sentence."""
-        tokens = tokenize(sentence, language)
-        if not tokens:
-            return []
+        return self.extract_batch([sentence], vocab, language, None if heads is None else [heads], **beam_options)[0]
+
+    def extract_batch(self, sentences, vocab, language, heads=None, **beam_options):
+        """SAOKE facts for each sentence, decoded together (``heads``: one list per sentence, or None)."""
+        tokens = [tokenize(sentence, language) for sentence in sentences]
+        heads = heads or [None] * len(sentences)
+        todo = [i for i, t in enumerate(tokens) if t]
+        facts = [[] for _ in sentences]
+        if not todo:
+            return facts
         was_training = self.training
         self.eval()
         try:
-            actions = self.beam_search(vocab.ids(tokens), self.graph_for(len(tokens), heads), tokens,
-                                       **beam_options)
+            actions = self.beam_search_batch(
+                [(vocab.ids(tokens[i]), self.graph_for(len(tokens[i]), heads[i]), tokens[i]) for i in todo],
+                **beam_options)
         finally:
             if was_training:
                 self.train()
-        return decode_actions(actions, tokens, language)
+        for i, sequence in zip(todo, actions):
+            facts[i] = decode_actions(sequence, tokens[i] if self.use_copy else vocab.itos, language)
+        return facts
 
     def graph_for(self, length, heads):
         if self.graph == "dependency" and heads is None:
@@ -276,8 +355,9 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None):
     """Padded tensors for teacher forcing from :class:`paddle_suite.oie.readers.Example` objects.
 
     ``tgt_gold[b, t]`` marks every action spelling the gold token at step t: its keyword, or
-    every source position holding the copied word. ``graph_mode`` must be the model's ``graph``.
-    Returns (batch dict, unreachable token count).
+    every source position holding the copied word; ``tgt_index[b, t]`` is the one action of a model
+    without copy (the keyword, or ``len(KEYWORDS) + word id``). ``graph_mode`` must be the model's
+    ``graph``. Returns (batch dict, unreachable token count).
     """
     if graph_mode not in GRAPHS:
         raise ValueError(f"graph_mode must be one of {GRAPHS}, got {graph_mode!r}")
@@ -302,6 +382,7 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None):
     tgt_in = np.full([batch, max_tgt], KEYWORD_ID[PAD], dtype="int64")
     tgt_gold = np.zeros([batch, max_tgt, NUM_KEYWORDS + max_len], dtype="float32")
     tgt_mask = np.zeros([batch, max_tgt], dtype="float32")
+    tgt_index = np.full([batch, max_tgt], KEYWORD_ID[PAD], dtype="int64")
     for b, (tokens, actions, g) in enumerate(zip(sources, targets, graphs)):
         word_ids = np.asarray(vocab.ids(tokens))
         length = len(tokens)
@@ -319,8 +400,9 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None):
             else:
                 tgt_gold[b, t, NUM_KEYWORDS:NUM_KEYWORDS + length] = token_array == tokens[value]
                 previous = NUM_KEYWORDS + int(word_ids[value])
+            tgt_index[b, t] = previous
     tensors = {"src_ids": src_ids, "src_mask": src_mask, "graph": graph, "tgt_in": tgt_in,
-               "tgt_gold": tgt_gold, "tgt_mask": tgt_mask}
+               "tgt_gold": tgt_gold, "tgt_mask": tgt_mask, "tgt_index": tgt_index}
     tensors = {k: paddle.to_tensor(v) for k, v in tensors.items()}
     tensors["graph_mode"] = graph_mode
     return tensors, unreachable

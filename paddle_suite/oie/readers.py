@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from paddle_suite.data import find_dataset
+from paddle_suite.data import DataError, find_dataset
 from paddle_suite.io import atomic_write
 from paddle_suite.oie.saoke import MISSING, Fact, SaokeSyntaxError, fact_from_record, fact_to_record
 
@@ -31,8 +31,8 @@ SPANSAOKE_FILES = {"dev": "dev_4373.txt", "test": "test_4440.txt", "coer_test": 
 OIE2016_SPLITS = ("train", "dev", "test")
 
 
-class OieDataError(ValueError):
-    pass
+class OieDataError(DataError):
+    """A malformed line of an OIE data file (the CLI prints it as one line and exits with status 2)."""
 
 
 @dataclasses.dataclass

@@ -18,11 +18,11 @@ SENTENCES = [
 ]
 
 
-def tiny_model(graph="auto", coverage=True, seed=0, rnn="gru"):
+def tiny_model(graph="auto", coverage=True, seed=0, rnn="gru", copy=True):
     paddle.seed(seed)
     vocab = Vocab.build([tokenize(e.sentence, "zh") for e in SENTENCES])
     model = Logician(len(vocab), embedding_dim=16, hidden_size=24, rnn=rnn, graph=graph, coverage=coverage,
-                     dropout=0.0)
+                     copy=copy, dropout=0.0)
     return model, vocab
 
 
@@ -40,10 +40,11 @@ def run_steps(model, batch, steps=5):
     return outputs
 
 
-@pytest.mark.parametrize("graph, coverage, rnn", [("auto", True, "gru"), ("none", True, "gru"),
-                                                  ("adjacency", False, "lstm")])
-def test_output_distribution_sums_to_one(graph, coverage, rnn):
-    model, vocab = tiny_model(graph, coverage, rnn=rnn)
+@pytest.mark.parametrize("graph, coverage, rnn, copy", [("auto", True, "gru", True), ("none", True, "gru", True),
+                                                        ("adjacency", False, "lstm", True),
+                                                        ("none", False, "gru", False)])
+def test_output_distribution_sums_to_one(graph, coverage, rnn, copy):
+    model, vocab = tiny_model(graph, coverage, rnn=rnn, copy=copy)
     batch, _ = make_batch(SENTENCES, vocab, "zh", graph)
     lengths = batch["src_mask"].numpy().sum(axis=1).astype(int)
     for distribution, attention, _ in run_steps(model, batch):
@@ -51,8 +52,51 @@ def test_output_distribution_sums_to_one(graph, coverage, rnn):
         np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
         assert (distribution >= 0).all()
         assert np.abs(distribution[:, [KEYWORD_ID["<pad>"], KEYWORD_ID["<bos>"]]]).max() < 1e-8
+        if not copy:  # keywords + vocabulary words; never the padding word
+            assert distribution.shape[1] == NUM_KEYWORDS + len(vocab)
+            assert np.abs(distribution[:, NUM_KEYWORDS]).max() < 1e-8
+            continue
         for b, length in enumerate(lengths):  # no copy mass on padding positions
             assert np.abs(distribution[b, NUM_KEYWORDS + length:]).max(initial=0.0) < 1e-8
+
+
+def test_without_copy_the_loss_scores_the_generated_word():
+    model, vocab = tiny_model(graph="none", coverage=False, copy=False)
+    batch, _ = make_batch(SENTENCES, vocab, "zh", "none")
+    index, mask = batch["tgt_index"].numpy(), batch["tgt_mask"].numpy()
+    outputs = run_steps(model, batch, steps=index.shape[1])
+    expected = -np.mean([np.log(outputs[t][0][b, index[b, t]]) for b, t in zip(*np.nonzero(mask))])
+    loss, parts = model(batch)
+    assert float(parts["nll"]) == pytest.approx(expected, rel=1e-5)
+    assert float(parts["coverage"]) == 0.0 and float(loss) == pytest.approx(expected, rel=1e-5)
+    # the word part of tgt_index is the source word's vocabulary id
+    src = batch["src_ids"].numpy()[0]
+    assert index[0, 1] == NUM_KEYWORDS + src[0]  # "(" then the first character of 李白
+    facts = model.extract(SENTENCES[0].sentence, vocab, "zh", beam_size=2, max_steps=30)
+    assert parse_facts(serialize_facts(facts)) == facts
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_batched_beam_search_equals_one_sentence_at_a_time(copy):
+    graph = "auto" if copy else "none"
+    model, vocab = tiny_model(copy=copy, graph=graph)
+    # a few steps on the three sentences, so decoding goes past an immediate <eos>
+    optimizer = paddle.optimizer.Adam(learning_rate=0.02, parameters=model.parameters())
+    batch, _ = make_batch(SENTENCES, vocab, "zh", graph)
+    for _ in range(30):
+        model(batch)[0].backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    sentences = [e.sentence for e in SENTENCES] + ["", "李白是诗人李白"]
+    together = model.extract_batch(sentences, vocab, "zh", beam_size=3, max_steps=25)
+    alone = [model.extract(s, vocab, "zh", beam_size=3, max_steps=25) for s in sentences]
+    assert together == alone and together[3] == []
+    assert sum(map(len, together)) >= 2
+    with paddle.no_grad():
+        model.eval()
+        sources = [(vocab.ids(list(s)), sentence_graph(len(s)), list(s)) for s in sentences if s]
+        actions = model.beam_search_batch(sources, beam_size=3, max_steps=25)
+    assert actions == [model.beam_search(*source, beam_size=3, max_steps=25) for source in sources]
 
 
 def test_coverage_loss_is_zero_on_fresh_words_and_grows_on_revisits():

@@ -1,0 +1,198 @@
+"""Logician vs its ablations and a plain attention seq2seq, on spansaoke and OIE2016.
+
+    python bench/oie_results.py                 # 10 runs, two at a time: bench/results/oie_results.json, bench/oie_results.md
+    python bench/oie_results.py --jobs 1        # one at a time
+    python bench/oie_results.py --quick         # a few steps on subsets (< 5 minutes); writes nothing under bench/
+
+Each (data set, variant) trains ``configs/logician_<data>[_<variant>].yaml`` through
+``tools/train.py`` (a subprocess; ``Global.test_split: test``), keeps the best checkpoint by
+validation fact F1 and decodes the whole test split with it: fact precision / recall / F1 at the
+configs' similarity threshold (0.85), exact-fact F1 and exact match (plus the OIE2016 lexical
+match on OIE2016). Variants (Arch switches of ``Logician``): ``logician`` (copy, coverage,
+dependency gate), ``no_copy``, ``no_coverage``, ``no_gate``, ``seq2seq`` (none of the three).
+
+Budget (``BUDGET``): every run gets the same number of steps on a data set, overriding the
+configs' ``Global.max_steps``. Chosen from measured training speed so that the 10 runs fit in
+about two hours on a 2-core machine two at a time (the measurement and the arithmetic are in the
+markdown this script writes, from ``SPEED_NOTE``).
+
+Runs live in ``output/bench_oie/<run name>`` and resume from their checkpoints; a finished run
+leaves ``bench_result.json`` there and is not trained again with the same settings, so an
+interrupted benchmark continues where it stopped when rerun. Results and the table are written
+atomically once every run is done.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from paddle_suite.engine.run import read_json, write_json  # noqa: E402
+from paddle_suite.io import atomic_write  # noqa: E402
+
+DATASETS = {"spansaoke": "saoke", "oie2016": "oie2016"}  # results key -> config name part
+VARIANTS = ("logician", "no_copy", "no_coverage", "no_gate", "seq2seq")
+DESCRIPTION = {
+    "logician": "copy + coverage + dependency gate",
+    "no_copy": "words generated from the vocabulary",
+    "no_coverage": "no coverage (attention feature and loss)",
+    "no_gate": "no gated dependency attention",
+    "seq2seq": "plain attention seq2seq (none of the three)",
+}
+# steps per run and validation interval; see SPEED_NOTE
+BUDGET = {"spansaoke": {"max_steps": 2000, "eval_every": 500}, "oie2016": {"max_steps": 1200, "eval_every": 300}}
+QUICK = {"max_steps": 12, "eval_every": 6}
+QUICK_OVERRIDES = ["DataLoader.train_subset=96", "DataLoader.valid_subset=16", "DataLoader.test_subset=32",
+                   "Metric.max_decode_len=40"]
+SPEED_NOTE = """Budget, from speeds measured on 2026-12-04 on the shared 2-core machine while other jobs ran
+(load average 4 to 7), one process at a time: training spansaoke at 1.52 steps/s (Logician) and
+1.78 (seq2seq) over 20 steps after a warm-up step; a 300-step run of `configs/logician_saoke.yaml`
+trained at 1.7 steps/s, decoded its 200 validation sentences in 7 s and 512 test sentences in 23 s
+(so the 4,440 test sentences take about 3.5 min); OIE2016 at 2.90 steps/s with copy and 0.74
+without (the softmax over the 10k-word vocabulary at up to 150 target steps). So spansaoke gets
+2,000 steps a run (about 17 epochs, about 21 min) and OIE2016 1,200 (about 11 epochs; about 7 min
+with copy, 27 min without): about 3 h of training for the ten runs, 1.5 h two at a time, plus about
+25 min of decoding, about 2 h in all."""
+
+
+def config_path(dataset, variant):
+    suffix = "" if variant == "logician" else f"_{variant}"
+    return os.path.join(ROOT, "configs", f"logician_{DATASETS[dataset]}{suffix}.yaml")
+
+
+def run_name(dataset, variant):
+    return f"oie_{dataset}_{variant}"
+
+
+def settings_of(dataset, args):
+    budget = QUICK if args.quick else BUDGET[dataset]
+    overrides = [f"Global.max_steps={budget['max_steps']}", f"Global.eval_every={budget['eval_every']}",
+                 f"Global.save_every={budget['eval_every']}", "Global.test_split=test"]
+    return overrides + (QUICK_OVERRIDES if args.quick else [])
+
+
+def command(dataset, variant, args):
+    return [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", config_path(dataset, variant),
+            "--no-progress", "-o", f"Global.output_dir={args.output}", "-o",
+            f"Global.run_name={run_name(dataset, variant)}"] + [
+        item for override in settings_of(dataset, args) for item in ("-o", override)]
+
+
+def train_one(dataset, variant, args):
+    """Train (or resume) one run and decode test; returns its result, kept in ``bench_result.json``."""
+    directory = os.path.join(args.output, run_name(dataset, variant))
+    done_file = os.path.join(directory, "bench_result.json")
+    settings = settings_of(dataset, args)
+    done = read_json(done_file)
+    if done is not None and done.get("settings") == settings:
+        return done
+    os.makedirs(args.output, exist_ok=True)
+    log_path = os.path.join(args.output, run_name(dataset, variant) + ".log")
+    started = time.perf_counter()
+    with open(log_path, "a") as log:
+        process = subprocess.run(command(dataset, variant, args), stdout=subprocess.PIPE, stderr=log, text=True,
+                                 env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    if process.returncode != 0:
+        raise RuntimeError(f"{dataset}/{variant} failed (exit {process.returncode}); see {log_path}")
+    trained = json.loads(process.stdout.strip().splitlines()[-1])
+    test = trained["test"]
+    result = {
+        "precision": test["precision"], "recall": test["recall"], "f1": test["f1"],
+        "exact_f1": test["exact_f1"], "exact_match": test["exact_match"],
+        "predicted": test["predicted"], "gold": test["gold"], "matched": test["matched"],
+        **{k: v for k, v in test.items() if k.startswith("lexical/")},
+        "valid_f1": trained["best"], "steps": trained["step"],
+        "train_hours": None if trained["train_seconds"] is None else trained["train_seconds"] / 3600,
+        "wall_hours_this_session": (time.perf_counter() - started) / 3600,
+        "settings": settings,
+    }
+    write_json(done_file, result)
+    return result
+
+
+def markdown(results, args):
+    lines = ["# Logician vs its ablations and a plain attention seq2seq", "",
+             f"Written by `{results['command']}` on {results['date']} ({results['machine']}).", "",
+             "Each run trains through `tools/train.py` with the config named in the row, keeps the best checkpoint "
+             "by validation fact F1, and decodes the whole test split with it (beam 4, grammar-constrained). "
+             "Scores: a predicted fact matches a gold fact when their SAOKE serialisations have similarity >= 0.85 "
+             "(maximum one-to-one matching per sentence; `paddle_suite/oie/metrics.py`); exact F1 at similarity 1.0; "
+             "exact match = share of sentences whose facts equal the gold ones.", "",
+             "spansaoke: trained on `dev_4373.txt` minus 400 held-out validation sentences, tested on "
+             "`test_4440.txt` (the span release has no training split). OIE2016: `train.oie` / `dev.oie` / `test.oie`; "
+             "the lexical columns are the benchmark's lexical match at one operating point.", ""]
+    for dataset in DATASETS:
+        rows = results[dataset]
+        budget = QUICK if args.quick else BUDGET[dataset]
+        lines += [f"## {dataset} ({budget['max_steps']} steps per run)", ""]
+        lexical = dataset == "oie2016"
+        header = "| variant | what | precision | recall | F1 | F1 vs logician | exact F1 | exact match |"
+        header += " lexical P | lexical R | lexical F1 |" if lexical else ""
+        header += " steps | train h | steps/s |"
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
+        base = rows["logician"]["f1"]
+        for variant in VARIANTS:
+            r = rows[variant]
+            cells = [f"`{os.path.basename(config_path(dataset, variant))}`", DESCRIPTION[variant],
+                     f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                     "" if variant == "logician" else f"{r['f1'] - base:+.3f}", f"{r['exact_f1']:.3f}",
+                     f"{r['exact_match']:.3f}"]
+            if lexical:
+                cells += [f"{r['lexical/precision']:.3f}", f"{r['lexical/recall']:.3f}", f"{r['lexical/f1']:.3f}"]
+            hours = r["train_hours"]
+            cells += [str(r["steps"]), "" if hours is None else f"{hours:.2f}",
+                      "" if not hours else f"{r['steps'] / (hours * 3600):.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Budget", "", results["budget_note"], ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="12 steps on subsets (< 5 minutes); writes nothing under bench/")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
+    parser.add_argument("--output", default=None, help="run directories (default output/bench_oie[_quick])")
+    parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "oie_results.json"))
+    parser.add_argument("--markdown", default=os.path.join(ROOT, "bench", "oie_results.md"))
+    args = parser.parse_args(argv)
+    args.output = os.path.abspath(args.output or os.path.join(ROOT, "output", "bench_oie_quick" if args.quick else "bench_oie"))
+    pairs = [(d, v) for d in DATASETS for v in VARIANTS]
+    results = {d: {} for d in DATASETS}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(train_one, d, v, args): (d, v) for d, v in pairs}
+        for future in concurrent.futures.as_completed(futures):
+            d, v = futures[future]
+            results[d][v] = future.result()
+            print(f"{d}/{v}: F1 {results[d][v]['f1']:.3f}", file=sys.stderr, flush=True)
+    train_hours = sum(r["train_hours"] or 0.0 for rows in results.values() for r in rows.values())
+    results.update({
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "date": datetime.date.today().isoformat(),
+        "command": "python " + " ".join(shlex.quote(a) for a in ["bench/oie_results.py", *(argv or sys.argv[1:])]),
+        "budget": {d: (QUICK if args.quick else BUDGET[d]) for d in DATASETS},
+        "budget_note": SPEED_NOTE + f"\n\nThis benchmark: {train_hours:.2f} h of training (validations "
+                       f"included) over the 10 runs, {args.jobs} at a time.",
+        "total_train_hours": train_hours,
+    })
+    summary = {d: {v: {k: results[d][v][k] for k in ("precision", "recall", "f1")} for v in VARIANTS} for d in DATASETS}
+    if args.quick:
+        print("RESULT " + json.dumps(summary))
+        return 0
+    write_json(args.results, results)
+    with atomic_write(args.markdown) as handle:
+        handle.write(markdown(results, args))
+    print("RESULT " + json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
