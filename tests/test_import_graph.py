@@ -86,6 +86,13 @@ def test_no_import_cycle_in_the_package(graph):
     assert find_cycle(graph) is None, find_cycle(graph)
 
 
+def test_ads_trainers_share_common_and_never_import_each_other(graph):
+    fleet, hierarchical, common = (graph[f"paddle_suite.ads.{m}"] for m in ("fleet_ps", "hierarchical_train", "common"))
+    assert "paddle_suite.ads.hierarchical_train" not in fleet and "paddle_suite.ads.fleet_ps" not in hierarchical
+    assert "paddle_suite.ads.common" in fleet & hierarchical
+    assert not common & {"paddle_suite.ads.fleet_ps", "paddle_suite.ads.hierarchical_train", "paddle_suite.ads.task"}
+
+
 def test_capabilities_import_only_the_core_and_shared_kits(graph):
     capabilities = {c.split(".")[1] for c in CAPABILITIES} - SHARED_KITS
     for module, targets in graph.items():
