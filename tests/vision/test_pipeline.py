@@ -70,11 +70,17 @@ def test_cifar_configs_share_one_recipe():
         assert config["Arch"]["name"].endswith("_cifar_lite")
 
 
-def test_lite_variants_are_parameter_matched():
-    counts = {name: _param_count(ARCHS.get(name)()) for name in CIFAR_LITE_VARIANTS}
+def test_lite_variants_are_parameter_matched_and_train():
+    counts = {}
+    for name in CIFAR_LITE_VARIANTS:
+        model = ARCHS.get(name)()
+        counts[name] = _param_count(model)
+        logits = model(paddle.randn([4, 3, 32, 32]))
+        assert logits.shape == [4, 10]
+        logits.square().mean().backward()
+        without_grad = [p.name for p in model.parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not without_grad, (name, without_grad)
     assert max(counts.values()) / min(counts.values()) < 1.04, counts
-    logits = ARCHS.get("s2mlpv2_cifar_lite")()(paddle.randn([2, 3, 32, 32]))
-    assert logits.shape == [2, 10]
 
 
 @pytest.mark.slow
@@ -160,3 +166,33 @@ def test_missing_imagenet_folder_names_the_path(tmp_path):
     config = load_config(str(CONFIGS / "s2mlpv2_small_imagenet.yaml"), [f"DataLoader.data_path={missing}"])
     with pytest.raises(DatasetNotFound, match=f"{missing}/train/<class>"):
         TASKS.get("classification")(config)
+
+
+def _bench_module():
+    import importlib.util
+
+    path = CONFIGS.parent / "bench" / "vision_results.py"
+    spec = importlib.util.spec_from_file_location("vision_results_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_script_skips_finished_runs_and_picks_the_best(tmp_path, monkeypatch):
+    bench = _bench_module()
+    rows = {"s2mlpv2_cifar10": 0.86, "s2mlp_cifar10": 0.83}
+    for config, top1 in rows.items():
+        (tmp_path / config).mkdir()
+        (tmp_path / config / bench.RESULT_FILE).write_text(__import__("json").dumps({
+            "config": config, "arch": config, "quick": False, "test_top1": top1, "test_top5": 0.99,
+            "valid_top1": top1, "params": 1_600_000, "steps": 10530, "epochs": 30.0, "batch_size": 128,
+            "hours": 2.5 if top1 > 0.85 else 2.0, "images_per_s": 150.0, "within_budget": True, "run_dir": "x"}))
+    trained = []
+    monkeypatch.setattr(bench, "run_training", lambda config, args: trained.append(config) or 1 / 0)
+    args = __import__("argparse").Namespace(output_dir=str(tmp_path), quick=False)
+    summary = bench.headline(bench.collect(args, train=("s2mlpv2_cifar10", "s2mlp_cifar10")), quick=False)
+    assert trained == []  # both finished: nothing retrained
+    assert summary["best_config"] == "s2mlpv2_cifar10" and summary["best_cifar10_top1"] == 0.86
+    assert summary["best_train_hours"] == 2.5 and summary["finished"] == list(rows)
+    text = bench.markdown(summary)
+    assert "| s2mlpv2_cifar10 |" in text and "0.8600" in text and "Not finished yet: ccsmlp_cifar10, mixer_cifar10" in text
