@@ -72,8 +72,9 @@ def test_cifar_configs_share_one_recipe():
 
 def test_lite_variants_are_parameter_matched_and_train():
     counts = {}
+    paddle.seed(0)
     for name in CIFAR_LITE_VARIANTS:
-        model = ARCHS.get(name)()
+        model = ARCHS.get(name)(drop_path_rate=0.0)  # a dropped branch would (rightly) get no gradient
         counts[name] = _param_count(model)
         logits = model(paddle.randn([4, 3, 32, 32]))
         assert logits.shape == [4, 10]
@@ -150,13 +151,13 @@ def test_imagenet_configs_are_one_base_plus_the_architecture():
         assert config["Arch"]["drop_path_rate"] > 0
 
 
-@pytest.mark.slow
 def test_imagenet_configs_build_their_models():
     expected_millions = {"s2mlp_wide": 72.24, "s2mlp_deep": 53.92, "s2mlpv2_small": 25.13, "s2mlpv2_medium": 55.30,
                          "ccsmlp_small": 29.14, "ccsmlp_medium": 51.44}  # bench/vision_speed.md
     for name in IMAGENET_CONFIGS:
         config = load_config(str(CONFIGS / f"{name}_imagenet.yaml"))
-        model = build_arch(config)
+        with paddle.LazyGuard():  # shapes only: no initialisation of up to 72M parameters
+            model = build_arch(config)
         assert abs(_param_count(model) / 1e6 - expected_millions[name]) < 0.01, name
         del model
 
