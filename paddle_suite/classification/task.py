@@ -19,6 +19,7 @@ poisons it), ``build_eval_dataset(split)``, ``transform_for(split)``, ``build_lo
 The exported model takes normalised float32 NCHW images; ``preprocess.json`` (written beside
 checkpoints and exports) holds the class names, mean, std and image size.
 """
+import inspect
 import json
 import logging
 
@@ -31,7 +32,7 @@ from paddle_suite.classification import datasets, transforms as T
 from paddle_suite.classification.loader import BatchLoader
 from paddle_suite.classification.metrics import evaluate_classifier
 from paddle_suite.config import REQUIRED, ConfigError, Field, build_arch
-from paddle_suite.registry import LOSSES, TASKS
+from paddle_suite.registry import ARCHS, LOSSES, TASKS
 from paddle_suite.task import DenseTask
 
 log = logging.getLogger("paddle_suite")
@@ -212,8 +213,28 @@ class ClassificationTask(DenseTask):
 
     # ------------------------------------------------------------------ DenseTask contract
     def build_model(self):
-        return build_arch(self.config, num_classes=self.num_classes, in_channels=self.in_channels,
-                          image_size=self.image_size)
+        return build_arch(self._arch_config(), **self._data_arch_args())
+
+    def _data_arch_args(self):
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "image_size": self.image_size}
+
+    def _arch_config(self):
+        """The config with the data-derived ``Arch`` keys removed: the data decides them.
+
+        Factories such as the vision backbones give ``num_classes``/``in_channels``/``image_size``
+        defaults (1000/3/224) so they are usable alone; the config then holds those defaults and
+        the data's values replace them. A value set to something else than both the factory's
+        default and the data's is a contradiction, reported instead of silently replaced.
+        """
+        arch = self.config["Arch"]
+        defaults = {name: param.default for name, param in
+                    inspect.signature(ARCHS.get(arch["name"])).parameters.items()}
+        for key, data_value in self._data_arch_args().items():
+            if key in arch and arch[key] not in (data_value, defaults.get(key)):
+                hint = "set DataLoader.image_size" if key == "image_size" else "the dataset decides it"
+                raise ConfigError(f"Arch.{key}={arch[key]} contradicts the data ({data_value}): remove it ({hint})")
+        trimmed = {k: v for k, v in arch.items() if k not in self._data_arch_args()}
+        return dict(self.config, Arch=trimmed)
 
     def steps_per_epoch(self, world_size=1):
         return self.train_loader.steps_per_epoch(world_size)

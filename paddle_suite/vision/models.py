@@ -447,3 +447,40 @@ def mixer_cifar(num_classes=10, image_size=32, in_channels=3, drop_path_rate=0.0
 
 IMAGENET_VARIANTS = ("s2mlp_wide", "s2mlp_deep", "s2mlpv2_small", "s2mlpv2_medium", "ccsmlp_small", "ccsmlp_medium")
 CIFAR_VARIANTS = ("s2mlp_cifar", "s2mlpv2_cifar", "ccsmlp_cifar", "mixer_cifar")
+
+
+# CIFAR "lite" variants: one shared two-stage pyramid (4x4 patches -> 8x8 tokens at dim 96, a 2x2
+# merge -> 4x4 tokens at dim 192) with each family's own block, parameter-matched at 1.56M-1.61M.
+# The variants above put S²-MLPv2's first stage on a 16x16 grid (patch 2), which made it the slowest
+# (60 img/s CPU time at batch 128 training here) though its FLOPs are the others'; on the 8x8 grid
+# it trains at ~200 img/s, so 30 epochs fit a 3-hour budget on one core (bench/vision_results.md).
+# Same pyramid for all four, so the CIFAR comparison isolates the token mixer. Depths differ by one
+# first-stage block where a family's block is lighter, to match parameters.
+LITE_DIMS = (96, 192)
+
+
+@ARCHS.register("s2mlpv2_cifar_lite")
+def s2mlpv2_cifar_lite(num_classes=10, image_size=32, in_channels=3, drop_path_rate=0.1, padding="zero"):
+    return s2mlpv2(LITE_DIMS, (3, 3), 4, 3, num_classes, image_size, in_channels, drop_path_rate, padding)
+
+
+@ARCHS.register("s2mlp_cifar_lite")
+def s2mlp_cifar_lite(num_classes=10, image_size=32, in_channels=3, drop_path_rate=0.1, padding="zero"):
+    return MLPBackbone(lambda d, grid, dp: S2MLPBlock(d, 4, dp, padding), LITE_DIMS, (4, 3), 4, num_classes,
+                       image_size, in_channels, drop_path_rate, stem_norm=True)
+
+
+@ARCHS.register("ccsmlp_cifar_lite")
+def ccsmlp_cifar_lite(num_classes=10, image_size=32, in_channels=3, drop_path_rate=0.1):
+    return MLPBackbone(lambda d, grid, dp: CCSBlock(d, grid, 4, d // 4, dp), LITE_DIMS, (4, 4), 4, num_classes,
+                       image_size, in_channels, drop_path_rate)
+
+
+@ARCHS.register("mixer_cifar_lite")
+def mixer_cifar_lite(num_classes=10, image_size=32, in_channels=3, drop_path_rate=0.1):
+    # token hidden = half the tokens of the stage (32 on 8x8, 8 on 4x4)
+    return MLPBackbone(lambda d, grid, dp: MixerBlock(d, grid, grid[0] * grid[1] // 2, 4, dp), LITE_DIMS, (4, 4), 4,
+                       num_classes, image_size, in_channels, drop_path_rate)
+
+
+CIFAR_LITE_VARIANTS = ("s2mlpv2_cifar_lite", "s2mlp_cifar_lite", "ccsmlp_cifar_lite", "mixer_cifar_lite")
