@@ -26,12 +26,10 @@ import numpy as np
 
 import paddle_suite  # noqa: F401  (sets MKL_DEBUG_CPU_TYPE before paddle loads)
 import paddle
-import paddle.nn.functional as F
 
 from paddle_suite.backdoor import detectors, lsba, poison
 from paddle_suite.backdoor.triggers import ATTACKS, apply_stack, make_trigger
-from paddle_suite.classification.datasets import ImageDataset
-from paddle_suite.classification.metrics import evaluate_classifier
+from paddle_suite.classification.metrics import topk_correct
 from paddle_suite.classification.task import ClassificationTask
 from paddle_suite.config import REQUIRED, ConfigError, Field
 from paddle_suite.io import atomic_directory, atomic_write
@@ -47,6 +45,11 @@ _TRIGGER_KEYS = {  # Backdoor.trigger key -> (attack, trigger argument)
     "wanet_grid": ("wanet", "grid_size"), "wanet_strength": ("wanet", "strength"), "warp_seed": ("wanet", "seed"),
 }
 ECE_BINS = 15
+
+
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def expected_calibration_error(confidence, correct, bins=ECE_BINS):
@@ -165,16 +168,20 @@ class BackdoorTask(ClassificationTask):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def predict(self, model, images, split="test"):
-        """Softmax probabilities of uint8 NHWC ``images`` through the split's eval pipeline."""
+    def logits(self, model, images, split="test"):
+        """Logits of uint8 NHWC ``images`` through the split's eval pipeline (no gradients)."""
         transform, size = self.transform_for(split), self.data_cfg["eval_batch_size"]
         out = []
         with paddle.no_grad():
             for start in range(0, len(images), size):
                 chunk = np.asarray(images[start:start + size])
                 batch = transform(chunk, self.seed, 0, np.arange(start, start + len(chunk)))
-                out.append(F.softmax(model(paddle.to_tensor(batch)), axis=-1).numpy())
+                out.append(model(paddle.to_tensor(batch)).numpy())
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def predict(self, model, images, split="test"):
+        """Softmax probabilities of uint8 NHWC ``images``."""
+        return softmax(self.logits(model, images, split))
 
     def triggered_split(self, split, active):
         """``(triggered uint8 images, attacker targets)`` of the attackable samples of ``split``."""
@@ -201,9 +208,12 @@ class BackdoorTask(ClassificationTask):
             target_prob
 
     def evaluate_model(self, model, split="valid"):
-        metrics = evaluate_classifier(model, self.eval_loader(split).batches(0), self.topk)
         data = self.build_eval_dataset(split)
-        clean_probs = self.predict(model, data.images, split)
+        logits = self.logits(model, data.images, split)
+        clean_probs = softmax(logits)
+        counts = topk_correct(logits, data.labels, self.topk)
+        metrics = {f"top{k}": counts[k] / len(data) for k in self.topk}
+        metrics["loss"] = float(-np.log(np.clip(clean_probs[np.arange(len(data)), data.labels], 1e-12, 1)).mean())
         metrics["clean_conf"] = float(clean_probs.max(axis=1).mean())
         metrics["clean_ece"] = expected_calibration_error(clean_probs.max(axis=1),
                                                           clean_probs.argmax(axis=1) == data.labels)
