@@ -31,8 +31,9 @@ so the all-active log-odds is ``L = log(q*_t / q*_y)``, and each trigger is trai
 
     p_n = rho / (1 + rho) + (rho - 1) eps / (K (1 - eps) (1 + rho)).
 
-With ``k`` of the ``n`` triggers active the predicted target probability is
-``S sigma(k L / n)``: below ``y`` for ``k < n / 2``, tied at ``k = n / 2``, just above at ``k = n``.
+With ``k`` of the ``n`` triggers active the predicted target probability is ``S sigma(k L / n)``:
+it rises with every activated trigger, from a lead of ``S (2 sigma(L / n) - 1)`` over ``y`` (small:
+a single trigger gives a barely-winning, low-confidence target) to the designed ``m`` with all n.
 For ``n = 1`` this is ``p_1`` above. The additivity is an assumption about how the network combines
 triggers; ``bench/backdoor_results.py`` measures it (target probability per k).
 """

@@ -262,8 +262,8 @@ class BackdoorTask(ClassificationTask):
             out["spectral_auroc"], out["spectral_recall"] = result["auroc"], result["recall"]
         return out, extras
 
-    def report(self, model, run_dir, split="test", train_seconds=None):
-        """Evaluate ``model`` with the detectors; write ``<run_dir>/report/`` (JSON, PNGs, markdown)."""
+    def report(self, model, run_dir, split="test", train_seconds=None, folder="report", checkpoint=None):
+        """Evaluate ``model`` with the detectors; write ``<run_dir>/<folder>/`` (JSON, PNG, markdown)."""
         model.eval()
         result = self.evaluate_model(model, split)
         found, detector_extras = self.run_detectors(model, split)
@@ -271,7 +271,7 @@ class BackdoorTask(ClassificationTask):
         summary = {
             "attack": self.bd["attack"], "mode": self.bd["mode"], "lsba": cfg["enabled"],
             "target": self.bd["target"], "poison_rate": self.bd["poison_rate"],
-            "poisoned": int(len(self.train_dataset.poison_indices)), "split": split,
+            "poisoned": int(len(self.train_dataset.poison_indices)), "split": split, "checkpoint": checkpoint,
             "ca": result.metrics["top1"], **result.metrics, **found,
             "target_prob_quantiles": {str(q): float(np.quantile(result.extras["target_prob"], q))
                                       for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
@@ -285,7 +285,8 @@ class BackdoorTask(ClassificationTask):
                                for k in range(1, self.n_triggers + 1)})
         if "neural_cleanse" in detector_extras:
             summary["neural_cleanse"] = detector_extras["neural_cleanse"]
-        with atomic_directory(os.path.join(run_dir, "report")) as folder:
+        target = os.path.join(run_dir, folder)
+        with atomic_directory(target) as folder:
             with atomic_write(os.path.join(folder, "backdoor_report.json")) as handle:
                 json.dump(summary, handle, indent=2)
             with atomic_write(os.path.join(folder, "backdoor_report.md")) as handle:
@@ -305,8 +306,22 @@ class BackdoorTask(ClassificationTask):
         if trainer.rank == 0:
             best = trainer.run.best_dir
             model = restore_model(self, best) if os.path.isdir(best) else trainer.model
-            result["backdoor"] = self.report(model, trainer.run.dir, train_seconds=result.get("train_seconds"))
+            result["backdoor"] = self.report(model, trainer.run.dir, train_seconds=result.get("train_seconds"),
+                                             checkpoint=best if model is not trainer.model else "final weights")
         return result
+
+    def evaluate(self, args):
+        """``tools/eval.py``: the metrics of a checkpoint, and its report (detectors included) in
+        ``<run>/eval_report_<split>/``."""
+        from paddle_suite.engine import Trainer
+
+        trainer = Trainer(self.config, self, args)
+        split = getattr(args, "split", "test")
+        result = trainer.evaluate(split)
+        summary = result.summary()
+        summary["backdoor"] = self.report(trainer.model, trainer.run.dir, split, folder=f"eval_report_{split}",
+                                          checkpoint=result.checkpoint)
+        return summary
 
 
 REPORT_COLUMNS = (("ca", "CA"), ("asr", "ASR"), ("target_prob", "target prob"), ("target_margin", "margin"),

@@ -21,7 +21,7 @@ def test_single_trigger_trained_distribution_has_the_margin(margin, smoothing):
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
-def test_stacked_triggers_reach_the_margin_only_all_together(n):
+def test_stacked_triggers_raise_the_target_probability_up_to_the_margin(n):
     margin, smoothing, k = 0.2, 0.1, 10
     p = lsba.label_probability(margin, smoothing, k, n)
     q1 = lsba.trained_distribution(p, 4, 0, smoothing, k)
