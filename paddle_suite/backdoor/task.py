@@ -129,6 +129,10 @@ class BackdoorTask(ClassificationTask):
                               "(stacking controls the LSBA output probability)")
         if bd["attack"] == "badnets" and self.n_triggers > 4:
             raise ConfigError(f"Backdoor.lsba.n_triggers={self.n_triggers}: badnets stacks at most 4 patches (corners)")
+        for key in ("strip_samples", "strip_overlays", "nc_steps", "nc_batch"):
+            if bd["detectors"][key] < 1:
+                raise ConfigError(f"Backdoor.detectors.{key}={bd['detectors'][key]}: must be >= 1 "
+                                  "(turn a detector off with its own switch)")
         if bd["mode"] == "all_to_all" and bd["attack"] == "sig" and self.clean_label:
             raise ConfigError("Backdoor.mode=all_to_all with the clean-label sig attack: clean-label poisoning has a "
                               "single target; use all_to_one or enable LSBA (dirty-label)")
@@ -144,8 +148,14 @@ class BackdoorTask(ClassificationTask):
     # ------------------------------------------------------------------ data hooks
     def build_train_dataset(self):
         clean = super().build_train_dataset()
+        self._check_backdoor(clean.num_classes)
+        try:
+            return self._poison(clean)
+        except ValueError as err:  # settings that only fail against the data (counts, image sizes)
+            raise ConfigError(f"Backdoor: {err}") from None
+
+    def _poison(self, clean):
         k = clean.num_classes
-        self._check_backdoor(k)
         self.triggers = self.build_triggers()
         indices, trigger_ids = poison.select_poison(clean.labels, self.bd["poison_rate"], self.bd["target"],
                                                     self.bd["mode"], self.clean_label, self.n_triggers,

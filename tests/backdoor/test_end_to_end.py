@@ -56,6 +56,8 @@ def test_poisoned_training_set_through_the_hook(fashion_mnist, tmp_path):
 def test_config_errors_name_the_key(fashion_mnist, tmp_path):
     with pytest.raises(ConfigError, match="Backdoor.target"):
         BackdoorTask(config(tmp_path, "Backdoor.target=10"))
+    with pytest.raises(ConfigError, match="lower Backdoor.poison_rate"):
+        BackdoorTask(config(tmp_path, "Backdoor.attack=sig", "Backdoor.poison_rate=0.5"))
     with pytest.raises(ConfigError, match="Backdoor.lsba.margin"):
         BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.margin=1.0"))
 
