@@ -362,6 +362,10 @@ def plot_report(folder, extras, detector_extras, summary):
     axes[0].hist(extras["target_prob"], bins=bins, alpha=0.7, label=f"{summary.get('n_triggers', 1)} trigger(s)")
     for key in sorted(k for k in extras if k.startswith("target_prob_k")):
         axes[0].hist(extras[key], bins=bins, alpha=0.5, label=f"{key[len('target_prob_k'):]} trigger(s)")
+    for k, designed in summary.get("designed_target_prob", {}).items():
+        axes[0].axvline(designed, color="k", linestyle="--", linewidth=1)
+        axes[0].text(designed, axes[0].get_ylim()[1] * 0.95, f" designed, {k} active", fontsize=7, rotation=90,
+                     va="top")
     axes[0].set(xlabel="target-class probability on triggered inputs", ylabel="inputs",
                 title=f"{summary['attack']} {'LSBA' if summary['lsba'] else 'plain'}: ASR {summary['asr']:.3f}")
     axes[0].legend()
