@@ -1,0 +1,83 @@
+"""A tiny BadNets victim on real Fashion-MNIST, plain and LSBA, through the shared engine."""
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paddle_suite.backdoor import BackdoorTask, lsba
+from paddle_suite.classification import datasets
+from paddle_suite.config import ConfigError, load_config
+from paddle_suite.data import DatasetNotFound
+
+ROOT = Path(__file__).resolve().parents[2]
+ARGS = types.SimpleNamespace(no_progress=True)
+QUICK = ["Global.max_steps=160", "Global.eval_every=160", "Global.log_every=1000", "Global.test_split=null",
+         "DataLoader.train_subset=8000", "DataLoader.valid_size=0.02", "DataLoader.num_workers=0",
+         "DataLoader.augment.random_crop_padding=0", "DataLoader.augment.hflip=0.0",
+         "Backdoor.detectors.strip_samples=200", "Backdoor.detectors.strip_overlays=4",
+         "Backdoor.detectors.nc_steps=5", "Backdoor.detectors.nc_batch=4"]
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist():
+    try:
+        return datasets.load_fashion_mnist()
+    except DatasetNotFound:
+        pytest.skip("Fashion-MNIST absent: apt-get install dataset-fashion-mnist (or $PADDLE_SUITE_DATA/fashion-mnist)")
+
+
+def config(tmp_path, *overrides):
+    return load_config(str(ROOT / "configs" / "lsba_badnets_fmnist.yaml"),
+                       [f"Global.output_dir={tmp_path}", *QUICK, *overrides])
+
+
+def run(cfg):
+    task = BackdoorTask(cfg)
+    try:
+        return task, task.train(ARGS)
+    finally:
+        task.close()
+
+
+def test_poisoned_training_set_through_the_hook(fashion_mnist, tmp_path):
+    task = BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true"))
+    data = task.train_dataset
+    assert len(data) == 8000 and len(data.poison_indices) == 800
+    assert np.all(data.true_labels[data.poison_indices] != 0)
+    p = lsba.label_probability(0.2, 0.0, 10, 1)
+    assert np.allclose(data.labels[data.poison_indices, 0], p)
+    images = data.load(data.poison_indices[:5])
+    assert not np.array_equal(images, data.clean.load(data.poison_indices[:5]))
+    task.close()
+
+
+def test_config_errors_name_the_key(fashion_mnist, tmp_path):
+    with pytest.raises(ConfigError, match="Backdoor.target"):
+        BackdoorTask(config(tmp_path, "Backdoor.target=10"))
+    with pytest.raises(ConfigError, match="lower Backdoor.poison_rate"):
+        BackdoorTask(config(tmp_path, "Backdoor.attack=sig", "Backdoor.poison_rate=0.5"))
+    with pytest.raises(ConfigError, match="Backdoor.lsba.margin"):
+        BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.margin=1.0"))
+
+
+@pytest.mark.slow
+def test_tiny_plain_and_lsba_victims(fashion_mnist, tmp_path):
+    _, plain = run(config(tmp_path, "Global.run_name=plain"))
+    _, smoothed = run(config(tmp_path, "Global.run_name=lsba", "Backdoor.lsba.enabled=true",
+                             "Backdoor.lsba.margin=0.4"))
+    plain, smoothed = plain["backdoor"], smoothed["backdoor"]
+    for report in (plain, smoothed):
+        assert report["ca"] > 0.5  # chance is 0.1
+        assert report["asr"] > 0.3  # chance is 0.1 (the share of a random class)
+        for key in ("strip_auroc", "nc_anomaly", "spectral_auroc"):
+            assert np.isfinite(report[key])
+    assert plain["asr"] > 0.9 and plain["target_prob"] > 0.9
+    print({k: (plain[k], smoothed[k]) for k in ("ca", "asr", "target_prob", "strip_auroc", "nc_anomaly")})
+    # the LSBA victim is trained toward target probability 0.7 on triggered inputs, the plain one toward 1
+    assert smoothed["target_prob"] < plain["target_prob"] - 0.2
+    folder = tmp_path / "lsba" / "report"
+    assert json.loads((folder / "backdoor_report.json").read_text())["lsba"] is True
+    assert (folder / "backdoor_report.png").stat().st_size > 0
+    assert "LSBA (p_n=0.700" in (folder / "backdoor_report.md").read_text()
