@@ -14,7 +14,8 @@
    by rank (step = rank) and ``hessian/<name>/{slope_ls, slope_mle, ks, ...}`` at the checkpoint's
    training step.
 
-The last stdout line is a JSON summary (output directory, slopes, KS distance, verdict). Errors in
+The last stdout line is a JSON summary (output directory, slopes, KS distance, verdict, and when it
+trained: the best valid metrics and the test metrics of the best checkpoint). Errors in
 the config or the run directory exit with status 2 and a message naming the key or path.
 No scipy is imported (docs/platform.md: scipy after paddle can crash).
 """
@@ -85,7 +86,8 @@ def checkpoint_name(spec, path, run):
 
 
 def load_model(task, config, run, args):
-    """``(model, spec, checkpoint path or None)``, training the run first when it has no checkpoint."""
+    """``(model, spec, checkpoint path or None, training summary or None)``, training the run first when it
+    has no checkpoint."""
     import paddle
 
     from paddle_suite.engine import Trainer, restore_model
@@ -95,16 +97,18 @@ def load_model(task, config, run, args):
         paddle.seed(config["Global"]["seed"])
         model = task.build_model()
         model.eval()
-        return model, spec, None
+        return model, spec, None, None
     nothing_yet = run.latest_checkpoint() is None and not os.path.isdir(run.best_dir)
     if spec in ("best", "latest") and nothing_yet:
         if args.no_train or args.run is not None:
             raise RunError(f"{run.dir} has no checkpoint: train it (tools/train.py -c {args.config}), run without "
                            "--no-train, or set -o Hessian.checkpoint=init")
         log.info("no checkpoint in %s: training first", run.dir)
-        Trainer(config, task, args).train()
+        trained = Trainer(config, task, args).train()
+    else:
+        trained = None
     path = run.resolve_checkpoint(spec)
-    return restore_model(task, path), spec, path
+    return restore_model(task, path), spec, path, trained
 
 
 def exactness_error(model, batches):
@@ -147,7 +151,7 @@ def compute(args):
     task = HessianTask(config)
     try:
         settings = config["Hessian"]
-        model, spec, path = load_model(task, config, run, args)
+        model, spec, path, trained = load_model(task, config, run, args)
         batches = task.hessian_batches()
     finally:
         task.close()
@@ -189,7 +193,8 @@ def compute(args):
     return {"out_dir": out_dir, "checkpoint": name, "top_k": len(report["eigenvalues"]),
             "lambda_max": report["eigenvalues"][0], "slope_ls": fit["slope_ls"], "slope_mle": fit["slope_mle"],
             "ks": fit["ks_mle"], "ks_threshold": fit["ks_threshold"], "is_power_law": fit["is_power_law"],
-            "hessian_vector_products": report["hessian_vector_products"], "seconds": report["seconds"]}
+            "hessian_vector_products": report["hessian_vector_products"], "seconds": report["seconds"],
+            "training": None if trained is None else {k: trained.get(k) for k in ("step", "best_metrics", "test")}}
 
 
 def main(argv=None):
