@@ -151,8 +151,8 @@ def compute(args):
     task = HessianTask(config)
     try:
         settings = config["Hessian"]
+        batches = task.hessian_batches()  # before training: a subset larger than the data fails at once
         model, spec, path, trained = load_model(task, config, run, args)
-        batches = task.hessian_batches()
     finally:
         task.close()
     method = settings["method"]
