@@ -162,3 +162,16 @@ def test_missing_checkpoint_and_foreign_runs_are_refused(tmp_path, capsys):
     (foreign / "config.yaml").write_text("Global: {task: kge}\n")
     code, err = run_tool_in_process(["-c", CONFIG, "--run", str(foreign), *overrides(tmp_path)], capsys)
     assert code == 2 and "a 'kge' run; Hessian spectra need a classification run" in err
+
+
+@pytest.mark.parametrize("name", ["hessian_lenet_fmnist", "hessian_lenet_mnist", "hessian_lenet_cifar10",
+                                  "hessian_resnet20_cifar10"])
+def test_shipped_configs_load_and_pass_the_hessian_checks(name):
+    from paddle_suite.config import load_config
+    from paddle_suite.hessian.task import check_hessian_section
+
+    config = load_config(str(REPO / "configs" / f"{name}.yaml"))
+    assert config["Global"]["task"] == "hessian"
+    check_hessian_section(config["Hessian"], name)
+    if name == "hessian_lenet_mnist":
+        assert config["DataLoader"]["dataset"] == "mnist" and config["DataLoader"]["augment"]["hflip"] == 0.0
