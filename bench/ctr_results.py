@@ -492,7 +492,7 @@ def stream_section(name, h):
                   "speeds and memory at this size are not those of the full run.", ""]
     lines += [
         f"Status: {h['status']}. Data: `paddle_suite.ads.generator` (planted logistic model, power-law keys), "
-        f"{d['train_rows']:,} training rows ({d['passes']} passes of {d['pass_size']:,}) and {d['test_rows']:,} "
+        f"{d['train_rows']:,} training rows ({d['passes']} passes of {d['pass_size'] // 512} batches of 512) and {d['test_rows']:,} "
         f"held-out rows; {d['hot_slots']} slots with a 10^5 vocabulary (Zipf 1.05), {NUM_SLOTS - d['hot_slots']} "
         f"id-like slots (vocabulary 2^32, Zipf {d['id_zipf']})"
         + (f"; temporal reuse: hot_fraction {g['hot_fraction']}, hot_set_size {g['hot_set_size']:,} per slot, "
@@ -643,12 +643,12 @@ def run_stream(args, stream, runs, quick):
     data_dir = base_dir if stream == "stationary" else base_dir.rstrip("/") + "_temporal"
     if os.path.realpath(data_dir).startswith(str(REPO) + os.sep):
         sys.exit(f"--data-dir {data_dir} is inside the repository; use a scratch folder such as /tmp/ctr_bench")
-    reuse = None
-    if stream == "temporal":
-        reuse = {"hot_fraction": args.hot_fraction, "hot_set_size": args.hot_set_size,
-                 "drift_per_pass": args.drift_per_pass, "pass_rows": pass_size}
-    desc = make_data(data_dir, rows, test_rows, args.hot_slots, args.id_zipf, reuse)
     batch = 512  # configs' DataLoader.batch_size: a pass is pass_size // batch whole batches
+    reuse = None
+    if stream == "temporal":  # the hot sets drift at the trainer's pass boundaries
+        reuse = {"hot_fraction": args.hot_fraction, "hot_set_size": args.hot_set_size,
+                 "drift_per_pass": args.drift_per_pass, "pass_rows": pass_size // batch * batch}
+    desc = make_data(data_dir, rows, test_rows, args.hot_slots, args.id_zipf, reuse)
     n_passes = -(-(-(-rows // batch)) // max(1, pass_size // batch))
     run_dir = os.path.join(data_dir, "runs")
     os.makedirs(run_dir, exist_ok=True)
