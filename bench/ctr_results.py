@@ -497,7 +497,10 @@ def stream_section(name, h):
         f"id-like slots (vocabulary 2^32, Zipf {d['id_zipf']})"
         + (f"; temporal reuse: hot_fraction {g['hot_fraction']}, hot_set_size {g['hot_set_size']:,} per slot, "
            f"drift_per_pass {g['drift_per_pass']}, pass_rows {g['pass_rows']:,}" if g.get("hot_fraction") else "")
-        + f". Bayes-optimal test AUC **{h['bayes_auc']:.4f}**.", "",
+        + f". Bayes-optimal test AUC **{h['bayes_auc']:.4f}**."
+        + (f" Machine: {h['machine']}; load average (1 min) {h['load_average_start'][0]:.1f} at the start, "
+           f"{h['load_average_end'][0]:.1f} at the end (shared with other jobs)." if h.get("load_average_end") else ""),
+        "",
         "| run | table keys | peak RSS MB (anon) | examples/s (end to end) | examples/s (training loop) | test AUC | AUC - Bayes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
