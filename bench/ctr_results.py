@@ -19,12 +19,35 @@ Runs (each a child process, one pass over ``train.txt``, scored on ``test.txt``)
   ``HierarchicalTrainer``: LMDB SSD tier, MEM tier capped at ``--mem-cap-mb``, pass working sets),
   then the task's ``evaluate`` (exported body + store lookup). ``keys`` = rows of the store's SSD
   table after training (every key the run created; the store checkpoints MEM on close).
-* ``plain_fleet_ps``: ``python -m paddle_suite.ads.launcher`` with 1 server + ``--fleet-workers``
-  workers on loopback, ``configs/ctr_dnn_ps.yaml`` (async, ``MemorySparseTable``, Adagrad rule), one
+* ``plain_fleet_ps``: ``python -m paddle_suite.ads.launcher`` with ``--fleet-servers`` servers +
+  ``--fleet-workers`` workers on loopback (default: the config's ``PS.server_num`` / ``PS.worker_num``,
+  2 and 2), ``configs/ctr_dnn_ps.yaml`` (async, ``MemorySparseTable``, Adagrad rule), one
   checkpoint at the end; its sparse shards are filtered to the test keys (``fleet_ps.write_delta``)
   and scored with the exported body (``SparseShards`` gives zeros for keys never trained).
 * ``single_process``: the same config without a launcher (``PS.mode=local``: static program,
   ``PS.local_vocab`` rows, keys folded modulo the vocabulary), then the task's ``evaluate``.
+
+Streams (``--streams``, both by default; each its own data folder, ``<data-dir>`` and
+``<data-dir>_temporal``):
+
+* ``stationary``: the layout above, i.i.d. draws: with 2^32-value id slots nearly every key of a
+  pass is new (the generator counts ~93% never-seen keys per pass at the full size), so its tier
+  hit rates say nothing about caching. Runs ``--runs`` (all three by default).
+* ``temporal``: the same spec plus the generator's temporal reuse (``generator`` docstring): in
+  every slot a share ``--hot-fraction`` (0.6) of the values comes from a hot set of
+  ``--hot-set-size`` (5,000) ranks, of which ``--drift-per-pass`` (0.1) are replaced from one pass to the
+  next (``pass_rows`` = the trainer's pass size), the rest from the same Zipf tails. Our choice of
+  numbers: a hot set that lives ~10 passes and takes most of the traffic, as live campaigns and
+  items do in ad logs; it is stated, not fitted to a real log. Runs ``--temporal-runs``
+  (``hierarchical`` by default: the hit rates are the point).
+
+The generator also counts, per pass of the file, the share of distinct keys seen in the previous
+pass and never seen before (``data.key_reuse``), printed beside the store's hit rates.
+
+Provenance: every row carries the bench command that produced it, its training command and the
+date (``provenance``); rows kept from an earlier invocation (same stream, data and settings: the
+runs not named in ``--runs``) keep theirs. Runs at fewer than 2,600,000 rows are labelled
+"reduced size" in the markdown.
 
 Memory: every process of a run is sampled every ``--sample-s`` seconds from ``/proc/<pid>/status``
 (``VmHWM`` = peak resident set, ``RssAnon``/``RssFile``). ``ru_maxrss_mb`` (``wait4``) is only a
@@ -49,11 +72,12 @@ and glibc keeping freed working-set arrays resident; see ``store.return_freed_me
 reading, store I/O and the final export included); ``train_examples_per_s`` = examples / time inside
 the training loop as the run's own per-pass metrics report it.
 
-    python bench/ctr_results.py --quick                       # < 5 minutes, prints RESULT {json}
+    python bench/ctr_results.py --quick                       # < 5 minutes (both streams), prints RESULT {json}
     python bench/ctr_results.py --data-dir /tmp/ctr_bench     # the full run: writes
         bench/results/ctr_results.json and bench/ctr_results.md (atomically, after every run)
     python bench/ctr_results.py --data-dir /tmp/ctr_bench --runs plain_fleet_ps
         # re-runs one side on the same data; the other sides' results are kept from the file
+    python bench/ctr_results.py --rows 5e5 --streams temporal --temporal-runs hierarchical,plain_fleet_ps
 """
 import argparse
 import datetime
@@ -91,8 +115,15 @@ def parse_args(argv=None):
     p.add_argument("--id-zipf", type=float, default=0.75, help="Zipf exponent of the id-like slots")
     p.add_argument("--mem-cap-mb", type=float, default=None, help="hierarchical MEM cap (256 full, 16 quick)")
     p.add_argument("--pass-size", type=int, default=None, help="examples per pass (100000 full, 25000 quick)")
-    p.add_argument("--fleet-workers", type=int, default=1, help="Fleet PS workers (1 server)")
-    p.add_argument("--runs", default="hierarchical,single_process,plain_fleet_ps", help="comma-separated subset")
+    p.add_argument("--fleet-servers", type=int, default=None, help="Fleet PS servers (default: PS.server_num of the config)")
+    p.add_argument("--fleet-workers", type=int, default=None, help="Fleet PS workers (default: PS.worker_num of the config)")
+    p.add_argument("--streams", default="stationary,temporal", help="comma-separated: stationary, temporal")
+    p.add_argument("--runs", default="hierarchical,single_process,plain_fleet_ps",
+                   help="comma-separated subset, on the stationary stream")
+    p.add_argument("--temporal-runs", default="hierarchical", help="comma-separated subset, on the temporal stream")
+    p.add_argument("--hot-fraction", type=float, default=0.6, help="temporal stream: share of values from the hot sets")
+    p.add_argument("--hot-set-size", type=int, default=5000, help="temporal stream: hot-set members per slot")
+    p.add_argument("--drift-per-pass", type=float, default=0.1, help="temporal stream: hot-set share replaced per pass")
     p.add_argument("--sample-s", type=float, default=0.5, help="memory sampling period")
     p.add_argument("--min-keys", type=float, default=5e7, help="full run: fail if the table has fewer keys")
     p.add_argument("--keep-data", action="store_true", help="keep the generated data and stores")
@@ -101,17 +132,19 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ data
-def data_spec(rows, hot_slots, id_zipf):
+def data_spec(rows, hot_slots, id_zipf, reuse=None):
+    """The generator's spec; ``reuse``: the temporal stream's ``hot_fraction``, ``hot_set_size``,
+    ``drift_per_pass`` and ``pass_rows`` (None: the stationary stream)."""
     from paddle_suite.ads.generator import CtrSpec
 
     vocab = [10 ** 5] * hot_slots + [2 ** 32] * (NUM_SLOTS - hot_slots)
     zipf = [1.05] * hot_slots + [id_zipf] * (NUM_SLOTS - hot_slots)
     weight_std = [0.8] * hot_slots + [1.0] * (NUM_SLOTS - hot_slots)
     return CtrSpec(rows, "criteo_tsv", vocab, zipf, seed=7, ctr=0.25, weight_std=weight_std, weight_rank_decay=1.0,
-                   dense_weight_std=0.3)
+                   dense_weight_std=0.3, **(reuse or {}))
 
 
-def make_data(data_dir, rows, test_rows, hot_slots, id_zipf, chunk_rows=50_000):
+def make_data(data_dir, rows, test_rows, hot_slots, id_zipf, reuse=None, chunk_rows=50_000):
     """Generate train.txt / test.txt (reused when the meta matches); returns the data description."""
     from paddle_suite.ads.generator import generate, sample_chunk
     from paddle_suite.ads.common import roc_auc
@@ -120,18 +153,19 @@ def make_data(data_dir, rows, test_rows, hot_slots, id_zipf, chunk_rows=50_000):
         raise ValueError(f"--rows must be a multiple of {chunk_rows} (the generator's chunk) so the test rows "
                          f"are whole chunks, got {rows}")
     os.makedirs(data_dir, exist_ok=True)
-    spec = data_spec(rows + test_rows, hot_slots, id_zipf)
+    spec = data_spec(rows + test_rows, hot_slots, id_zipf, reuse)
     all_path = os.path.join(data_dir, "all.txt")
     train, test = os.path.join(data_dir, "train.txt"), os.path.join(data_dir, "test.txt")
     desc_path = os.path.join(data_dir, "data.json")
     if os.path.exists(desc_path):
         with open(desc_path) as handle:
             desc = json.load(handle)
-        if desc.get("spec") == spec.as_dict() and desc.get("train_rows") == rows and os.path.exists(test):
+        if (desc.get("spec") == spec.as_dict() and desc.get("train_rows") == rows and os.path.exists(test)
+                and "key_reuse" in desc):
             print(f"data: reusing {data_dir}", flush=True)
             return desc
     started = time.time()
-    meta = generate(spec, all_path, chunk_rows=chunk_rows, progress=False)
+    meta = generate(spec, all_path, chunk_rows=chunk_rows, progress=False, track_reuse=True)
     # split by line: the first `rows` lines train, the rest test (same planted model)
     with open(all_path, "rb") as src, open(train + ".tmp", "wb") as dst_train:
         for _ in range(rows):
@@ -155,6 +189,7 @@ def make_data(data_dir, rows, test_rows, hot_slots, id_zipf, chunk_rows=50_000):
         "distinct_keys_all_rows": meta["distinct_keys"], "distinct_keys_exact": meta["distinct_keys_exact"],
         "bayes_auc_test": roc_auc(labels, np.concatenate(logits)), "bayes_auc_all_rows": meta["bayes_auc"],
         "ctr": meta["ctr"], "generate_s": round(time.time() - started, 1),
+        "key_reuse": {k: meta["reuse"][k] for k in ("mean_seen_previous_pass", "mean_new")},
     }
     with open(desc_path, "w") as handle:
         json.dump(desc, handle, indent=1)
@@ -201,8 +236,10 @@ def _role(pid):
     if "paddle_suite.ads.launcher" in cmd:
         return "launcher"
     role = env.get(b"TRAINING_ROLE", b"").decode()
-    if role == "PSERVER":
-        return "server"
+    if role == "PSERVER":  # servers by their position in the endpoint list (server0, server1, ...)
+        port = env.get(b"PADDLE_PORT", b"").decode()
+        ports = [e.rsplit(":", 1)[-1] for e in env.get(b"PADDLE_PSERVERS_IP_PORT_LIST", b"").decode().split(",")]
+        return f"server{ports.index(port)}" if port in ports else "server"
     if role == "TRAINER":
         return f"worker{env.get(b'PADDLE_TRAINER_ID', b'0').decode()}"
     return "trainer" if "python" in cmd else None
@@ -306,6 +343,14 @@ def _fail(name, code, log_path):
     raise RuntimeError(f"{name} run failed with status {code}; last lines of {log_path}:\n{''.join(lines[-30:])}")
 
 
+def provenance(bench_command, command):
+    """Where a row comes from: the bench command that produced it, the training command it ran
+    (paths and overrides as run), and when."""
+    return {"command": bench_command, "train_command": " ".join(os.path.basename(c) if c == sys.executable else c
+                                                                  for c in command),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def run_hierarchical(args, desc, run_dir, pass_size, mem_cap_mb):
     name = "hierarchical"
     shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
@@ -339,6 +384,7 @@ def run_hierarchical(args, desc, run_dir, pass_size, mem_cap_mb):
         "examples_per_s": examples / wall, "train_examples_per_s": train_speed, "wall_s": wall,
         "auc": evaluation["auc"], "logloss": evaluation["logloss"], "test_examples": evaluation["examples"],
         "progressive_train_auc_last_pass": last["auc"], "log": log_path,
+        "provenance": provenance(args.bench_command, command),
     }
 
 
@@ -362,6 +408,7 @@ def run_single(args, desc, run_dir, pass_size, n_passes):
         "ru_maxrss_mb": ru_max,
         "examples_per_s": examples / wall, "train_examples_per_s": train_speed, "wall_s": wall,
         "auc": evaluation["auc"], "logloss": evaluation["logloss"], "log": log_path,
+        "provenance": provenance(args.bench_command, command),
     }
 
 
@@ -397,9 +444,9 @@ def run_fleet(args, desc, run_dir, pass_size, n_passes):
     run_path = os.path.join(run_dir, name)
     shutil.rmtree(run_path, ignore_errors=True)
     overrides = _overrides(run_dir, name, desc, pass_size, [
-        "PS.mode=async", "PS.server_num=1", f"PS.worker_num={args.fleet_workers}",
+        "PS.mode=async", f"PS.server_num={args.fleet_servers}", f"PS.worker_num={args.fleet_workers}",
         f"PS.save_every_passes={n_passes}"])
-    command = [sys.executable, "-m", "paddle_suite.ads.launcher", "--server_num", "1", "--worker_num",
+    command = [sys.executable, "-m", "paddle_suite.ads.launcher", "--server_num", str(args.fleet_servers), "--worker_num",
                str(args.fleet_workers), "--log_dir", os.path.join(run_path, "logs"), "-c", str(PS_CONFIG),
                *_o(overrides)]
     log_path = os.path.join(run_dir, f"{name}.log")
@@ -412,60 +459,80 @@ def run_fleet(args, desc, run_dir, pass_size, n_passes):
     evaluation = fleet_test_auc(overrides, run_path, desc["test_file"])
     ckpt = glob.glob(os.path.join(run_path, "checkpoints", "pass-*", "000", "part-*"))
     return {
-        "mode": f"async Fleet PS, MemorySparseTable + SparseAccessor (Adagrad rule), 1 server + {args.fleet_workers} "
-                "worker(s) on loopback, Executor.run feeds, dense parameters pulled before every batch "
-                "(fleet_ps.dense_puller)",
+        "mode": f"async Fleet PS, MemorySparseTable + SparseAccessor (Adagrad rule), {args.fleet_servers} server(s) + "
+                f"{args.fleet_workers} worker(s) on loopback, Executor.run feeds, dense parameters pulled before "
+                "every batch (fleet_ps.dense_puller)",
+        "servers": args.fleet_servers, "workers": args.fleet_workers,
         "passes": len(metrics), "examples": examples,
         "peak_rss_mb": {role: p["peak_rss_mb"] for role, p in peaks.items()},
         "peak_rss_anon_mb": {role: p["peak_rss_anon_mb"] for role, p in peaks.items()},
-        "server_peak_rss_mb": peaks.get("server", {}).get("peak_rss_mb"),
+        "server_peak_rss_mb": max((p["peak_rss_mb"] for role, p in peaks.items() if role.startswith("server")),
+                                  default=None),
         "examples_per_s": examples / wall, "train_examples_per_s": train_speed, "wall_s": wall,
         "auc": evaluation["auc"], "logloss": evaluation["logloss"], "test_keys_found": evaluation["test_keys_found"],
         "checkpoint_sparse_mb": sum(os.path.getsize(f) for f in ckpt) / 2 ** 20, "eval_s": time.time() - started,
         "progressive_train_auc_last_pass": metrics[-1]["auc"] if metrics else None, "log": log_path,
+        "provenance": provenance(args.bench_command, command),
     }
 
 
 # ------------------------------------------------------------------------------------------ report
-def markdown(result):
-    h = result
-    lines = [
-        "# CTR results: hierarchical HBM / MEM / SSD store vs plain Fleet PS vs one process",
-        "",
-        f"Written by `{h['command']}` on {h['machine']}, {h['date']} (status: {h['status']}).",
-        "",
-        "Data: `paddle_suite.ads.generator` (planted logistic model, power-law keys), "
-        f"{h['data']['train_rows']:,} training rows (one pass) and {h['data']['test_rows']:,} held-out rows; "
-        f"{h['data']['hot_slots']} slots with a 10^5 vocabulary (Zipf 1.05), {NUM_SLOTS - h['data']['hot_slots']} "
-        f"id-like slots (vocabulary 2^32, Zipf {h['data']['id_zipf']}); Bayes-optimal test AUC "
-        f"**{h['bayes_auc']:.4f}**.",
-        "",
-    ]
-    if h.get("kept_from_previous"):
-        k = h["kept_from_previous"]
-        lines += [f"Rows {', '.join(k['runs'])} come from `{k['command']}` ({k['date']}) on the same data and "
-                  "settings (kept from the results file).", ""]
+FULL_ROWS = 2_600_000
+STREAM_TITLES = {"stationary": "stationary stream (i.i.d. Zipf draws: the generator's default)",
+                 "temporal": "temporal-reuse stream (drifting per-slot hot sets)"}
+RUN_NAMES = {"hierarchical": "hierarchical", "plain_fleet_ps": "plain Fleet PS", "single_process": "single process"}
+
+
+def stream_section(name, h):
+    d = h["data"]
+    g = d["generator"]
+    lines = [f"## {STREAM_TITLES[name]}", ""]
+    if d["train_rows"] != FULL_ROWS:
+        lines += [f"**Reduced size**: {d['train_rows']:,} training rows (the full run is {FULL_ROWS:,}); "
+                  "speeds and memory at this size are not those of the full run.", ""]
     lines += [
+        f"Status: {h['status']}. Data: `paddle_suite.ads.generator` (planted logistic model, power-law keys), "
+        f"{d['train_rows']:,} training rows ({d['passes']} passes of {d['pass_size'] // 512} batches of 512) and {d['test_rows']:,} "
+        f"held-out rows; {d['hot_slots']} slots with a 10^5 vocabulary (Zipf 1.05), {NUM_SLOTS - d['hot_slots']} "
+        f"id-like slots (vocabulary 2^32, Zipf {d['id_zipf']})"
+        + (f"; temporal reuse: hot_fraction {g['hot_fraction']}, hot_set_size {g['hot_set_size']:,} per slot, "
+           f"drift_per_pass {g['drift_per_pass']}, pass_rows {g['pass_rows']:,}" if g.get("hot_fraction") else "")
+        + f". Bayes-optimal test AUC **{h['bayes_auc']:.4f}**."
+        + (f" Machine: {h['machine']}; load average (1 min) {h['load_average_start'][0]:.1f} at the start, "
+           f"{h['load_average_end'][0]:.1f} at the end (shared with other jobs)." if h.get("load_average_end") else ""),
+        "",
         "| run | table keys | peak RSS MB (anon) | examples/s (end to end) | examples/s (training loop) | test AUC | AUC - Bayes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    if h.get("auc") is not None:
-        lines.append(f"| hierarchical (MEM cap {h['mem_cap_mb']:.0f} MB) | {h['keys']:,} | {h['peak_rss_mb']:.0f} "
-                     f"({h['peak_rss_anon_mb']:.0f}) | {h['examples_per_s']:,.0f} | {h['train_examples_per_s']:,.0f} | "
-                     f"{h['auc']:.4f} | {h['auc'] - h['bayes_auc']:+.4f} |")
+    rows = []
+    hier = h.get("hierarchical") or {}
+    if hier.get("auc") is not None:
+        rows.append("hierarchical")
+        lines.append(f"| hierarchical (MEM cap {hier['mem_cap_mb']:.0f} MB) | {hier['keys']:,} | {hier['peak_rss_mb']:.0f} "
+                     f"({hier['peak_rss_anon_mb']:.0f}) | {hier['examples_per_s']:,.0f} | "
+                     f"{hier['train_examples_per_s']:,.0f} | {hier['auc']:.4f} | {hier['auc'] - h['bayes_auc']:+.4f} |")
     f = h.get("plain_fleet_ps") or {}
     if f.get("auc") is not None:
+        rows.append("plain_fleet_ps")
         rss = ", ".join(f"{k} {v:.0f}" for k, v in f["peak_rss_mb"].items() if k != "launcher")
         anon = ", ".join(f"{v:.0f}" for k, v in f["peak_rss_anon_mb"].items() if k != "launcher")
-        lines.append(f"| plain Fleet PS (async, MemorySparseTable) | (all, in server RAM) | {rss} ({anon}) | "
+        lines.append(f"| plain Fleet PS (async, MemorySparseTable, {f.get('servers', 1)} servers x "
+                     f"{f.get('workers', 1)} workers) | (all, in server RAM) | {rss} ({anon}) | "
                      f"{f['examples_per_s']:,.0f} | {f['train_examples_per_s']:,.0f} | {f['auc']:.4f} | "
                      f"{f['auc'] - h['bayes_auc']:+.4f} |")
-    s = h.get("single_process") or {}
-    if s.get("auc") is not None:
-        lines.append(f"| single process (local, {s['table_rows']:,}-row folded table) | {s['table_rows']:,} | "
-                     f"{s['peak_rss_mb']:.0f} ({s['peak_rss_anon_mb']:.0f}) | {s['examples_per_s']:,.0f} | "
-                     f"{s['train_examples_per_s']:,.0f} | {s['auc']:.4f} | {s['auc'] - h['bayes_auc']:+.4f} |")
-    if h.get("auc") is not None:
+    sp = h.get("single_process") or {}
+    if sp.get("auc") is not None:
+        rows.append("single_process")
+        lines.append(f"| single process (local, {sp['table_rows']:,}-row folded table) | {sp['table_rows']:,} | "
+                     f"{sp['peak_rss_mb']:.0f} ({sp['peak_rss_anon_mb']:.0f}) | {sp['examples_per_s']:,.0f} | "
+                     f"{sp['train_examples_per_s']:,.0f} | {sp['auc']:.4f} | {sp['auc'] - h['bayes_auc']:+.4f} |")
+    lines += ["", "Provenance (the bench command that produced each row; its training command is in the JSON's "
+              "`provenance.train_command`):", ""]
+    for run in rows:
+        prov = h[run].get("provenance")
+        lines.append(f"- {RUN_NAMES[run]}: `{prov['command']}` ({prov['date']})" if prov else
+                     f"- {RUN_NAMES[run]}: no provenance recorded")
+    if hier.get("auc") is not None:
         hr = h["hit_rate"]
         lines += [
             "",
@@ -478,18 +545,52 @@ def markdown(result):
             f"Memory: peak RSS {h['peak_rss_mb']:.0f} MB of which anonymous {h['peak_rss_anon_mb']:.0f} MB "
             f"(file-backed LMDB map pages, reclaimable, peak {h['peak_rss_file_mb']:.0f} MB). Allowed: MEM cap "
             f"{h['mem_cap_mb']:.0f} MB + overhead {h['rss_overhead_mb']:.0f} MB (process with paddle + model "
-            f"{h['overhead']['baseline_mb']:.0f} MB, two passes of parsed data and three working sets' worth: the training one, the prefetched one, commit transients) "
-            f"= {h['mem_cap_mb'] + h['rss_overhead_mb']:.0f} MB: within cap **{h['within_cap']}**.",
+            f"{h['overhead']['baseline_mb']:.0f} MB, two passes of parsed data and three working sets' worth: the "
+            f"training one, the prefetched one, commit transients) = {h['mem_cap_mb'] + h['rss_overhead_mb']:.0f} MB: "
+            f"within cap **{h['within_cap']}**.",
         ]
-    if f.get("auc") is not None:
-        lines += ["", "Plain Fleet PS: the worker pulls the servers' dense parameters before every batch "
+    lines.append("")
+    return lines
+
+
+def hit_rate_section(streams):
+    names = [n for n in ("stationary", "temporal") if (streams.get(n) or {}).get("hit_rate")]
+    if not names:
+        return []
+    lines = ["## Hit rates per stream (hierarchical store)", "",
+             "Fractions of the distinct keys requested by working-set loads, over all passes; the last two rows are "
+             "the generator's own count over every pass of the file after the first (train and test rows).", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for tier, label in (("hbm", "HBM (kept from the previous pass)"), ("mem", "MEM"), ("ssd", "SSD"),
+                        ("new", "new (never seen, initialised)")):
+        lines.append(f"| {label} | " + " | ".join(f"{streams[n]['hit_rate'][tier]:.3f}" for n in names) + " |")
+    reuse = [streams[n]["data"].get("key_reuse") or {} for n in names]
+    lines.append("| generator: keys seen in the previous pass | " +
+                 " | ".join(f"{r['mean_seen_previous_pass']:.3f}" if r.get("mean_seen_previous_pass") is not None
+                            else "-" for r in reuse) + " |")
+    lines.append("| generator: keys never seen before | " +
+                 " | ".join(f"{r['mean_new']:.3f}" if r.get("mean_new") is not None else "-" for r in reuse) + " |")
+    sizes = ", ".join(f"{n}: {streams[n]['data']['train_rows']:,} rows, MEM cap {streams[n]['mem_cap_mb']:.0f} MB"
+                      for n in names)
+    return lines + ["", f"({sizes}.)", ""]
+
+
+def markdown(streams):
+    lines = ["# CTR results: hierarchical HBM / MEM / SSD store vs plain Fleet PS vs one process", "",
+             "Written by `bench/ctr_results.py` from `bench/results/ctr_results.json` (never by hand); "
+             "definitions in the script's docstring. Each row names the command that produced it.", ""]
+    lines += hit_rate_section(streams)
+    for name in ("stationary", "temporal"):
+        if streams.get(name):
+            lines += stream_section(name, streams[name])
+    stationary = streams.get("stationary") or {}
+    if (stationary.get("plain_fleet_ps") or {}).get("auc") is not None:
+        lines += ["Plain Fleet PS: each worker pulls the servers' dense parameters before every batch "
                   "(`fleet_ps.dense_puller`); paddle 2.6.2's async runtime never does this for `Executor.run` "
-                  "feeds, and without it the worker's MLP stays at its initialisation."]
-    lines += ["", "The id-like slots carry almost no planted signal (weights decay as rank^-1 and their heads are "
+                  "feeds, and without it the worker's MLP stays at its initialisation.", ""]
+    lines += ["The id-like slots carry almost no planted signal (weights decay as rank^-1 and their heads are "
               "rare), so folding their keys into the single process's bounded table costs little AUC on this data: "
-              "the comparison shows scale and correctness, not an accuracy gain from the large table."]
-    lines += ["", "Definitions are in the docstring of `bench/ctr_results.py`; raw numbers in "
-              "`bench/results/ctr_results.json`.", ""]
+              "the comparison shows scale and correctness, not an accuracy gain from the large table.", ""]
     return "\n".join(lines)
 
 
@@ -498,92 +599,82 @@ HIER_TOP_KEYS = ("keys", "peak_rss_mb", "hit_rate", "examples_per_s", "auc", "pe
                  "mem_cap_mb", "rss_overhead_mb", "overhead")
 
 
-def previous_results(result):
-    """The results file of an earlier invocation on the same data and settings, or None."""
+def read_results():
+    """The results file as ``{stream: result}`` (a file of the older one-stream layout reads as empty)."""
     if not RESULTS_JSON.exists():
-        return None
+        return {}
     with open(RESULTS_JSON) as handle:
-        previous = json.load(handle)
-    same = previous.get("data") == json.loads(json.dumps(result["data"], default=float))
-    return previous if same and previous.get("mem_cap_mb") == result["mem_cap_mb"] else None
+        stored = json.load(handle)
+    return {k: v for k, v in stored.items() if k in STREAM_TITLES}
 
 
-def keep_other_runs(result, runs):
-    """Fill in, from the results file (same data and settings), the sides this invocation does not run."""
-    previous = previous_results(result)
-    if previous is None:
+def keep_other_runs(result, stream, runs):
+    """Fill in, from the results file (same stream, data and settings), the runs this invocation
+    does not run; each keeps its own provenance."""
+    previous = read_results().get(stream)
+    if previous is None or previous.get("data") != json.loads(json.dumps(result["data"], default=float)) \
+            or previous.get("mem_cap_mb") != result["mem_cap_mb"]:
         return
-    kept = [r for r in ("hierarchical", "single_process", "plain_fleet_ps") if r not in runs and previous.get(r)]
-    for run in kept:
-        result[run] = previous[run]
-    if "hierarchical" in kept:
-        result.update({k: previous[k] for k in HIER_TOP_KEYS if k in previous})
-    if kept:
-        origin = previous.get("kept_from_previous")
-        if origin and set(kept) <= set(origin["runs"]):  # the previous file had kept them too: keep their origin
-            result["kept_from_previous"] = dict(origin, runs=kept)
-        else:
-            result["kept_from_previous"] = {"runs": kept, "date": previous.get("date"),
-                                            "command": previous.get("command")}
+    for run in ("hierarchical", "single_process", "plain_fleet_ps"):
+        if run not in runs and previous.get(run):
+            result[run] = previous[run]
+            if run == "hierarchical":
+                result.update({k: previous[k] for k in HIER_TOP_KEYS if k in previous})
 
 
-def write_results(result, runs):
+def write_results(result, stream, runs):
     from paddle_suite.io import atomic_write
 
-    keep_other_runs(result, runs)
-
+    keep_other_runs(result, stream, runs)
+    streams = read_results()
+    streams[stream] = json.loads(json.dumps(result, default=float))
     os.makedirs(RESULTS_JSON.parent, exist_ok=True)
     with atomic_write(str(RESULTS_JSON), "w") as handle:
-        json.dump(result, handle, indent=1, default=float)
+        json.dump(streams, handle, indent=1)
     with atomic_write(str(RESULTS_MD), "w") as handle:
-        handle.write(markdown(result))
+        handle.write(markdown(streams))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.render:
-        from paddle_suite.io import atomic_write
-
-        with open(RESULTS_JSON) as handle:
-            result = json.load(handle)
-        with atomic_write(str(RESULTS_MD), "w") as handle:
-            handle.write(markdown(result))
-        return result
-    quick = args.quick
-    rows = args.rows or (150_000 if quick else 2_600_000)
+def run_stream(args, stream, runs, quick):
+    """One stream's data and runs; its result (written to the results files after every run when
+    ``args.write``)."""
+    rows = args.rows or (150_000 if quick else FULL_ROWS)
     test_rows = args.test_rows or (20_000 if quick else 100_000)
     mem_cap_mb = args.mem_cap_mb or (16.0 if quick else 256.0)
     pass_size = args.pass_size or (25_000 if quick else 100_000)
-    data_dir = args.data_dir or ("/tmp/ctr_bench_quick" if quick else "/tmp/ctr_bench")
+    base_dir = args.data_dir or ("/tmp/ctr_bench_quick" if quick else "/tmp/ctr_bench")
+    data_dir = base_dir if stream == "stationary" else base_dir.rstrip("/") + "_temporal"
     if os.path.realpath(data_dir).startswith(str(REPO) + os.sep):
         sys.exit(f"--data-dir {data_dir} is inside the repository; use a scratch folder such as /tmp/ctr_bench")
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    write = args.write or not quick
-    started = time.time()
-    desc = make_data(data_dir, rows, test_rows, args.hot_slots, args.id_zipf)
     batch = 512  # configs' DataLoader.batch_size: a pass is pass_size // batch whole batches
+    reuse = None
+    if stream == "temporal":  # the hot sets drift at the trainer's pass boundaries
+        reuse = {"hot_fraction": args.hot_fraction, "hot_set_size": args.hot_set_size,
+                 "drift_per_pass": args.drift_per_pass, "pass_rows": pass_size // batch * batch}
+    desc = make_data(data_dir, rows, test_rows, args.hot_slots, args.id_zipf, reuse)
     n_passes = -(-(-(-rows // batch)) // max(1, pass_size // batch))
     run_dir = os.path.join(data_dir, "runs")
     os.makedirs(run_dir, exist_ok=True)
     baseline = baseline_rss_mb(data_dir)
     overhead = overhead_mb(baseline, pass_size, 9)
     result = {
-        "keys": None, "mem_cap_mb": mem_cap_mb, "rss_overhead_mb": overhead,
+        "stream": stream, "keys": None, "mem_cap_mb": mem_cap_mb, "rss_overhead_mb": overhead,
         "overhead": {"baseline_mb": baseline, "definition": "RSS after importing paddle and building the model + "
                      "optimiser, + 2 passes of parsed examples (2 x 268 B + 208 B index per row) + 3 working sets' worth "
                      "(training, prefetched, commit transients; pass_size x 26 keys x (8 + 72) B); checked against the anonymous peak RSS"},
         "peak_rss_mb": None, "hit_rate": None, "examples_per_s": None, "auc": None,
         "bayes_auc": desc["bayes_auc_test"],
         "data": {**{k: desc[k] for k in ("train_rows", "test_rows", "distinct_keys_all_rows", "bayes_auc_test",
-                                         "bayes_auc_all_rows", "ctr", "train_bytes")},
+                                         "bayes_auc_all_rows", "ctr", "train_bytes", "key_reuse")},
                  "hot_slots": args.hot_slots, "id_zipf": args.id_zipf, "generator": desc["spec"],
                  "pass_size": pass_size, "passes": n_passes},
         "plain_fleet_ps": None, "single_process": None, "status": "running",
         "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), {platform.processor() or platform.node()}",
+        "load_average_start": list(os.getloadavg()),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), "bench/ctr_results.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": args.bench_command,
     }
-    print(f"overhead allowance {overhead:.0f} MB (baseline process {baseline:.0f} MB)", flush=True)
+    print(f"[{stream}] overhead allowance {overhead:.0f} MB (baseline process {baseline:.0f} MB)", flush=True)
     for run in runs:
         t0 = time.time()
         if run == "hierarchical":
@@ -591,7 +682,7 @@ def main(argv=None):
             result["hierarchical"] = h
             result.update({k: h[k] for k in HIER_TOP_KEYS if k in h})
             result["within_cap"] = bool(h["peak_rss_anon_mb"] <= mem_cap_mb + overhead)
-            if not quick and h["keys"] < args.min_keys:
+            if stream == "stationary" and rows == FULL_ROWS and h["keys"] < args.min_keys:
                 result["status"] = f"table too small: {h['keys']} keys < {args.min_keys:.0f}"
         elif run == "single_process":
             result["single_process"] = run_single(args, desc, run_dir, pass_size, n_passes)
@@ -600,19 +691,49 @@ def main(argv=None):
         else:
             raise SystemExit(f"unknown run '{run}' (hierarchical, single_process, plain_fleet_ps)")
         summary = result.get("hierarchical") if run == "hierarchical" else result[run]
-        print(f"{run}: AUC {summary['auc']:.4f} (Bayes {result['bayes_auc']:.4f}), {summary['examples_per_s']:,.0f} "
-              f"examples/s end to end, {time.time() - t0:.0f} s", flush=True)
-        if write:
-            write_results(result, runs)
+        print(f"[{stream}] {run}: AUC {summary['auc']:.4f} (Bayes {result['bayes_auc']:.4f}), "
+              f"{summary['examples_per_s']:,.0f} examples/s end to end, {time.time() - t0:.0f} s", flush=True)
+        if args.write:
+            write_results(result, stream, runs)
     if result["status"] == "running":
         result["status"] = "complete"
-    result["total_s"] = time.time() - started
-    if write:
-        write_results(result, runs)
+    result["load_average_end"] = list(os.getloadavg())
+    if args.write:
+        write_results(result, stream, runs)
     if not args.keep_data and quick:
         shutil.rmtree(data_dir, ignore_errors=True)
-    print("RESULT " + json.dumps(result, default=float), flush=True)
     return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.render:
+        from paddle_suite.io import atomic_write
+
+        with atomic_write(str(RESULTS_MD), "w") as handle:
+            handle.write(markdown(read_results()))
+        return read_results()
+    import yaml
+
+    with open(PS_CONFIG) as handle:
+        ps = yaml.safe_load(handle)["PS"]
+    args.fleet_servers = args.fleet_servers or int(ps["server_num"])
+    args.fleet_workers = args.fleet_workers or int(ps["worker_num"])
+    args.write = args.write or not args.quick
+    args.bench_command = " ".join([os.path.basename(sys.executable), "bench/ctr_results.py",
+                                   *(argv if argv is not None else sys.argv[1:])])
+    started = time.time()
+    streams = [s.strip() for s in args.streams.split(",") if s.strip()]
+    unknown = set(streams) - set(STREAM_TITLES)
+    if unknown:
+        raise SystemExit(f"--streams: unknown {sorted(unknown)} (stationary, temporal)")
+    results = {}
+    for stream in streams:
+        runs = [r.strip() for r in (args.runs if stream == "stationary" else args.temporal_runs).split(",") if r.strip()]
+        results[stream] = run_stream(args, stream, runs, args.quick)
+    summary = {"streams": results, "total_s": time.time() - started, "command": args.bench_command}
+    print("RESULT " + json.dumps(summary, default=float), flush=True)
+    return summary
 
 
 if __name__ == "__main__":

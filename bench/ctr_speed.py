@@ -27,29 +27,43 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   capped at ``--mem-cap-mb``) and prefetched, one static-program run per batch (``PassStep``:
   dense indexing into the HBM table, Adam for the dense part + row-wise Adagrad, oneDNN matmul /
   relu), dense checkpoint + ``commit_pass`` per pass. No key folding: full 64-bit keys. The clock
-  runs from building pass 0's data to the return of the last commit, i.e. until every pass is
-  durable (its redo record and commit point are on disk); the MEM update and SSD-table writes that
-  a commit leaves to background threads overlap the next pass and are not timed after the last
-  one. Where the time went before this pipeline (2026-11-28, ``--quick``, 0.81x torch): the
-  per-pass ``np.unique`` of the pass's keys (hash-based in numpy 2.4: 1.6 s, outside the clock
-  here then), ``np.unique`` per batch (~1 ms), dygraph's per-op cost, and commits that wrote MEM
-  victims, overflow rows and log-cap checkpoints to LMDB in the foreground (0.3-0.8 s a pass).
-  (``--mem-cap-mb`` was not applied before either: those runs used the config's 256 MB.) After,
-  2026-11-28, ``--quick`` on the idle machine: 1.15x (81,694 vs torch 70,796 examples/s; rounds
-  1.02-1.17x; training 2.0 s of 2.4 s).
+  runs from building pass 0's data until the last commit's background work (MEM update, SSD-table
+  writes) has finished (``store.read_rows([])`` waits for it), i.e. everything the run wrote is
+  done. (History: 2026-11-28, ``--quick``, idle AMD machine: 0.81x torch before this pipeline,
+  1.15x after, but against the ``torch`` side below, which folds keys and uses SparseAdam: not the
+  same work.)
 * ``torch``: ``nn.EmbeddingBag(local_vocab, emb_dim, mode="sum", sparse=True)`` with one bag per
   (example, slot), the same MLP, ``SparseAdam`` for the table and ``Adam`` for the dense part
-  (the same lazy-Adam semantics as ``ours_static``), keys modulo the same ``local_vocab``.
+  (the same lazy-Adam semantics as ``ours_static``), keys modulo the same ``local_vocab``: the
+  peer of ``ours_static`` (``speedup_vs_torch``).
+* ``torch_pass``: the peer of ``ours_hierarchical`` (``hierarchical_speedup_vs_torch``), equal
+  work: the same passes built by the same ``read_ahead`` / ``PassData`` code (sort + rank of the
+  pass's keys in one background thread, inside the clock), every 64-bit key mapped to its own row
+  (``TorchKeyTable``: sorted key array + ``searchsorted`` per pass, new rows initialised, inside
+  the clock; no folding), the same per-batch ``batch_rows`` remap, the same sparse rule
+  (``G += g*g; w -= lr * g * sqrt(g0 / (g0 + G))`` per element, ``g`` = gradient of the summed
+  batch loss, lr ``HIER_SPARSE_LR`` = 0.05 as ``configs/ctr_hierarchical.yaml``, ``g0 =
+  PS.initial_g2sum``), the same dense ``Adam``, the working set written back after each pass.
+  It keeps the table in RAM (no MEM cap, no disk, no durability), so it does less than ours.
 
-Both frameworks run single-threaded (paddle sets ``OMP_NUM_THREADS=1`` on import and one thread is
-what it runs best with here; ``torch.set_num_threads(1)`` matches it). Examples/s = training
-examples / wall time of the epoch (the first ``--warmup`` batches excluded for the static and torch
-sides; the hierarchical side as described above). Each side is built afresh and timed in
-``--rounds`` alternating rounds; the median is reported (other processes on a shared machine move
-single numbers by 2x).
+Threads: paddle sets ``OMP_NUM_THREADS=1`` on import and ``torch.set_num_threads(1)`` matches it
+(one compute thread each; recorded in the results). Both pass sides also run one pass-reader
+thread; ours additionally the store's prefetch / MEM-apply / SSD-write threads (its disk tier).
+MKL: this bench does not set ``MKL_DEBUG_CPU_TYPE``; ``paddle_suite`` sets it to 5 only on AMD
+CPUs (on an AVX-512 Intel CPU it would force AVX2 code); the value in force is recorded.
+Examples/s = training examples / wall time of the epoch (the first ``--warmup`` batches excluded
+for the static and torch sides; the pass sides as described above). Every side is built afresh
+and timed once per round, rounds interleaved in one invocation so that load from other processes
+hits every side alike; the median over ``--rounds`` is reported, with the per-round ratios and the
+1-minute load average before and after each round.
 
-``--quick`` (< 5 minutes): 200k training rows, 5 rounds (~80 s). The last line is ``RESULT {json}`` with
-``speedup_vs_torch`` = ours_static examples/s / torch examples/s (and the hierarchical ratio).
+Outputs: ``bench/results/ctr_speed.json`` (``--quick``: ``ctr_speed_quick.json``) with the ratios,
+each side's examples/s, machine, date, load and the command, and ``bench/ctr_speed.md`` rendered
+from the results files present (atomic writes).
+
+``--quick`` (< 5 minutes): 200k training rows, 5 rounds. The last line is ``RESULT {json}`` with
+``speedup_vs_torch`` = ours_static / torch and ``hierarchical_speedup_vs_torch`` =
+ours_hierarchical / torch_pass (medians of examples/s).
 PyTorch is the ``bench`` extra: ``pip install torch==2.13.0`` (CPU wheel).
 """
 import argparse
@@ -76,6 +90,7 @@ from paddle_suite.ads.data import CtrBatch, read_ctr  # noqa: E402
 from paddle_suite.ads.common import roc_auc  # noqa: E402
 
 CONFIG = REPO / "configs" / "ctr_dnn_ps.yaml"
+HIER_SPARSE_LR = 0.05  # configs/ctr_hierarchical.yaml's PS.sparse_lr (our Adagrad rule)
 
 
 def parse_args(argv=None):
@@ -147,7 +162,7 @@ def run_hierarchical(config, train, test, workdir, pass_size, mem_cap_mb):
 
     config = json.loads(json.dumps(config))
     config["PS"]["mode"] = "hierarchical"
-    config["PS"]["sparse_lr"] = 0.05
+    config["PS"]["sparse_lr"] = HIER_SPARSE_LR
     config["Global"]["output_dir"] = os.path.join(workdir, "output")
     config["Store"]["path"] = os.path.join(workdir, "store")
     config["Store"]["mem_cap_mb"] = mem_cap_mb
@@ -174,6 +189,7 @@ def run_hierarchical(config, train, test, workdir, pass_size, mem_cap_mb):
     passes = ((i, batches_of(CtrBatch(*(a[lo:lo + pass_size] for a in train)), 10 ** 9))
               for i, lo in enumerate(range(0, len(train), pass_size)))
     trainer.train_passes(store, passes)
+    store.read_rows(np.zeros(0, np.uint64))  # waits for the last commit's MEM update and SSD-table writes
     seconds = time.perf_counter() - started
     stats_time = {"train_s": train_seconds, "total_s": seconds}
     emb = store.read_rows(test.sparse.reshape(-1))[:, : trainer.sparse_dim]
@@ -240,12 +256,166 @@ def run_torch(config, train_batches, test, warmup):
     return speed, roc_auc(test.labels, prob)
 
 
+
+class TorchKeyTable:
+    """The torch pass side's table: every 64-bit key kept (no folding), in RAM: a sorted key array,
+    each key's row in ``rows`` ([capacity, 2 * dim]: weights, then the per-element Adagrad sums,
+    the layout of our store's rows). New keys get rows initialised like the store's
+    (normal, ``init_std``; Adagrad sums 0)."""
+
+    def __init__(self, dim, init_std, seed):
+        self.dim, self.init_std = dim, init_std
+        self.rng = np.random.default_rng(seed)
+        self.keys = np.zeros(0, np.uint64)
+        self.slot_of_key = np.zeros(0, np.int64)
+        self.rows = np.zeros((1 << 16, 2 * dim), np.float32)
+        self.used = 0
+
+    def working_set(self, distinct):
+        """Rows of the sorted distinct ``distinct`` keys (a copy: the pass's working set) and their slots."""
+        pos = np.searchsorted(self.keys, distinct)
+        found = pos < self.keys.size
+        found[found] = self.keys[pos[found]] == distinct[found]
+        new = np.flatnonzero(~found)
+        slots = np.empty(distinct.size, np.int64)
+        slots[found] = self.slot_of_key[pos[found]]
+        slots[new] = np.arange(self.used, self.used + new.size)
+        if self.used + new.size > len(self.rows):  # grow by doubling (amortised copies)
+            grown = np.zeros((max(2 * len(self.rows), self.used + new.size), 2 * self.dim), np.float32)
+            grown[:self.used] = self.rows[:self.used]
+            self.rows = grown
+        self.rows[slots[new], :self.dim] = self.rng.normal(0.0, self.init_std, (new.size, self.dim))
+        self.rows[slots[new], self.dim:] = 0.0
+        self.used += new.size
+        self.keys = np.insert(self.keys, pos[new], distinct[new])  # stays sorted: ``distinct`` is
+        self.slot_of_key = np.insert(self.slot_of_key, pos[new], slots[new])
+        return slots, self.rows[slots]
+
+    def commit(self, slots, rows):
+        self.rows[slots] = rows
+
+    def lookup(self, keys):
+        """Weights of ``keys`` (any shape); never-trained keys get zeros."""
+        flat = keys.ravel()
+        pos = np.minimum(np.searchsorted(self.keys, flat), max(self.keys.size - 1, 0))
+        found = self.keys[pos] == flat if self.keys.size else np.zeros(flat.size, bool)
+        out = np.zeros((flat.size, self.dim), np.float32)
+        out[found] = self.rows[self.slot_of_key[pos[found]], :self.dim]
+        return out.reshape(*keys.shape, self.dim)
+
+
+def torch_mlp(config):
+    import torch
+
+    arch = config["Arch"]
+    dim, hidden = int(arch["emb_dim"]), [int(h) for h in arch["hidden_sizes"]]
+    layers, width = [], 26 * dim + 13
+    for h in hidden:
+        layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+        width = h
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+
+
+def run_torch_pass(config, train, test, pass_size):
+    """The hierarchical side's work in torch: the same passes built by the same ``read_ahead`` /
+    ``PassData`` (pass keys sorted and ranked in a background thread), every 64-bit key mapped to
+    its own row (``TorchKeyTable``, in RAM: no disk tier, no durability), per batch the same
+    ``batch_rows`` remap, the same row-wise Adagrad on the batch's rows
+    (``G += g*g; w -= sparse_lr * g * sqrt(g0 / (g0 + G))``, ``g`` = gradient of the summed batch
+    loss, ``g0 = PS.initial_g2sum``) and the same dense Adam (``Optimizer``); the working set is
+    written back into the table after each pass. The clock runs from building pass 0's data to the
+    last pass's write-back."""
+    import torch
+    from paddle_suite.ads.hierarchical_train import batch_rows, read_ahead
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ps = config["PS"]
+    dim = int(config["Arch"]["emb_dim"])
+    lr, g0 = float(HIER_SPARSE_LR), float(ps["initial_g2sum"])
+    if config["Optimizer"]["name"] != "Adam":
+        raise ValueError("the torch pass side mirrors Optimizer.name Adam only")
+    mlp = torch_mlp(config)
+    dense_opt = torch.optim.Adam(mlp.parameters(), lr=float(config["Optimizer"]["lr"]))
+    table = TorchKeyTable(dim, float(ps["init_std"]), int(config["Global"]["seed"]))
+    batch = int(config["DataLoader"]["batch_size"])
+
+    def step(ws, index, inverse, dense, labels):
+        rows = ws[index]  # a copy of the batch's distinct rows
+        weights = rows[:, :dim].requires_grad_(True)
+        emb = torch.nn.functional.embedding(inverse, weights).reshape(len(labels), 26 * dim)
+        logit = mlp(torch.cat([emb, dense], dim=1)).squeeze(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, labels)
+        dense_opt.zero_grad()
+        loss.backward()
+        dense_opt.step()
+        with torch.no_grad():
+            grad = weights.grad * len(labels)  # the summed batch loss's gradient
+            g2sum = rows[:, dim:] + grad * grad
+            ws[index] = torch.cat([weights - lr * grad * torch.sqrt(g0 / (g2sum + g0)), g2sum], dim=1)
+
+    started = time.perf_counter()
+    train_seconds = 0.0
+    passes = ((i, batches_of(CtrBatch(*(a[lo:lo + pass_size] for a in train)), 10 ** 9))
+              for i, lo in enumerate(range(0, len(train), pass_size)))
+    for data in read_ahead(passes):
+        slots, rows = table.working_set(data.distinct)
+        t0 = time.perf_counter()
+        ws = torch.from_numpy(rows)
+        scratch = np.empty(len(rows), dtype=np.int64)
+        local, labels = data.local, torch.from_numpy(data.labels.astype(np.float32))
+        for lo in range(0, len(data), batch):
+            hi = min(lo + batch, len(data))
+            distinct, inverse = batch_rows(local[lo:hi], scratch)
+            step(ws, torch.from_numpy(distinct.astype(np.int64)), torch.from_numpy(inverse),
+                 torch.from_numpy(np.ascontiguousarray(data.dense[lo:hi])), labels[lo:hi])
+        train_seconds += time.perf_counter() - t0
+        table.commit(slots, rows)
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        emb = torch.from_numpy(table.lookup(test.sparse).reshape(len(test), 26 * dim))
+        prob = torch.sigmoid(mlp(torch.cat([emb, torch.from_numpy(test.dense)], dim=1)).squeeze(1)).numpy()
+    return len(train) / seconds, roc_auc(test.labels, prob), {"train_s": train_seconds, "total_s": seconds}
+
+
+def load_now():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def thread_settings():
+    """What each side computes with: torch's intra-op threads and paddle's OMP/MKL threads (paddle
+    sets ``OMP_NUM_THREADS=1`` on import), and the MKL code-path flag (both frameworks' MKL read it)."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+            "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
+            "background_threads": "both pass sides: one pass-reader thread (read_ahead); ours also the store's "
+                                   "prefetch / MEM-apply / SSD-write threads"}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return platform.processor()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return f"{model} ({'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'})"
+
+
+SIDES = ("ours_static", "torch", "ours_hierarchical", "torch_pass")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     rows = args.rows or (200_000 if args.quick else 2_000_000)
     config = load_config(str(CONFIG), args.override)
     workdir = args.workdir or tempfile.mkdtemp(prefix="ctr_speed_")
     os.makedirs(workdir, exist_ok=True)
+    load_start = load_now()
     try:
         t0 = time.time()
         train, test, meta = make_data(workdir, rows, args.test_rows, args.vocab)
@@ -253,22 +423,29 @@ def main(argv=None):
               f"bayes AUC {meta['bayes_auc']:.4f} ({time.time() - t0:.0f} s)", flush=True)
         train_batches = batches_of(train, int(config["DataLoader"]["batch_size"]))
         rounds = args.rounds or (5 if args.quick else 3)
-        speeds = {"ours_static": [], "torch": [], "ours_hierarchical": []}
-        for r in range(rounds):  # alternate, so load from other processes hits every side alike
-            static_speed, static_auc = run_static(config, train_batches, test, args.warmup)
-            torch_speed, torch_auc = run_torch(config, train_batches, test, args.warmup)
-            hier_speed, hier_auc, stats = run_hierarchical(config, train, test, workdir, args.pass_size, args.mem_cap_mb)
-            for name, value in (("ours_static", static_speed), ("torch", torch_speed), ("ours_hierarchical", hier_speed)):
-                speeds[name].append(value)
-            print(f"round {r}: ours_static {static_speed:.0f}  torch {torch_speed:.0f}  "
-                  f"ours_hierarchical {hier_speed:.0f} examples/s", flush=True)
-        static_speed, torch_speed, hier_speed = (float(np.median(speeds[k])) for k in
-                                                 ("ours_static", "torch", "ours_hierarchical"))
-        print(f"ours_static:       {static_speed:10.0f} examples/s   test AUC {static_auc:.4f}", flush=True)
-        print(f"torch:             {torch_speed:10.0f} examples/s   test AUC {torch_auc:.4f}", flush=True)
-        print(f"ours_hierarchical: {hier_speed:10.0f} examples/s   test AUC {hier_auc:.4f}   "
-              f"hit rates {json.dumps({k: round(v, 3) for k, v in stats['hit_rate'].items()})}, "
-              f"training {stats['train_s']:.1f} s of {stats['total_s']:.1f} s (rest: store load/commit)", flush=True)
+        speeds, aucs, loads, seconds = {k: [] for k in SIDES}, {}, [], []
+        for r in range(rounds):  # interleaved, so load from other processes hits every side alike
+            load_before = load_now()
+            speed = {}
+            speed["ours_static"], aucs["ours_static"] = run_static(config, train_batches, test, args.warmup)
+            speed["torch"], aucs["torch"] = run_torch(config, train_batches, test, args.warmup)
+            speed["ours_hierarchical"], aucs["ours_hierarchical"], stats = run_hierarchical(
+                config, train, test, workdir, args.pass_size, args.mem_cap_mb)
+            speed["torch_pass"], aucs["torch_pass"], torch_stats = run_torch_pass(config, train, test, args.pass_size)
+            seconds.append({"ours_hierarchical": {k: stats[k] for k in ("train_s", "total_s")},
+                            "torch_pass": torch_stats})
+            for name in SIDES:
+                speeds[name].append(speed[name])
+            loads.append({"round": r, "before": load_before, "after": load_now()})
+            print(f"round {r}: " + "  ".join(f"{k} {speed[k]:.0f}" for k in SIDES) +
+                  f" examples/s; hierarchical / torch_pass {speed['ours_hierarchical'] / speed['torch_pass']:.2f}; "
+                  f"load {load_before[0]} -> {loads[-1]['after'][0]}", flush=True)
+        median = {k: float(np.median(speeds[k])) for k in SIDES}
+        for name in SIDES:
+            print(f"{name + ':':19s}{median[name]:10.0f} examples/s   test AUC {aucs[name]:.4f}", flush=True)
+        print(f"ours_hierarchical hit rates {json.dumps({k: round(v, 3) for k, v in stats['hit_rate'].items()})}, "
+              f"training {stats['train_s']:.1f} s of {stats['total_s']:.1f} s (rest: store load/commit); torch_pass "
+              f"training {torch_stats['train_s']:.1f} s of {torch_stats['total_s']:.1f} s", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -277,19 +454,78 @@ def main(argv=None):
     result = {
         "rows": rows, "test_rows": len(test), "distinct_keys": meta["distinct_keys"], "bayes_auc": meta["bayes_auc"],
         "batch_size": int(config["DataLoader"]["batch_size"]), "arch": config["Arch"],
-        "local_vocab": int(config["PS"]["local_vocab"]),
-        "examples_per_s": {"ours_static": static_speed, "ours_hierarchical": hier_speed, "torch": torch_speed},
-        "examples_per_s_rounds": speeds, "rounds": rounds,
-        "test_auc": {"ours_static": static_auc, "ours_hierarchical": hier_auc, "torch": torch_auc},
-        "speedup_vs_torch": static_speed / torch_speed,
-        "hierarchical_speedup_vs_torch": hier_speed / torch_speed,
-        "threads": 1, "paddle": paddle.__version__, "torch": torch.__version__,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s)",
+        "local_vocab": int(config["PS"]["local_vocab"]), "pass_size": args.pass_size, "mem_cap_mb": args.mem_cap_mb,
+        "sparse_rule_pass_sides": f"row-wise Adagrad, lr {HIER_SPARSE_LR}, initial_g2sum "
+                                  f"{float(config['PS']['initial_g2sum'])}, gradient of the summed batch loss",
+        "examples_per_s": median, "examples_per_s_rounds": speeds, "rounds": rounds,
+        "test_auc": aucs,
+        "speedup_vs_torch": median["ours_static"] / median["torch"],
+        "hierarchical_speedup_vs_torch": median["ours_hierarchical"] / median["torch_pass"],
+        "hierarchical_speedup_vs_torch_rounds": [h / t for h, t in zip(speeds["ours_hierarchical"], speeds["torch_pass"])],
+        "hierarchical_store": {"hit_rate": stats["hit_rate"]},
+        "pass_sides_seconds_rounds": seconds,
+        "threads": thread_settings(), "paddle": paddle.__version__, "torch": torch.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), {cpu_model()}",
+        "load_average": {"start": load_start, "end": load_now(), "rounds": loads},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), "bench/ctr_speed.py", *(argv or sys.argv[1:])]),
+        "command": " ".join([os.path.basename(sys.executable), "bench/ctr_speed.py", *argv]),
     }
+    write_result(result, args.quick)
     print("RESULT " + json.dumps(result), flush=True)
     return result
+
+
+RESULTS = {False: REPO / "bench" / "results" / "ctr_speed.json", True: REPO / "bench" / "results" / "ctr_speed_quick.json"}
+REPORT = REPO / "bench" / "ctr_speed.md"
+
+
+def write_result(result, quick):
+    """``bench/results/ctr_speed[_quick].json`` and ``bench/ctr_speed.md`` (from every results file
+    present), atomically."""
+    from paddle_suite.io import atomic_write
+
+    with atomic_write(str(RESULTS[quick]), "w") as handle:
+        json.dump(result, handle, indent=1)
+    lines = ["# CTR training speed: ours vs PyTorch", "",
+             "Written by `bench/ctr_speed.py` from the results files below (never by hand); definitions in its "
+             "docstring. Medians over interleaved rounds (every side once per round, in the same invocation).", ""]
+    for is_quick in (True, False):
+        if not RESULTS[is_quick].exists():
+            continue
+        with open(RESULTS[is_quick]) as handle:
+            r = json.load(handle)
+        e, t = r["examples_per_s"], r["threads"]
+        lines += [
+            f"## `{r['command']}`", "",
+            f"{r['date']}, {r['machine']}; paddle {r['paddle']}, torch {r['torch']}; {r['rows']:,} training rows, "
+            f"{r['rounds']} rounds. Threads: torch {t['torch_threads']} (inter-op {t['torch_interop_threads']}), "
+            f"paddle OMP_NUM_THREADS={t['OMP_NUM_THREADS']}; MKL_DEBUG_CPU_TYPE={t['MKL_DEBUG_CPU_TYPE']}. "
+            f"Load average (1 min) at the start {r['load_average']['start'][0]}, per round "
+            + ", ".join(f"{x['before'][0]}->{x['after'][0]}" for x in r["load_average"]["rounds"])
+            + ", at the end " + f"{r['load_average']['end'][0]} (2 cores, shared with other jobs).", "",
+            "| comparison | ours examples/s | torch examples/s | ratio (median) | ratio per round |",
+            "|---|---:|---:|---:|---|",
+            f"| static local (folded table, lazy Adam) vs EmbeddingBag + SparseAdam | {e['ours_static']:,.0f} | "
+            f"{e['torch']:,.0f} | **{r['speedup_vs_torch']:.2f}** | "
+            + ", ".join(f"{a / b:.2f}" for a, b in zip(r["examples_per_s_rounds"]["ours_static"],
+                                                       r["examples_per_s_rounds"]["torch"])) + " |",
+            f"| hierarchical pass mode (every key, LMDB + MEM {r['mem_cap_mb']:.0f} MB) vs torch pass peer (every key, "
+            f"in RAM) | {e['ours_hierarchical']:,.0f} | {e['torch_pass']:,.0f} | "
+            f"**{r['hierarchical_speedup_vs_torch']:.2f}** | "
+            + ", ".join(f"{x:.2f}" for x in r["hierarchical_speedup_vs_torch_rounds"]) + " |",
+            "",
+            "Test AUC (last round; Bayes " + f"{r['bayes_auc']:.4f}): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in r["test_auc"].items())
+            + f". Pass sides' sparse rule: {r['sparse_rule_pass_sides']}.", "",
+        ]
+        if r.get("pass_sides_seconds_rounds"):
+            lines += ["Pass sides, seconds in the batch loop / on the clock per round (the rest: building working "
+                      "sets, store loads and commits, or the torch table's remap and write-back): "
+                      + "; ".join(f"ours {x['ours_hierarchical']['train_s']:.1f} / {x['ours_hierarchical']['total_s']:.1f}, "
+                                  f"torch {x['torch_pass']['train_s']:.1f} / {x['torch_pass']['total_s']:.1f}"
+                                  for x in r["pass_sides_seconds_rounds"]) + ".", ""]
+    with atomic_write(str(REPORT), "w") as handle:
+        handle.write("\n".join(lines))
 
 
 if __name__ == "__main__":
