@@ -37,11 +37,19 @@ def setup_logging():
 
 
 def _run(args, action):
+    def work():
+        config = load_config(args.config, args.override)
+        return action(TASKS.get(config["Global"]["task"])(config))
+
+    return run_reporting(work)
+
+
+def run_reporting(work):
+    """Run ``work()`` for a command-line tool: a user's mistake (config, data, missing files, another
+    run's directory) is one ``error:`` line and exit 2, a diverged run exit 3, Ctrl-C exit 130."""
     setup_logging()
     try:
-        config = load_config(args.config, args.override)
-        task = TASKS.get(config["Global"]["task"])(config)
-        return action(task)
+        return work()
     except (ConfigError, DataError, DatasetNotFound, FileNotFoundError, OtherRun) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

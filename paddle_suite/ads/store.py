@@ -600,17 +600,21 @@ class HierarchicalStore:
         """Read the SSD rows of sorted unique ``keys`` into ``rows[positions]``; returns the found mask.
         Batches of ``_IO_BATCH`` keys go straight into ``rows``: no copy of all the found rows."""
         found = np.zeros(keys.size, dtype=bool)
-        with self.env.begin(db=self.rows_db) as txn:
+        for at, values in self._lookup(self.rows_db, keys):
+            found[at] = True
+            rows[positions[at]] = np.frombuffer(values, dtype="<f4").reshape(-1, self.row_dim)
+        return found
+
+    def _lookup(self, db, keys):
+        """Yield ``(indices into the sorted unique keys, their joined value bytes)`` for the keys of
+        ``db`` that exist, ``_IO_BATCH`` keys at a time (one read transaction)."""
+        with self.env.begin(db=db) as txn:
             cursor = txn.cursor()
             for start in range(0, keys.size, _IO_BATCH):
                 pairs = cursor.getmulti(keys[start:start + _IO_BATCH].astype(">u8").view("V8").tolist())
-                if not pairs:
-                    continue
-                got_keys = np.frombuffer(b"".join(k for k, _ in pairs), dtype=">u8").astype(np.uint64)
-                at = np.searchsorted(keys, got_keys)
-                found[at] = True
-                rows[positions[at]] = np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(-1, self.row_dim)
-        return found
+                if pairs:
+                    got_keys = np.frombuffer(b"".join(k for k, _ in pairs), dtype=">u8").astype(np.uint64)
+                    yield np.searchsorted(keys, got_keys), b"".join(v for _, v in pairs)
 
     def _put_counts(self, keys, counts):
         """Write counter records (COUNT_DTYPE) of ``keys`` to the counts table, bounded transactions."""
@@ -626,14 +630,8 @@ class HierarchicalStore:
         """Counter records of sorted unique ``keys``; never counted keys get zeros and ``seen`` -1."""
         counts = np.zeros(keys.size, dtype=COUNT_DTYPE)
         counts["seen"] = -1
-        with self.env.begin(db=self.counts_db) as txn:
-            cursor = txn.cursor()
-            for start in range(0, keys.size, _IO_BATCH):
-                pairs = cursor.getmulti(keys[start:start + _IO_BATCH].astype(">u8").view("V8").tolist())
-                if not pairs:
-                    continue
-                got_keys = np.frombuffer(b"".join(k for k, _ in pairs), dtype=">u8").astype(np.uint64)
-                counts[np.searchsorted(keys, got_keys)] = np.frombuffer(b"".join(v for _, v in pairs), COUNT_DTYPE)
+        for at, values in self._lookup(self.counts_db, keys):
+            counts[at] = np.frombuffer(values, COUNT_DTYPE)
         return counts
 
     def _scan_counts(self):

@@ -25,12 +25,10 @@ import json
 import logging
 import os
 import re
-import sys
 
 import paddle_suite  # noqa: F401  (sets MKL_DEBUG_CPU_TYPE before paddle loads)
 from paddle_suite.config import ConfigError, load_config
-from paddle_suite.data import DataError, DatasetNotFound
-from paddle_suite.engine.run import OtherRun, Run, RunError, load_run
+from paddle_suite.engine.run import Run, RunError, load_run
 
 log = logging.getLogger("paddle_suite")
 
@@ -198,17 +196,9 @@ def compute(args):
 
 
 def main(argv=None):
-    from paddle_suite.cli import setup_logging
+    from paddle_suite.cli import run_reporting
 
     args = parse_args(argv)
-    setup_logging()
-    try:
-        result = compute(args)
-    except (ConfigError, DataError, DatasetNotFound, RunError, OtherRun) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    result = run_reporting(lambda: compute(args))
     print(json.dumps(result))
     return result
