@@ -114,33 +114,32 @@ class Run:
         """The newest ``checkpoints/step_N`` directory, or None."""
         return (list_checkpoints(self.dir) or [None])[-1]
 
-    def resolve_checkpoint(self, spec=None, latest=None, has_model=None):
+    def has_best_model(self):
+        return os.path.isfile(os.path.join(self.best_dir, MODEL_FILE))
+
+    def resolve_checkpoint(self, spec=None):
         """A checkpoint path from ``spec``: a path, ``"best"``, ``"latest"``, or None.
 
         None means ``Global.checkpoint`` if set, else ``best`` if it holds a model, else the newest
-        checkpoint. ``latest`` is a callable giving the newest checkpoint path (or None) and
-        ``has_model(path)`` tells whether a directory holds weights; dense tasks get both from
-        ``engine.checkpoint``. Raises ``RunError`` naming what was tried.
+        checkpoint. Raises ``RunError`` naming what was tried.
         """
-        latest = latest or self.latest_checkpoint
-        has_model = has_model or (lambda path: os.path.isfile(os.path.join(path, MODEL_FILE)))
         spec = spec or self.config["Global"].get("checkpoint")
         if spec == "latest":
-            found = latest()
+            found = self.latest_checkpoint()
             if found is None:
                 raise RunError(f"no checkpoint in {self.checkpoints_dir}: train first")
             return found
         if spec == BEST:
-            if not has_model(self.best_dir):
+            if not self.has_best_model():
                 raise RunError(f"no best model in {self.best_dir}: train with evaluation first")
             return self.best_dir
         if spec:
             if not os.path.exists(spec):
                 raise RunError(f"checkpoint {spec} does not exist")
             return str(spec)
-        if has_model(self.best_dir):
+        if self.has_best_model():
             return self.best_dir
-        found = latest()
+        found = self.latest_checkpoint()
         if found is not None:
             return found
         raise RunError(f"no checkpoint in {self.dir}: train first or pass -o Global.checkpoint=PATH")

@@ -191,14 +191,15 @@ def serialize_text(text):
     return "\\" + body if body.startswith("@") else body
 
 
-def serialize_arg(arg):
+def serialize_arg(arg, text=serialize_text):
+    """An argument in the notation; ``text`` writes its plain-text leaves (escaped by default)."""
     if arg is MISSING:
         return "_"
     if isinstance(arg, Placeholder):
         return arg.name
     if isinstance(arg, Collection):
-        return "[" + "|".join(serialize_arg(item) for item in arg.items) + "]"
-    return serialize_text(arg)
+        return "[" + "|".join(serialize_arg(item, text) for item in arg.items) + "]"
+    return text(arg)
 
 
 def serialize_fact(fact):
@@ -380,14 +381,8 @@ def parse_field(raw):
 
 
 def field_string(arg):
-    """Inverse of :func:`parse_field`."""
-    if arg is MISSING:
-        return "_"
-    if isinstance(arg, Placeholder):
-        return arg.name
-    if isinstance(arg, Collection):
-        return "[" + "|".join(field_string(i) for i in arg.items) + "]"
-    return arg
+    """Inverse of :func:`parse_field` (the JSON layout's fields carry their text unescaped)."""
+    return serialize_arg(arg, text=str)
 
 
 def fact_from_record(record):
