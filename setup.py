@@ -38,6 +38,7 @@ setup(
         # the hierarchical store's transport (raw-bytes generic handlers: no protobuf codegen);
         # 1.66 is the first with grpc.max_allowed_incoming_connections
         "grpcio>=1.66,<2",
+        "psutil>=5.9",  # the trainer's CPU-time record (also a visualdl dependency)
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],

@@ -118,7 +118,9 @@ def summarise(config, train_result, run_dir, quick):
         train_images = min(train_images, loader["train_subset"])
     steps_per_epoch = train_images // loader["batch_size"]
     rates = sorted(r["samples_per_s"] for r in read_metrics(str(run_dir), "train") if "samples_per_s" in r)
-    seconds = train_result["train_seconds"]
+    # the budget is counted in CPU time (the run and its loader worker): a one-core run's wall time on
+    # an idle machine, and unchanged when the run shared the cores with other work or was paused
+    seconds, wall = train_result.get("train_cpu_seconds"), train_result["train_seconds"]
     hours = None if seconds is None else seconds / 3600
     arch = {k: v for k, v in saved["Arch"].items() if k not in ("num_classes", "in_channels", "image_size")}
     return {
@@ -127,6 +129,7 @@ def summarise(config, train_result, run_dir, quick):
         "valid_top1": train_result["best"], "params": parameter_count(arch),
         "steps": train_result["step"], "epochs": round(train_result["step"] / steps_per_epoch, 2),
         "batch_size": loader["batch_size"], "hours": None if hours is None else round(hours, 4),
+        "wall_hours": None if wall is None else round(wall / 3600, 4),
         "images_per_s": round(rates[len(rates) // 2], 1) if rates else None,
         "within_budget": None if hours is None else hours <= BUDGET_HOURS,
         "run_dir": str(run_dir),
@@ -175,16 +178,19 @@ def markdown(summary):
         PLAN,
         "## Results",
         "",
-        f"Budget per run: {BUDGET_HOURS:g} hours of training (`train_seconds`, with the per-epoch validations).",
+        f"Budget per run: {BUDGET_HOURS:g} hours of training, counted as CPU time of the run and its loader "
+        "worker (`train_cpu_seconds`, with the per-epoch validations): the wall time of a one-core run on an idle "
+        "machine. Wall hours are longer when runs shared the cores.",
         "",
-        "| config | arch | params | epochs | batch | hours | train img/s | test top-1 | test top-5 | in budget |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| config | arch | params | epochs | batch | CPU hours | wall hours | train img/s | test top-1 | test top-5 | in budget |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["table"]:
         hours = "unknown" if r["hours"] is None else f"{r['hours']:.2f}"
+        wall = "unknown" if r.get("wall_hours") is None else f"{r['wall_hours']:.2f}"
         top5 = "" if r["test_top5"] is None else f"{r['test_top5']:.4f}"
         lines.append(f"| {r['config']} | {r['arch']} | {r['params'] / 1e6:.2f}M | {r['epochs']:g} | {r['batch_size']} "
-                     f"| {hours} | {r['images_per_s']} | {r['test_top1']:.4f} | {top5} | {r['within_budget']} |")
+                     f"| {hours} | {wall} | {r['images_per_s']} | {r['test_top1']:.4f} | {top5} | {r['within_budget']} |")
     missing = [c for c in summary["configs"] if c not in summary["finished"]]
     if missing:
         lines += ["", f"Not finished yet: {', '.join(missing)} (rerun the command to continue them)."]

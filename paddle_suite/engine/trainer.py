@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import paddle
+import psutil
 from paddle.distributed import fleet
 from tqdm import tqdm
 
@@ -30,6 +31,18 @@ from paddle_suite.engine.monitor import Monitor, _headline
 from paddle_suite.engine.optim import build_optimizer
 from paddle_suite.engine.run import Run, write_json
 from paddle_suite.task import EvalResult
+
+
+def cpu_seconds():
+    """User + system CPU seconds of this process and its children (data-loader workers, live or ended)."""
+    me, ended = psutil.Process(), os.times()
+    total = sum(me.cpu_times()[:2]) + ended.children_user + ended.children_system
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:  # a worker that ended between listing and reading
+            pass
+    return total
 
 log = logging.getLogger("paddle_suite")
 
@@ -100,9 +113,13 @@ class Loop:
         self.loss = self.lr = 0.0
         self.should_stop = False
         self.callbacks = []
-        # train_seconds: wall time of training (with its validations) summed over resumed sessions
-        self.state = {"best": None, "best_metrics": None, "evals_without_improvement": 0, "train_seconds": 0.0}
+        # train_seconds: wall time of training (with its validations) summed over resumed sessions;
+        # train_cpu_seconds: CPU time of this process and its loader workers over the same span, the
+        # run's cost on an idle machine even when it shared the cores (or was paused) on the way
+        self.state = {"best": None, "best_metrics": None, "evals_without_improvement": 0, "train_seconds": 0.0,
+                      "train_cpu_seconds": 0.0}
         self._earlier_seconds = self._session_start = None
+        self._earlier_cpu = self._session_cpu = None
 
     @property
     def end_of_epoch(self):
@@ -114,10 +131,13 @@ class Loop:
 
     def start_clock(self):
         self._earlier_seconds, self._session_start = self.state["train_seconds"], time.perf_counter()
+        self._earlier_cpu, self._session_cpu = self.state["train_cpu_seconds"], cpu_seconds()
 
     def record_time(self):
         if self._earlier_seconds is not None:  # None: resumed from a checkpoint without the record
             self.state["train_seconds"] = self._earlier_seconds + time.perf_counter() - self._session_start
+        if self._earlier_cpu is not None:
+            self.state["train_cpu_seconds"] = self._earlier_cpu + cpu_seconds() - self._session_cpu
 
     def evaluate(self, split="valid"):
         """Evaluate the current weights on ``split`` and hand the result to every callback."""
@@ -188,8 +208,9 @@ class Trainer:
         ckpt.set_rng_state(saved["rng"])
         loop.step = saved["step"]
         loop.state.update({k: saved[k] for k in loop.state if k in saved})
-        if "train_seconds" not in saved:  # a checkpoint from before the record: total unknown
-            loop.state["train_seconds"] = None
+        for key in ("train_seconds", "train_cpu_seconds"):
+            if key not in saved:  # a checkpoint from before the record: total unknown
+                loop.state[key] = None
         log.info("resumed from %s at step %d", checkpoint, loop.step)
 
     def _start(self):
@@ -241,7 +262,8 @@ class Trainer:
         loop.record_time()
         state = loop.state
         result = {"step": loop.step, "best": state["best"], "best_metrics": state["best_metrics"],
-                  "run_dir": self.run.dir, "train_seconds": state["train_seconds"]}
+                  "run_dir": self.run.dir, "train_seconds": state["train_seconds"],
+                  "train_cpu_seconds": state["train_cpu_seconds"]}
         if loop.is_main:
             log.info("done: %d steps; best %s=%s; outputs in %s", loop.step, self.task.best_metric, state["best"],
                      self.run.dir)
