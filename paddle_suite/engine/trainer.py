@@ -50,7 +50,7 @@ __all__ = ["Loop", "Trainer", "TrainingDiverged", "restore_model"]
 
 
 class _Stop(KeyboardInterrupt):
-    """Raised from a SIGTERM handler so the loop checkpoints and exits as on Ctrl-C."""
+    """Raised after a SIGTERM so the loop checkpoints and exits as on Ctrl-C."""
 
 
 def init_fleet():
@@ -241,7 +241,11 @@ class Trainer:
     # ------------------------------------------------------------------ train
     def train(self):
         loop = self._start()
-        previous_sigterm = signal.signal(signal.SIGTERM, _raise_stop) if loop.is_main else None
+        # SIGTERM is noted and acted on between steps: raised inside a paddle kernel or PyLayer it
+        # would surface as an OSError and the run would end without its checkpoint
+        terminated = []
+        previous_sigterm = (signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+                            if loop.is_main else None)
         try:
             loop.emit("on_train_start")
             while loop.step < loop.total and not loop.should_stop:
@@ -249,6 +253,8 @@ class Trainer:
                 for batch in self.task.train_batches(loop.epoch, start, self.rank, self.world):
                     self._step(loop, batch)
                     loop.emit("on_step_end")
+                    if terminated:
+                        raise _Stop(f"signal {terminated[0]}")
                     if loop.step >= loop.total or loop.should_stop:
                         break
             loop.emit("on_train_end")
@@ -326,6 +332,3 @@ class Trainer:
         write_json(os.path.join(directory, "export.json"), {"checkpoint": checkpoint, "config": self.config.get("_source")})
         return output
 
-
-def _raise_stop(signum, frame):
-    raise _Stop(f"signal {signum}")

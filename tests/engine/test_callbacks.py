@@ -1,5 +1,7 @@
 """User callbacks see every step and evaluation; they do not change training (exact resume holds);
 evaluation extras reach them and the caller; the run can be reopened with load_run."""
+import os
+import signal
 import types
 
 import numpy as np
@@ -114,3 +116,35 @@ def test_resume_stays_exact_with_callbacks(tmp_path):
     a, b = params(straight.model), params(resumed.model)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+class SignalInBackward(paddle.autograd.PyLayer):
+    """Identity whose backward sends SIGTERM to this process: the signal arrives inside a PyLayer,
+    as it does in most of a vision-MLP step."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return grad
+
+
+class ToySignalledAt(toy_task.ToyRegression):
+    def __init__(self, config, at):
+        super().__init__(config)
+        self.at, self.calls = at, 0
+
+    def train_step(self, model, batch):
+        self.calls += 1
+        loss, count = super().train_step(model, batch)
+        return (SignalInBackward.apply(loss) if self.calls == self.at else loss), count
+
+
+def test_sigterm_inside_a_pylayer_still_checkpoints(tmp_path):
+    config = make_config(tmp_path, "Global.run_name=terminated")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, ToySignalledAt(config, at=7), ARGS).train()
+    assert ckpt.list_checkpoints(str(tmp_path / "out" / "terminated"))[-1].endswith("step_00000007")
