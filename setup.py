@@ -20,6 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["paddle_suite", "paddle_suite.*"]),
+    package_data={"paddle_suite.vision": ["kernels/*.c"]},  # compiled on first use (vision/native.py)
     install_requires=[
         PADDLE,
         "paddlenlp==2.8.1",

@@ -74,6 +74,7 @@ from paddle_suite.vision.ops import (
     S2MLPV2_SECOND_DIRECTIONS,
     check_shift_args,
     circulant_token_mixing,
+    gelu,
     layer_norm,
     spatial_shift,
     weighted_part_sum,
@@ -163,7 +164,7 @@ class Mlp(nn.Layer):
         self.fc2 = _linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(gelu(self.fc1(x)))
 
 
 class PatchMerge(nn.Layer):
@@ -201,7 +202,7 @@ class S2MLPBlock(nn.Layer):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        shifted = spatial_shift(F.gelu(self.fc_in(self.norm1(x))), S2MLP_DIRECTIONS, self.padding)
+        shifted = spatial_shift(gelu(self.fc_in(self.norm1(x))), S2MLP_DIRECTIONS, self.padding)
         x = x + self.drop_path(self.fc_out(shifted))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -222,7 +223,7 @@ class SplitAttention(nn.Layer):
             paddle.full([batch, 1, tokens], 1.0 / tokens, parts.dtype), parts.reshape([-1, tokens, count * channels])
         )
         summary = token_mean.reshape([-1, count, channels]).sum(axis=1)  # mean over tokens of the part sum
-        logits = self.fc2(F.gelu(self.fc1(summary))).reshape([-1, count, channels])
+        logits = self.fc2(gelu(self.fc1(summary))).reshape([-1, count, channels])
         return weighted_part_sum(parts, F.softmax(logits, axis=1))
 
 

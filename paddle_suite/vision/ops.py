@@ -38,8 +38,8 @@ group. Both axes run in one FFT pair: ``irfft2(rfft2(x) * (fft(k_h)[:, None] + r
 ``O(HW log(HW))`` per channel instead of ``O(HW (H + W))`` for the explicit matrices.
 
 Also here, for the same CPU-speed reason as the numpy shift: ``weighted_part_sum`` (S²-MLPv2's
-split-attention fusion) and ``layer_norm`` (numpy backward), each with the plain paddle
-formulation as the fallback and as the reference in ``tests/vision/test_ops.py``.
+split-attention fusion), ``layer_norm`` and ``gelu`` (vectorised C kernels, ``native.py``), each with the plain paddle formulation as the fallback and as the reference in
+``tests/vision/test_ops.py``.
 """
 import numpy as np
 
@@ -47,6 +47,8 @@ import paddle_suite  # noqa: F401  (sets MKL_DEBUG_CPU_TYPE before paddle is imp
 import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
+
+from paddle_suite.vision import native
 
 #: (row offset, column offset) of the source pixel in the 1-pixel padded map, per direction
 _SOURCE = {"right": (1, 0), "left": (1, 2), "down": (0, 1), "up": (2, 1), "none": (1, 1)}
@@ -190,40 +192,67 @@ class _NumpyWeightedPartSum(PyLayer):
 
 @paddle.jit.not_to_static
 def layer_norm(x, weight, bias, epsilon):
-    """LayerNorm over the last axis; numpy forward/backward on CPU dygraph, ``F.layer_norm`` elsewhere.
-
-    Why: paddle 2.6.2's CPU ``layer_norm`` forward + backward took 28 ms on ``[8192, 128]`` against
-    4 ms in PyTorch and 18 ms for these numpy passes (loaded machine). Paddle's forward alone is the
-    faster one, so without autograd (inference) ``F.layer_norm`` runs.
-    """
-    needs_grad = paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient)
-    if needs_grad and _numpy_path(x, weight, bias):
-        return _NumpyLayerNorm.apply(x, weight, bias, epsilon)
+    """LayerNorm over the last axis; the compiled kernels of ``native.py`` on CPU dygraph float32,
+    ``F.layer_norm`` elsewhere (paddle's: 28 ms forward + backward on ``[3136, 384]`` against
+    PyTorch's 2.7 ms, one thread; see ``native.py``)."""
+    if x.dtype == paddle.float32 and _numpy_path(x, weight, bias) and native.library() is not None:
+        return _NativeLayerNorm.apply(x, weight, bias, float(epsilon))
     return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
 
 
-class _NumpyLayerNorm(PyLayer):
+class _NativeLayerNorm(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias, epsilon):
         rows = np.from_dlpack(_DLPackView(x)).reshape(-1, x.shape[-1])
-        centered = rows - rows.mean(axis=1, keepdims=True)
-        inv_std = 1.0 / np.sqrt(np.square(centered).mean(axis=1, keepdims=True) + epsilon)
-        normed = np.multiply(centered, inv_std, out=centered)
-        ctx.normed, ctx.inv_std, ctx.weight = normed, inv_std, np.from_dlpack(_DLPackView(weight))
-        out = normed * ctx.weight + np.from_dlpack(_DLPackView(bias))
+        out = np.empty_like(rows)
+        mean, rstd = np.empty(rows.shape[0], np.float32), np.empty(rows.shape[0], np.float32)
+        w, b = np.from_dlpack(_DLPackView(weight)), np.from_dlpack(_DLPackView(bias))
+        native.library().layer_norm_forward(rows.ctypes.data, w.ctypes.data, b.ctypes.data, epsilon, out.ctypes.data,
+                                            mean.ctypes.data, rstd.ctypes.data, *rows.shape)
+        ctx.save_for_backward(x, weight)
+        ctx.mean, ctx.rstd = mean, rstd
         return paddle.Tensor(out.reshape(x.shape), place=x.place, zero_copy=True)
 
     @staticmethod
     def backward(ctx, grad):
-        g = np.from_dlpack(_DLPackView(grad if grad.is_contiguous() else grad.contiguous())).reshape(ctx.normed.shape)
-        grad_weight = np.einsum("nc,nc->c", g, ctx.normed)
-        grad_bias = g.sum(axis=0)
-        scaled = g * ctx.weight
-        grad_x = scaled - scaled.mean(axis=1, keepdims=True)
-        grad_x -= ctx.normed * np.einsum("nc,nc->n", scaled, ctx.normed)[:, None] / g.shape[1]
-        grad_x *= ctx.inv_std
-        wrap = lambda a: paddle.Tensor(np.ascontiguousarray(a), place=grad.place, zero_copy=True)  # noqa: E731
+        x, weight = ctx.saved_tensor()
+        rows = np.from_dlpack(_DLPackView(x)).reshape(-1, x.shape[-1])
+        grad_y = np.from_dlpack(_DLPackView(grad if grad.is_contiguous() else grad.contiguous())).reshape(rows.shape)
+        grad_x = np.empty_like(rows)
+        grad_weight, grad_bias = np.empty(rows.shape[1], np.float32), np.empty(rows.shape[1], np.float32)
+        native.library().layer_norm_backward(
+            rows.ctypes.data, np.from_dlpack(_DLPackView(weight)).ctypes.data, ctx.mean.ctypes.data,
+            ctx.rstd.ctypes.data, grad_y.ctypes.data, grad_x.ctypes.data, grad_weight.ctypes.data,
+            grad_bias.ctypes.data, *rows.shape)
+        wrap = lambda a: paddle.Tensor(a, place=grad.place, zero_copy=True)  # noqa: E731
         return wrap(grad_x.reshape(grad.shape)), wrap(grad_weight), wrap(grad_bias)
+
+
+@paddle.jit.not_to_static
+def gelu(x):
+    """Exact (erf) GELU; the compiled kernel of ``native.py`` on CPU dygraph float32, else ``F.gelu``."""
+    if x.dtype == paddle.float32 and _numpy_path(x) and native.library() is not None:
+        return _NativeGelu.apply(x)
+    return F.gelu(x)
+
+
+class _NativeGelu(PyLayer):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        source = np.from_dlpack(_DLPackView(x))
+        out = np.empty_like(source)
+        native.library().gelu_forward(source.ctypes.data, out.ctypes.data, source.size)
+        return paddle.Tensor(out, place=x.place, zero_copy=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensor()
+        source = np.from_dlpack(_DLPackView(x))
+        grad_y = np.from_dlpack(_DLPackView(grad if grad.is_contiguous() else grad.contiguous()))
+        grad_x = np.empty_like(source)
+        native.library().gelu_backward(source.ctypes.data, grad_y.ctypes.data, grad_x.ctypes.data, source.size)
+        return paddle.Tensor(grad_x, place=grad.place, zero_copy=True)
 
 
 @paddle.jit.not_to_static

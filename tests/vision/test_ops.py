@@ -5,12 +5,14 @@ import pytest
 import paddle_suite  # noqa: F401
 import paddle
 
+from paddle_suite.vision import native
 from paddle_suite.vision.ops import (
     S2MLP_DIRECTIONS,
     S2MLPV2_SECOND_DIRECTIONS,
     check_shift_args,
     circulant_matrix,
     circulant_token_mixing,
+    gelu,
     layer_norm,
     paddle_spatial_shift,
     spatial_shift,
@@ -175,3 +177,39 @@ def test_layer_norm_matches_paddle():
     reference = run(lambda x, w, b, eps: F.layer_norm(x, x.shape[-1:], w, b, eps))
     for got, want in zip(run(layer_norm), reference):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(native.library() is None, reason="native kernels unavailable here (see the log)")
+def test_native_gelu_matches_paddle_values_and_gradients():
+    import paddle.nn.functional as F
+
+    rng = np.random.default_rng(5)
+    # a size that is not a multiple of the vector width, values far into both tails, and exact zeros
+    values = np.concatenate([rng.standard_normal(4099) * 3, [0.0, -0.0, 12.0, -12.0, 40.0, -40.0]])
+    values = values.astype("float32").reshape(1, -1)
+    upstream = paddle.to_tensor(rng.standard_normal(values.shape).astype("float32"))
+
+    def run(fn):
+        x = paddle.to_tensor(values, stop_gradient=False)
+        out = fn(x)
+        (out * upstream).sum().backward()
+        return out.numpy(), x.grad.numpy()
+
+    got, want = run(gelu), run(F.gelu)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
+    nan = run(lambda x: gelu(x * float("nan")))[0]
+    assert np.isnan(nan).all()  # non-finite activations stay visible to the divergence guard
+
+
+def test_gelu_falls_back_to_paddle_without_the_native_library(monkeypatch):
+    import paddle.nn.functional as F
+
+    monkeypatch.setenv("PADDLE_SUITE_NATIVE", "0")
+    native.library.cache_clear()
+    try:
+        x = paddle.to_tensor(np.linspace(-4, 4, 33, dtype="float32"))
+        np.testing.assert_array_equal(gelu(x).numpy(), F.gelu(x).numpy())
+        assert native.library() is None
+    finally:
+        native.library.cache_clear()
