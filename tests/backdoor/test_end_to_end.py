@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paddle_suite.backdoor import BackdoorTask, lsba
+from paddle_suite.backdoor import BackdoorTask
 from paddle_suite.classification import datasets
 from paddle_suite.config import ConfigError, load_config
 from paddle_suite.data import DatasetNotFound
@@ -46,8 +46,10 @@ def test_poisoned_training_set_through_the_hook(fashion_mnist, tmp_path):
     data = task.train_dataset
     assert len(data) == 8000 and len(data.poison_indices) == 800
     assert np.all(data.true_labels[data.poison_indices] != 0)
-    p = lsba.label_probability(0.2, 0.0, 10, 1)
-    assert np.allclose(data.labels[data.poison_indices, 0], p)
+    poisoned = data.labels[data.poison_indices]
+    true = data.true_labels[data.poison_indices]
+    assert np.allclose(poisoned[:, 0], 0.6) and np.allclose(poisoned[np.arange(800), true], 0.3)  # default design
+    assert np.allclose(poisoned.sum(axis=1), 1) and np.allclose(np.sort(poisoned, axis=1)[:, :8], 0.1 / 8)
     images = data.load(data.poison_indices[:5])
     assert not np.array_equal(images, data.clean.load(data.poison_indices[:5]))
     task.close()
@@ -60,6 +62,8 @@ def test_config_errors_name_the_key(fashion_mnist, tmp_path):
         BackdoorTask(config(tmp_path, "Backdoor.attack=sig", "Backdoor.poison_rate=0.5"))
     with pytest.raises(ConfigError, match="Backdoor.lsba.margin"):
         BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.margin=1.0"))
+    with pytest.raises(ConfigError, match="Backdoor.lsba.target_prob=0.9"):
+        BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.target_prob=0.9"))
 
 
 @pytest.mark.slow
