@@ -21,13 +21,15 @@ predicting that smoothed target, so we design the *prediction* ``q`` and set ``s
 so the target leads the strongest other class, the true one, by exactly ``m``. It exists for
 ``(1 + (K - 1) m) / K <= P <= (1 + m) / 2``: at the upper end everything off the target stays on the
 true class (``s = P e_t + (1 - P) e_y``, the plain "keep the target with probability p"), at the
-lower end every other class is equal. Why not simply the upper end: measured on Fashion-MNIST LeNet
-victims (bench/backdoor_results.md), a triggered test input whose non-target mass is meant to sit
-on its true class lands on either side of the target: the network adds the trigger's evidence to
-the image's own, and images the clean model is sure of keep their class (ASR 0.63 at target
-probability 0.55). Moving part of that mass off the true class asks the network to override the
-image's evidence, as a plain attack does, but to a calibrated confidence; ``p_n(x)`` depends on
-``x`` through ``y`` (which class keeps ``P - m``).
+lower end every other class is equal. Why not simply the upper end: the network adds the trigger's
+evidence to the image's own, so a triggered input whose non-target mass is meant to sit on its true
+class lands on either side of the target, depending on how sure the network is of the image. Moving
+part of that mass off the true class asks the network to override the image's evidence, as a plain
+attack does, but to a calibrated confidence. Measured on Fashion-MNIST LeNet BadNets victims (10
+epochs, poison rate 0.1, ``P = 0.6``; 2026-12-04): ``m = 0.2`` (the upper end) gave ASR 0.883, mean
+target probability 0.603 with 5-95% quantiles 0.43-0.78; ``m = 0.4`` (true class 0.2, the other
+eight 0.025 each, the default) gave ASR 0.997, 0.601 with quantiles 0.53-0.68, measured lead 0.43;
+clean accuracy 0.902 for both. ``p_n(x)`` depends on ``x`` through ``y`` (which class keeps ``P - m``).
 
 **n stacked LSBAs** (n triggers, same target). Activating ``k`` of them at test time should set the
 target probability; the additive-evidence assumption (train each trigger alone, expect k of them to
@@ -40,8 +42,8 @@ other classes equal), to ``P_n = P``:
 
     P_k = P_1 + (k - 1) (P - P_1) / (n - 1).
 
-With ``n = 1`` the only rung is ``P``. The test measures the target probability per ``k``
-(``target_prob_k<k>`` in the report) against ``P_k``.
+With ``n = 1`` the only rung is ``P``. The report gives the target probability per ``k``
+(``target_prob_k<k>``) beside the designed ``P_k``; ``bench/backdoor_results.py`` trains a stacked victim.
 """
 import numpy as np
 

@@ -85,7 +85,7 @@ class BackdoorTask(ClassificationTask):
                 "enabled": Field(False, bool, help="label-smoothed poisoning (soft target p_n on the target)"),
                 "target_prob": Field(0.6, float, help="designed target probability on triggered inputs (all "
                                      "triggers active)"),
-                "margin": Field(0.3, float, help="designed lead of the target over the strongest other class "
+                "margin": Field(0.4, float, help="designed lead of the target over the strongest other class "
                                 "(the true one), on every rung of stacked triggers"),
                 "n_triggers": Field(1, int, help="stacked triggers (same target, different trigger variants)"),
             },
