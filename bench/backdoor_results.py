@@ -42,7 +42,7 @@ STACKED = {"attack": "badnets", "n": 2, "overrides": ["Backdoor.lsba.enabled=tru
 QUICK = ["Global.max_steps=300", "Global.eval_every=300", "Global.save_every=300",
          "Backdoor.detectors.nc_steps=100", "Backdoor.detectors.strip_samples=300"]
 FIELDS = ("ca", "asr", "target_prob", "strip_auroc", "nc_anomaly", "spectral_auroc", "target_margin", "train_hours",
-          "train_cpu_hours", "p_n", "designed_target_prob", "target_prob_quantiles")
+          "train_cpu_hours", "p_n", "margin", "designed_target_prob", "target_prob_quantiles")
 COLUMNS = ("ca", "asr", "target_prob", "target_margin", "strip_auroc", "nc_anomaly", "spectral_auroc", "train_hours",
            "train_cpu_hours")
 
@@ -54,9 +54,10 @@ def machine():
 
 
 def train_victim(config_name, run_name, output_dir, overrides):
-    """The report of one victim run, training it first unless its report exists."""
+    """``(report, trained)``: the report of one victim run, training it first unless its report exists."""
     report_path = os.path.join(output_dir, run_name, "report", "backdoor_report.json")
-    if not os.path.exists(report_path):
+    trained = not os.path.exists(report_path)
+    if trained:
         command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c",
                    os.path.join(ROOT, "configs", config_name), "--no-progress"]
         for item in [f"Global.output_dir={output_dir}", f"Global.run_name={run_name}", *overrides]:
@@ -66,7 +67,7 @@ def train_victim(config_name, run_name, output_dir, overrides):
     else:
         print(f"= {report_path} exists: reused", flush=True)
     with open(report_path) as handle:
-        return json.load(handle)
+        return json.load(handle), trained
 
 
 def load(path):
@@ -107,7 +108,7 @@ def markdown(results, stacking, quick):
                 name = "plain"
                 if victim == "lsba":
                     designed = (row.get("designed_target_prob") or {}).get("1")
-                    name = f"LSBA (designed {cell(designed)}, p_n={cell(row.get('p_n'))})"
+                    name = f"LSBA (designed {cell(designed)}, margin {cell(row.get('margin'))})"
                 lines.append(f"| {dataset} | {attack} | {name} | " + " | ".join(cell(row.get(k)) for k in COLUMNS)
                              + " |")
     if stacking:
@@ -145,20 +146,28 @@ def main():
     results, stacking = load(results_path), load(stacking_path)
     origin = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join(["python", "bench/backdoor_results.py", *sys.argv[1:]])}
-    results.update(origin, quick=args.quick)
+    results["quick"] = args.quick
     extra = QUICK if args.quick else []
+
+    def record(dataset, trained):  # provenance names the invocation that trained a dataset's victims
+        if trained or dataset not in results.setdefault("provenance", {}):
+            results.update(origin)
+            results["provenance"][dataset] = origin
+
     for dataset in datasets:
-        results.setdefault("provenance", {})[dataset] = origin
         for attack in args.attacks:
             for victim, overrides in VICTIMS.items():
-                report = train_victim(f"lsba_{attack}_{DATASETS[dataset]}.yaml",
-                                      f"{attack}_{DATASETS[dataset]}_{victim}", output_dir, [*overrides, *extra])
+                report, trained = train_victim(f"lsba_{attack}_{DATASETS[dataset]}.yaml",
+                                               f"{attack}_{DATASETS[dataset]}_{victim}", output_dir,
+                                               [*overrides, *extra])
+                record(dataset, trained)
                 results.setdefault(dataset, {}).setdefault(attack, {})[victim] = {k: report.get(k) for k in FIELDS}
                 save(results_path, results)
         if dataset == "fashion_mnist" and STACKED["attack"] in args.attacks:
-            report = train_victim(f"lsba_{STACKED['attack']}_{DATASETS[dataset]}.yaml",
-                                  f"{STACKED['attack']}_{DATASETS[dataset]}_lsba_n{STACKED['n']}", output_dir,
-                                  [*STACKED["overrides"], *extra])
+            report, trained = train_victim(f"lsba_{STACKED['attack']}_{DATASETS[dataset]}.yaml",
+                                           f"{STACKED['attack']}_{DATASETS[dataset]}_lsba_n{STACKED['n']}",
+                                           output_dir, [*STACKED["overrides"], *extra])
+            record(dataset, trained)
             stacking[dataset] = stacked_entry(report, STACKED["n"])
             save(stacking_path, stacking)
     with atomic_write(os.path.join(ROOT, "bench", f"backdoor_results{suffix}.md")) as handle:
