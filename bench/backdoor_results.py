@@ -95,8 +95,10 @@ def markdown(results, stacking, quick):
         lines.append(f"- {dataset}: {origin['machine']}; {origin['date']}; `{origin['command']}`")
     lines += ["", "CA: clean test accuracy. ASR: triggered test images of other classes classified as the target. "
               "Target prob: mean target probability on them; margin: its mean lead over the strongest other class. "
-              "STRIP AUROC: triggered vs clean inputs by STRIP's entropy (0.5 = undetectable; below 0.5 the "
-              "triggered inputs look *less* like a backdoor than clean ones). NC anomaly: Neural Cleanse anomaly "
+              "STRIP AUROC: triggered vs clean inputs scored by STRIP's low entropy (1 = STRIP flags them all, "
+              "0.5 = chance). Well below 0.5 means the triggered inputs have *higher* entropy than clean ones: "
+              "STRIP as published passes them, but a test on high entropy would separate them with AUROC "
+              "1 minus the figure. NC anomaly: Neural Cleanse anomaly "
               "index of the target class (> 2 = flagged). Spectral AUROC: poisoned vs clean training samples of "
               "the target class. Hours: wall-clock training time on the shared machine; CPU hours: CPU time of the "
               "training process and its loader workers (what one idle core would take; the budget is 1.5).", "",
