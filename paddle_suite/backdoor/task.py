@@ -313,7 +313,7 @@ class BackdoorTask(ClassificationTask):
             plot_report(folder, result.extras, detector_extras, summary)
         log.info("backdoor report: CA %.4f ASR %.4f target_prob %.3f%s -> %s", summary["ca"], summary["asr"],
                  summary["target_prob"], "".join(f" {k} {found[k]:.3f}" for k in found if k.endswith(
-                     ("auroc", "anomaly"))), os.path.join(run_dir, "report"))
+                     ("auroc", "anomaly"))), target)
         return summary
 
     def train(self, args):
