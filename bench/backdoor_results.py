@@ -1,7 +1,7 @@
 """Plain vs LSBA victims for BadNets and Blend on CIFAR-10 and Fashion-MNIST: the results contract.
 
     python bench/backdoor_results.py --datasets fashion_mnist --output-dir /work/runs/backdoor_bench
-    python bench/backdoor_results.py --datasets cifar10 --output-dir /work/runs/backdoor_bench   # ~2.6 CPU h a victim pair
+    python bench/backdoor_results.py --datasets cifar10 --output-dir /work/runs/backdoor_bench   # ~6 CPU h
     python bench/backdoor_results.py --quick         # Fashion-MNIST only, 300 steps per victim
 
 Each victim is one training run (``tools/train.py -c configs/lsba_<attack>_<dataset>.yaml``, the LSBA
