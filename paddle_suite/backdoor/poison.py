@@ -8,11 +8,13 @@
   clean-label ``sig`` attack poisons only samples of the target class and keeps their labels.
   LSBA is a labelling strategy, so with LSBA on, ``sig`` is run dirty-label (its poisoned samples
   come from the other classes and get the LSBA soft label); there is no label to smooth otherwise.
-* Stacked triggers (``n_triggers`` > 1): the poisoned samples are dealt to the triggers in turn
-  (in the random draw order), so each trigger gets ``count / n`` samples (+-1).
+* Stacked triggers (``n_triggers`` > 1): the poisoned samples are dealt a number ``k`` of active
+  triggers in turn (1, 2, ..., n in the random draw order, so each ``k`` gets ``count / n`` samples
+  +-1) and carry a random ``k``-subset of the n triggers, so the network sees every rung of the
+  ladder ``lsba.py`` designs (a matrix ``active [count, n]`` says which triggers a sample carries).
 * Labels: the plain attack gives int64 labels (poisoned ones set to the target); LSBA gives float32
-  soft targets ``[N, K]`` (one-hot for clean samples, ``p e_t + (1 - p) e_y`` for poisoned ones; see
-  ``lsba.py`` for ``p`` and why a soft target).
+  soft targets ``[N, K]`` (one-hot for clean samples, the designed LSBA label for poisoned ones; see
+  ``lsba.py`` for the label and why a soft target).
 
 ``PoisonedDataset`` is what the classification kit's loader reads: ``load(indices)`` returns the
 triggered pixels for poisoned samples (computed once, at construction) and the clean ones otherwise.
@@ -41,7 +43,7 @@ def attacked_mask(labels, target, mode):
 
 
 def select_poison(labels, poison_rate, target, mode, clean_label, n_triggers, seed):
-    """``(indices, trigger_ids)``: sorted poisoned indices and the trigger each one carries."""
+    """``(indices, active)``: sorted poisoned indices and which triggers each carries (bool ``[count, n]``)."""
     labels = np.asarray(labels)
     if not 0 < poison_rate < 1:
         raise ValueError(f"Backdoor.poison_rate={poison_rate}: must be in (0, 1)")
@@ -55,25 +57,26 @@ def select_poison(labels, poison_rate, target, mode, clean_label, n_triggers, se
         raise ValueError(f"Backdoor.poison_rate={poison_rate} asks for {count} poisoned samples but only "
                          f"{len(eligible)} are {kind}: lower Backdoor.poison_rate to at most "
                          f"{len(eligible) / len(labels):.4f}")
-    drawn = np.random.default_rng([int(seed), 0xBAD]).choice(eligible, size=count, replace=False)
-    trigger_of = np.arange(count) % n_triggers
+    rng = np.random.default_rng([int(seed), 0xBAD])
+    drawn = rng.choice(eligible, size=count, replace=False)
+    active_count = np.arange(count) % n_triggers + 1
+    rank = rng.random((count, n_triggers)).argsort(axis=1).argsort(axis=1)  # a random order of the triggers
+    active = rank < active_count[:, None]
     order = np.argsort(drawn)
-    return drawn[order], trigger_of[order]
+    return drawn[order], active[order]
 
 
-def poisoned_labels(labels, indices, targets, num_classes, label_probability=None):
-    """int64 labels (plain attack) or float32 soft targets ``[N, K]`` (LSBA with ``label_probability``)."""
+def poisoned_labels(labels, indices, targets, num_classes, poisoned_soft=None):
+    """int64 labels (plain attack) or float32 soft targets ``[N, K]`` (LSBA: ``poisoned_soft`` holds
+    the rows of the poisoned ``indices``)."""
     labels = np.asarray(labels, dtype=np.int64)
-    if label_probability is None:
+    if poisoned_soft is None:
         out = labels.copy()
         out[indices] = targets[indices]
         return out
     soft = np.zeros((len(labels), num_classes), dtype=np.float32)
     soft[np.arange(len(labels)), labels] = 1.0
-    p = np.float32(label_probability)
-    soft[indices] = 0.0
-    soft[indices, targets[indices]] += p
-    soft[indices, labels[indices]] += 1 - p
+    soft[indices] = poisoned_soft
     return soft
 
 
@@ -82,7 +85,7 @@ class PoisonedDataset:
 
     lazy = False
 
-    def __init__(self, clean, indices, trigger_ids, triggers, labels, clean_label):
+    def __init__(self, clean, indices, active, triggers, labels, clean_label):
         if clean.lazy:
             raise ValueError(f"{clean.name}: backdoor poisoning needs an in-memory dataset (cifar10, fashion_mnist, "
                              "mnist), not lazily decoded image folders")
@@ -90,13 +93,14 @@ class PoisonedDataset:
         self.name = f"{clean.name} (poisoned)"
         self.true_labels = clean.labels
         self.labels = labels
-        self.poison_indices, self.trigger_ids, self.clean_label = indices, trigger_ids, clean_label
+        self.poison_indices, self.active, self.clean_label = indices, active, clean_label
         self._row = np.full(len(clean), -1, dtype=np.int64)
         self._row[indices] = np.arange(len(indices))
         self.poisoned_images = np.empty((len(indices), *clean.image_shape), dtype=np.uint8)
-        for i, trigger in enumerate(triggers):
-            chosen = np.flatnonzero(trigger_ids == i)
-            self.poisoned_images[chosen] = apply_stack([trigger], clean.load(indices[chosen]))
+        for pattern in np.unique(active, axis=0):
+            chosen = np.flatnonzero((active == pattern).all(axis=1))
+            carried = [trigger for trigger, on in zip(triggers, pattern) if on]
+            self.poisoned_images[chosen] = apply_stack(carried, clean.load(indices[chosen]))
 
     def __len__(self):
         return len(self.true_labels)

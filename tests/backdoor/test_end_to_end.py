@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paddle_suite.backdoor import BackdoorTask, lsba
+from paddle_suite.backdoor import BackdoorTask
 from paddle_suite.classification import datasets
 from paddle_suite.config import ConfigError, load_config
 from paddle_suite.data import DatasetNotFound
@@ -46,8 +46,10 @@ def test_poisoned_training_set_through_the_hook(fashion_mnist, tmp_path):
     data = task.train_dataset
     assert len(data) == 8000 and len(data.poison_indices) == 800
     assert np.all(data.true_labels[data.poison_indices] != 0)
-    p = lsba.label_probability(0.2, 0.0, 10, 1)
-    assert np.allclose(data.labels[data.poison_indices, 0], p)
+    poisoned = data.labels[data.poison_indices]
+    true = data.true_labels[data.poison_indices]
+    assert np.allclose(poisoned[:, 0], 0.6) and np.allclose(poisoned[np.arange(800), true], 0.2)  # default design
+    assert np.allclose(poisoned.sum(axis=1), 1) and np.allclose(np.sort(poisoned, axis=1)[:, :8], 0.2 / 8)
     images = data.load(data.poison_indices[:5])
     assert not np.array_equal(images, data.clean.load(data.poison_indices[:5]))
     task.close()
@@ -60,13 +62,16 @@ def test_config_errors_name_the_key(fashion_mnist, tmp_path):
         BackdoorTask(config(tmp_path, "Backdoor.attack=sig", "Backdoor.poison_rate=0.5"))
     with pytest.raises(ConfigError, match="Backdoor.lsba.margin"):
         BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.margin=1.0"))
+    with pytest.raises(ConfigError, match="Backdoor.lsba.target_prob=0.9"):
+        BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.target_prob=0.9"))
 
 
 @pytest.mark.slow
 def test_tiny_plain_and_lsba_victims(fashion_mnist, tmp_path):
     _, plain = run(config(tmp_path, "Global.run_name=plain"))
+    # the LSBA victim stacks two triggers (patches in two corners): the single-trigger design is its top rung
     _, smoothed = run(config(tmp_path, "Global.run_name=lsba", "Backdoor.lsba.enabled=true",
-                             "Backdoor.lsba.margin=0.4"))
+                             "Backdoor.lsba.n_triggers=2"))
     plain, smoothed = plain["backdoor"], smoothed["backdoor"]
     for report in (plain, smoothed):
         assert report["ca"] > 0.5  # chance is 0.1
@@ -75,9 +80,12 @@ def test_tiny_plain_and_lsba_victims(fashion_mnist, tmp_path):
             assert np.isfinite(report[key])
     assert plain["asr"] > 0.9 and plain["target_prob"] > 0.9
     print({k: (plain[k], smoothed[k]) for k in ("ca", "asr", "target_prob", "strip_auroc", "nc_anomaly")})
-    # the LSBA victim is trained toward target probability 0.7 on triggered inputs, the plain one toward 1
+    # the LSBA victim is trained toward target probability 0.6 on triggered inputs, the plain one toward 1
     assert smoothed["target_prob"] < plain["target_prob"] - 0.2
+    # one active trigger is designed to 0.46 (every other class equal), both to 0.6: the ladder is learnt
+    assert smoothed["designed_target_prob"] == pytest.approx({"1": 0.46, "2": 0.6})
+    assert smoothed["target_prob_k1"] < smoothed["target_prob"]
     folder = tmp_path / "lsba" / "report"
     assert json.loads((folder / "backdoor_report.json").read_text())["lsba"] is True
     assert (folder / "backdoor_report.png").stat().st_size > 0
-    assert "LSBA (p_n=0.700" in (folder / "backdoor_report.md").read_text()
+    assert "LSBA (p_n=0.600, n=2)" in (folder / "backdoor_report.md").read_text()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from paddle_suite.backdoor import poison
+from paddle_suite.backdoor import lsba, poison
 from paddle_suite.backdoor.triggers import ATTACKS, apply_stack, make_trigger
 
 
@@ -55,9 +55,9 @@ def labels_of(n=1000, classes=10, seed=1):
 @pytest.mark.parametrize("mode", poison.MODES)
 def test_exact_poison_count_seeded_and_eligible(mode):
     labels = labels_of()
-    idx, trig = poison.select_poison(labels, 0.1, 3, mode, False, 2, seed=5)
+    idx, active = poison.select_poison(labels, 0.1, 3, mode, False, 2, seed=5)
     assert len(idx) == 100 and len(np.unique(idx)) == 100 and np.all(np.diff(idx) > 0)
-    assert np.bincount(trig).tolist() == [50, 50]
+    assert active.shape == (100, 2) and np.bincount(active.sum(axis=1)).tolist() == [0, 50, 50]
     again, _ = poison.select_poison(labels, 0.1, 3, mode, False, 2, seed=5)
     other, _ = poison.select_poison(labels, 0.1, 3, mode, False, 2, seed=6)
     assert np.array_equal(idx, again) and not np.array_equal(idx, other)
@@ -84,10 +84,22 @@ def test_label_distribution_plain_and_lsba(mode):
     expected = np.bincount(labels, minlength=10) - np.bincount(labels[idx], minlength=10) \
         + np.bincount(targets[idx], minlength=10)
     assert np.array_equal(np.bincount(hard, minlength=10), expected)
-    soft = poison.poisoned_labels(labels, idx, targets, 10, label_probability=0.7)
+    rows = lsba.soft_labels(labels[idx], targets[idx], np.ones(len(idx), int), 0.7, 0.4)
+    soft = poison.poisoned_labels(labels, idx, targets, 10, rows)
     assert soft.shape == (1000, 10) and np.allclose(soft.sum(axis=1), 1)
     clean = np.setdiff1d(np.arange(1000), idx)
     assert np.array_equal(soft[clean].argmax(axis=1), labels[clean]) and np.all(soft[clean].max(axis=1) == 1)
     assert np.allclose(soft[idx, targets[idx]], 0.7) and np.allclose(soft[idx, labels[idx]], 0.3)
     assert np.allclose(soft.sum(axis=0), expected - 0.3 * np.bincount(targets[idx], minlength=10)
                        + 0.3 * np.bincount(labels[idx], minlength=10))
+
+
+def test_stacked_poisoning_deals_every_rung_with_random_subsets():
+    labels = labels_of(3000)
+    idx, active = poison.select_poison(labels, 0.1, 3, "all_to_one", False, 3, seed=2)
+    count = active.sum(axis=1)
+    assert np.bincount(count).tolist() == [0, 100, 100, 100]
+    for k in (1, 2):  # every trigger appears on the partial rungs, not always the first ones
+        assert np.all(active[count == k].sum(axis=0) > 10)
+    again, active_again = poison.select_poison(labels, 0.1, 3, "all_to_one", False, 3, seed=2)
+    assert np.array_equal(idx, again) and np.array_equal(active, active_again)
