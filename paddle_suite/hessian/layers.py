@@ -162,8 +162,22 @@ class DoubleGradConv2D(nn.Layer):
         return _Conv2DFunction.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
 
+def _spread_matrix(out_size, kernel, size, dtype):
+    """``[size, out_size]`` 0/1 matrix copying each pooled row (column) to the ``kernel`` rows of its window."""
+    spread = np.zeros((size, out_size))
+    rows = np.arange(out_size * kernel)
+    spread[rows, rows // kernel] = 1.0
+    return paddle.to_tensor(spread).astype(dtype)
+
+
 class _MaxPool2DFunction(PyLayer):
-    """Non-overlapping max-pool whose backward is (nearest upsampling of the gradient) x (argmax mask)."""
+    """Non-overlapping max-pool whose backward is (nearest upsampling of the gradient) x (argmax mask).
+
+    The upsampling is two matmuls with 0/1 matrices (rows, then columns) rather than an
+    ``expand``: an HVP differentiates it once more, and matmul's gradient (a matmul) is about 3x
+    cheaper on the CPU than ``expand``'s (a reduction); rows and columns no window covers get zero
+    rows in the matrices, hence no gradient.
+    """
 
     @staticmethod
     def forward(ctx, x, kernel):
@@ -177,20 +191,13 @@ class _MaxPool2DFunction(PyLayer):
         mask = mask.reshape([n, c, out_h * kh, out_w * kw])
         if [out_h * kh, out_w * kw] != [h, w]:  # rows/columns no window covers get no gradient
             mask = F.pad(mask, [0, w - out_w * kw, 0, h - out_h * kh])
-        ctx.save_for_backward(mask)
-        ctx.kernel = kernel
+        ctx.save_for_backward(mask, _spread_matrix(out_h, kh, h, x.dtype), _spread_matrix(out_w, kw, w, x.dtype).T)
         return F.max_pool2d(x, kernel, kernel)
 
     @staticmethod
     def backward(ctx, upstream):
-        (mask,) = ctx.saved_tensor()
-        kh, kw = ctx.kernel
-        n, c, out_h, out_w = upstream.shape
-        spread = upstream.reshape([n, c, out_h, 1, out_w, 1]).expand([n, c, out_h, kh, out_w, kw])
-        spread = spread.reshape([n, c, out_h * kh, out_w * kw])
-        if spread.shape[2:] != mask.shape[2:]:
-            spread = F.pad(spread, [0, mask.shape[3] - out_w * kw, 0, mask.shape[2] - out_h * kh])
-        return spread * mask
+        mask, spread_rows, spread_columns = ctx.saved_tensor()
+        return paddle.matmul(spread_rows, paddle.matmul(upstream, spread_columns)) * mask
 
 
 class DoubleGradMaxPool2D(nn.Layer):

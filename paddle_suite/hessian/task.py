@@ -46,7 +46,7 @@ HESSIAN_SCHEMA = {
     "subset_seed": Field(0, int, help="draws the fixed training subset"),
     "top_k": Field(100, int, help="top eigenvalues computed and fitted"),
     "lanczos": {
-        "tol": Field(1e-3, float, help="stop when every top-k residual <= tol * |eigenvalue|"),
+        "tol": Field(1e-3, float, help="stop when every top-k eigenvalue error bound (r^2 / gap) <= tol * |eigenvalue|"),
         "max_iter": Field(0, int, help="Lanczos steps at most; 0 = min(parameters, 3 top_k + 60)"),
     },
     "trace": {"products": Field(99, int, help="Hutch++ Hessian-vector products (>= 6); 0 = skip")},
