@@ -101,6 +101,7 @@ def measure(args, key, run_root):
             "by_k": fits_by_k(spectrum["eigenvalues"], spectrum["settings"]["seed"]),
             "top_k": fit["k"], "lambda_max": spectrum["eigenvalues"][0], "lambda_k": spectrum["eigenvalues"][-1],
             "all_converged": spectrum["all_converged"], "trace": (spectrum.get("trace") or {}).get("estimate"),
+            **bound_summary(spectrum),
             "hessian_vector_products": spectrum["hessian_vector_products"], "spectrum_seconds": spectrum["seconds"],
             "wall_seconds_with_training": seconds, "exact_check_relative_error": spectrum.get("exact_check_relative_error"),
             "eigenvalues": spectrum["eigenvalues"], "out_dir": summary["out_dir"],
@@ -109,6 +110,14 @@ def measure(args, key, run_root):
     entry["trained"]["training"] = {"steps": training.get("step"), "valid_metrics": training.get("best_metrics"),
                                     "test_metrics": training.get("test")}
     return entry
+
+
+def bound_summary(spectrum):
+    """The largest relative eigenvalue error bound and the ranks whose bound is above the Lanczos tolerance."""
+    relative = [bound / abs(value) for value, bound in zip(spectrum["eigenvalues"], spectrum["error_bounds"])]
+    tol = spectrum["settings"]["tol"]
+    return {"max_relative_error_bound": max(relative),
+            "unconverged_ranks": [rank for rank, bound in enumerate(relative, 1) if bound > tol]}
 
 
 def fits_by_k(eigenvalues, seed):
@@ -217,11 +226,35 @@ def markdown(result, args):
             f"LR vs exponential z {trained['lr_exponential_z']:+.2f} vs {init['lr_exponential_z']:+.2f}.")
     slopes = {state: [result[key][state]["slope"] for key in args.models] for state in ("trained", "init")}
     every = all(result[k]["trained"]["is_power_law"] and not result[k]["init"]["is_power_law"] for k in args.models)
-    lines += ["", f"Reading: the goodness-of-fit verdict (threshold from CSN, not tuned) "
+    lines += ["", f"Reading: at top-{args.top_k} the goodness-of-fit verdict (threshold from CSN, not tuned) "
               f"{'separates' if every else 'does not separate'} trained from initial networks on every data set here; "
               f"the log-log slope {'does' if min(slopes['trained']) > max(slopes['init']) else 'does not either'} "
               f"(trained {min(slopes['trained']):.2f}-{max(slopes['trained']):.2f}, init "
-              f"{min(slopes['init']):.2f}-{max(slopes['init']):.2f}). One training seed, one image subset per data set."]
+              f"{min(slopes['init']):.2f}-{max(slopes['init']):.2f}). One training seed, one image subset per data set.", ""]
+    sizes_all = sizes + [args.top_k]
+
+    def cell(key, state, k):
+        return result[key][state] if k == args.top_k else result[key][state]["by_k"][str(k)]
+
+    separating = [k for k in sizes_all if all(cell(key, "trained", k)["is_power_law"]
+                                              and not cell(key, "init", k)["is_power_law"] for key in args.models)]
+    lr_separates = all(result[key]["trained"]["lr_exponential_pvalue"] < 0.05 <= result[key]["init"]["lr_exponential_pvalue"]
+                       for key in args.models)
+    closest = min((abs(cell(key, state, args.top_k)["ks_pvalue"] - 0.1), key, state)
+                  for key in args.models for state in ("trained", "init"))
+    lines += [f"Over k: the verdict separates the two states on every data set at top-"
+              f"{', '.join(str(k) for k in separating) or 'none'} of {', '.join(str(k) for k in sizes_all)}; "
+              f"the p-value nearest the threshold at top-{args.top_k} is {closest[1]} {closest[2]} "
+              f"(p {cell(closest[1], closest[2], args.top_k)['ks_pvalue']:.3f}). The likelihood ratio against an "
+              f"exponential {'favours the power law at the 5% level for every trained spectrum and for no initial one' if lr_separates else 'does not split the states at the 5% level'} "
+              f"at top-{args.top_k}.",
+              "", "Lanczos (products include the trace's and the density's; tolerance 1e-3 on the relative eigenvalue "
+              "error bound, at most 3k + 60 steps): " + "; ".join(
+                  f"{key} {state} {result[key][state]['hessian_vector_products']} products, "
+                  + ("all converged" if not result[key][state]["unconverged_ranks"] else
+                     f"ranks {', '.join(map(str, result[key][state]['unconverged_ranks']))} not converged "
+                     f"(largest bound {result[key][state]['max_relative_error_bound']:.1g})")
+                  for key in args.models for state in ("trained", "init")) + "."]
     lines += ["", "Figures (both spectra per data set, and each run's own rank plot with its fits):", ""]
     for key in args.models:
         lines.append(f"![{key}](results/hessian/{key}_spectra.png)")
