@@ -9,12 +9,17 @@ uses first-order gradient kernels; paddle's broken or missing double-grad kernel
   (0.4-1.0 relative error, PLATFORM.md). Backward: ``conv2d_transpose`` for the input gradient; for
   the weight gradient, a matmul of the upstream gradient with the im2col of the input when the input
   needs no gradient (the data at the first layer; the im2col is computed once in the forward), else
-  a conv2d correlating input and upstream gradient. Per LeNet product (batch 128, one thread):
-  63 ms; 375 ms with the slice-based im2col we tried first; 71 ms with the weight gradient as a
-  PyLayer of its own (im2col + matmul forward, conv backward). An im2col with ``F.unfold`` on a
-  parameter-dependent input would need ``unfold_grad``'s gradient, which is slow (80 ms a call).
+  a conv2d correlating input and upstream gradient. Per LeNet product (batch 128, one thread, the
+  products run without strided-view kernels: ``hvp.py``): 35 ms; 375 ms with the slice-based im2col
+  we tried first; with views on, 63 ms, and 71 ms with the weight gradient as a PyLayer of its own
+  (im2col + matmul forward, conv backward); without views, a weight-gradient PyLayer with conv
+  forward and conv / conv-transpose backward gained nothing (38.7 vs 38.4 ms). An im2col with
+  ``F.unfold`` on a parameter-dependent input needs ``unfold_grad``'s gradient (13 ms a call
+  without views, 80 ms with). A batched per-sample matmul for the first layer's weight gradient
+  (no transposes) was slower than the one large matmul (77 vs 61 ms a product, views on).
 * ``nn.MaxPool2D`` (stride = kernel) -> ``DoubleGradMaxPool2D``: no double grad in paddle.
-  Backward: upstream gradient spread over each window (``expand``) times the argmax mask.
+  Backward: upstream gradient spread over each window (two matmuls with 0/1 matrices; an
+  ``expand`` cost 3 ms more a product) times the argmax mask.
 * ``nn.AvgPool2D`` -> ``UnfoldAvgPool2D``: the mean of windows built from slices/reshapes.
 * ``nn.Flatten`` -> ``ReshapeFlatten``: paddle's flatten op has no double grad; ``reshape`` does.
 
