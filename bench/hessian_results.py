@@ -6,7 +6,16 @@ randomly initialised networks do not. This bench checks it on real data with ``t
 for LeNet-5 on Fashion-MNIST and on MNIST, it trains the network (``--epochs``, through the engine),
 then measures the top-k spectrum of the best checkpoint (``trained``) and of the same network at
 initialisation (``init``: ``Hessian.checkpoint=init``, same seed, never trained), on the same fixed
-``--batches x 128`` training images, exact Hessian-vector products, Lanczos to 1e-3 residuals.
+``--batches x 128`` training images, exact Hessian-vector products, Lanczos to eigenvalue error
+bounds of 1e-3 (relative).
+
+Verdict: the Clauset-Shalizi-Newman goodness-of-fit test (parametric-bootstrap p-value of the KS
+distance; power law when p >= 0.1), as documented in ``paddle_suite/hessian/powerlaw.py``, with the
+likelihood ratio against an exponential beside it. ``--top-k`` is 300 by default: the paper fits the
+top few thousand eigenvalues, and the test's power grows with k (at k = 100 the first version's
+asymptotic KS test passed both trained and initial networks); 300 is what the 2-core machine measures
+in the time box (up to 960 Lanczos steps per spectrum). The same fit is also reported on the top 50,
+100 and 200 of each spectrum (``by_k``), so the dependence on k is visible.
 
 Each tool call is a subprocess (so this process never imports paddle, and each measurement starts
 clean). Outputs (written atomically; the full run only):
@@ -48,7 +57,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small and fast; writes nothing outside bench/results/tmp")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (full run)")
-    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--top-k", type=int, default=300)
     parser.add_argument("--batches", type=int, default=2, help="batches of 128 training images")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--render", action="store_true", help="rewrite the markdown from the results JSON only")
@@ -86,9 +95,13 @@ def measure(args, key, run_root):
         fit = spectrum["power_law"]
         entry[state] = {
             "slope": fit["slope_ls"], "r2": fit["r2_ls"], "slope_mle": fit["slope_mle"], "ks": fit["ks_mle"],
-            "ks_ls": fit["ks_ls"], "ks_threshold": fit["ks_threshold"], "is_power_law": fit["is_power_law"],
+            "ks_ls": fit["ks_ls"], "ks_pvalue": fit["ks_pvalue"], "p_threshold": fit["p_threshold"],
+            "lr_exponential": fit["lr_exponential"], "lr_exponential_z": fit["lr_exponential_z"],
+            "lr_exponential_pvalue": fit["lr_exponential_pvalue"], "is_power_law": fit["is_power_law"],
+            "by_k": fits_by_k(spectrum["eigenvalues"], spectrum["settings"]["seed"]),
             "top_k": fit["k"], "lambda_max": spectrum["eigenvalues"][0], "lambda_k": spectrum["eigenvalues"][-1],
             "all_converged": spectrum["all_converged"], "trace": (spectrum.get("trace") or {}).get("estimate"),
+            **bound_summary(spectrum),
             "hessian_vector_products": spectrum["hessian_vector_products"], "spectrum_seconds": spectrum["seconds"],
             "wall_seconds_with_training": seconds, "exact_check_relative_error": spectrum.get("exact_check_relative_error"),
             "eigenvalues": spectrum["eigenvalues"], "out_dir": summary["out_dir"],
@@ -97,6 +110,27 @@ def measure(args, key, run_root):
     entry["trained"]["training"] = {"steps": training.get("step"), "valid_metrics": training.get("best_metrics"),
                                     "test_metrics": training.get("test")}
     return entry
+
+
+def bound_summary(spectrum):
+    """The largest relative eigenvalue error bound and the ranks whose bound is above the Lanczos tolerance."""
+    relative = [bound / abs(value) for value, bound in zip(spectrum["eigenvalues"], spectrum["error_bounds"])]
+    tol = spectrum["settings"]["tol"]
+    return {"max_relative_error_bound": max(relative),
+            "unconverged_ranks": [rank for rank, bound in enumerate(relative, 1) if bound > tol]}
+
+
+def fits_by_k(eigenvalues, seed):
+    """The power-law fit on the top 50, 100, 200 (those below the measured k) of one spectrum."""
+    from paddle_suite.hessian.powerlaw import fit_power_law  # imports paddle: after the tool subprocesses
+
+    fits = {}
+    for k in (50, 100, 200):
+        if k < len(eigenvalues):
+            fit = fit_power_law(eigenvalues[:k], seed=seed)
+            fits[str(k)] = {"slope": fit.slope_ls, "r2": fit.r2_ls, "ks": fit.ks_mle, "ks_pvalue": fit.ks_pvalue,
+                            "lr_exponential_z": fit.lr_exponential_z, "is_power_law": fit.is_power_law}
+    return fits
 
 
 def both_spectra_figure(key, entry, path):
@@ -113,19 +147,24 @@ def both_spectra_figure(key, entry, path):
             values = np.sort(values[values > 0])[::-1]
             ranks = np.arange(1, len(values) + 1)
             (points,) = axis.loglog(ranks, values, style, markersize=3,
-                                    label=f"{state}: s = {entry[state]['slope']:.2f}, KS {entry[state]['ks']:.3f}")
+                                    label=f"{state}: s = {entry[state]['slope']:.2f}, KS {entry[state]['ks']:.3f}, "
+                                          f"p {entry[state]['ks_pvalue']:.2f}")
             line = ranks ** -entry[state]["slope"]  # the LS line: its intercept is the mean log residual
             axis.loglog(ranks, line * np.exp(np.mean(np.log(values) - np.log(line))), "-", linewidth=1,
                         color=points.get_color())
         axis.set_xlabel("rank k")
         axis.set_ylabel("eigenvalue")
         axis.set_title(f"{key}: top-{entry['trained']['top_k']} Hessian eigenvalues "
-                       f"(KS critical {entry['trained']['ks_threshold']:.3f})", fontsize=9)
+                       f"(power law when bootstrap p >= {entry['trained']['p_threshold']:g})", fontsize=9)
         axis.legend(fontsize=8)
         with atomic_write(path, "wb") as handle:
             figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(figure)
+
+
+def _verdict(row):
+    return "**power law**" if row["is_power_law"] else "not a power law"
 
 
 def markdown(result, args):
@@ -139,11 +178,14 @@ def markdown(result, args):
         "crop/flip augmentation; no flips for MNIST), best checkpoint by valid top-1; `init` is the same network at "
         "its initialisation (same seed, never trained). Hessian of the mean cross-entropy on the same fixed "
         f"{args.batches} x 128 training images (no augmentation), exact Hessian-vector products (checked against "
-        "float64 finite differences before each run), top-k by Lanczos to residual 1e-3 |lambda|. "
-        "Slope: least squares in log-log (the paper's fit); MLE slope and KS distance as in "
-        "`paddle_suite/hessian/powerlaw.py`; verdict: power law when KS <= 1.358 / sqrt(k).", "",
-        "| model | state | valid / test top-1 | lambda_1 | lambda_k | slope (LS) | R^2 | slope (MLE) | KS | KS critical | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "float64 finite differences before each run), top-k by Lanczos to eigenvalue error bounds of 1e-3 |lambda|. "
+        "Slope: least squares in log-log (the paper's fit); MLE slope, KS distance, its bootstrap p-value and the "
+        "likelihood ratio against an exponential as in `paddle_suite/hessian/powerlaw.py`. **Verdict: power law when "
+        "the bootstrap p >= 0.1** (Clauset, Shalizi & Newman 2009's rule, not chosen on these data). The LR column is "
+        "the normalised log-likelihood ratio power law vs exponential (> 0 favours the power law) and its p-value.", "",
+        "| model | state | valid / test top-1 | lambda_1 | lambda_k | slope (LS) | R^2 | slope (MLE) | KS | p (bootstrap) "
+        "| LR vs exp. z (p) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key in args.models:
         for state in ("trained", "init"):
@@ -154,30 +196,65 @@ def markdown(result, args):
                 valid = (training.get("valid_metrics") or {}).get("top1")
                 test = (training.get("test_metrics") or {}).get("top1")
                 accuracy = f"{valid:.3f} / {test:.3f}" if valid is not None and test is not None else f"{valid}"
-            verdict = "**power law**" if row["is_power_law"] else "not a power law"
             lines.append(f"| {key} | {state} | {accuracy} | {row['lambda_max']:.4g} | {row['lambda_k']:.4g} | "
                          f"{row['slope']:.3f} | {row['r2']:.3f} | {row['slope_mle']:.3f} | {row['ks']:.3f} | "
-                         f"{row['ks_threshold']:.3f} | {verdict} |")
+                         f"{row['ks_pvalue']:.3f} | {row['lr_exponential_z']:+.2f} ({row['lr_exponential_pvalue']:.2g}) "
+                         f"| {_verdict(row)} |")
+    sizes = sorted({int(k) for key in args.models for state in ("trained", "init") for k in result[key][state]["by_k"]})
+    if sizes:
+        lines += ["", "The same fit on the top 50 / 100 / 200 of each spectrum (slope LS; KS; bootstrap p; verdict):", "",
+                  "| model | state | " + " | ".join(f"top-{k}" for k in sizes) + f" | top-{args.top_k} |",
+                  "| --- | --- | " + " | ".join("---" for _ in sizes) + " | --- |"]
+        for key in args.models:
+            for state in ("trained", "init"):
+                row = result[key][state]
+                cells = [row["by_k"][str(k)] for k in sizes] + [row]
+                lines.append(f"| {key} | {state} | " + " | ".join(
+                    f"{cell['slope']:.2f}; {cell['ks']:.3f}; p {cell['ks_pvalue']:.2f}; "
+                    f"{'PL' if cell['is_power_law'] else 'not'}" for cell in cells) + " |")
     lines += ["", "What the numbers say (generated from them):", ""]
     for key in args.models:
         trained, init = result[key]["trained"], result[key]["init"]
-        verdicts = {state: "a power law" if result[key][state]["is_power_law"] else "not a power law"
-                    for state in ("trained", "init")}
         separated = trained["is_power_law"] and not init["is_power_law"]
         lines.append(
-            f"- {key}: trained {verdicts['trained']} (KS {trained['ks']:.3f}), init {verdicts['init']} "
-            f"(KS {init['ks']:.3f}) against the critical {trained['ks_threshold']:.3f}: the paper's contrast "
-            + ("**is reproduced** by the KS verdict" if separated else "is **not** reproduced by the KS verdict")
-            + f". The decay differs: LS slope {trained['slope']:.2f} trained vs {init['slope']:.2f} at init "
+            f"- {key}: trained {_verdict(trained).strip('*')} (p {trained['ks_pvalue']:.3f}), init "
+            f"{_verdict(init).strip('*')} (p {init['ks_pvalue']:.3f}): the paper's contrast "
+            + ("**is reproduced** by the verdict" if separated else "is **not** reproduced by the verdict")
+            + f". LS slope {trained['slope']:.2f} trained vs {init['slope']:.2f} at init "
             f"(MLE {trained['slope_mle']:.2f} vs {init['slope_mle']:.2f}); lambda_1 / lambda_k "
-            f"{trained['lambda_max'] / trained['lambda_k']:.0f} vs {init['lambda_max'] / init['lambda_k']:.0f}.")
+            f"{trained['lambda_max'] / trained['lambda_k']:.0f} vs {init['lambda_max'] / init['lambda_k']:.0f}; "
+            f"LR vs exponential z {trained['lr_exponential_z']:+.2f} vs {init['lr_exponential_z']:+.2f}.")
     slopes = {state: [result[key][state]["slope"] for key in args.models] for state in ("trained", "init")}
-    lines += ["", f"Reading: the KS verdict with the 5% critical value (not tuned) "
-              f"{'separates' if all(result[k]['trained']['is_power_law'] and not result[k]['init']['is_power_law'] for k in args.models) else 'does not separate'} "
-              f"trained from initial networks on these runs; the log-log slope "
-              f"{'does' if min(slopes['trained']) > max(slopes['init']) else 'does not either'} "
+    every = all(result[k]["trained"]["is_power_law"] and not result[k]["init"]["is_power_law"] for k in args.models)
+    lines += ["", f"Reading: at top-{args.top_k} the goodness-of-fit verdict (threshold from CSN, not tuned) "
+              f"{'separates' if every else 'does not separate'} trained from initial networks on every data set here; "
+              f"the log-log slope {'does' if min(slopes['trained']) > max(slopes['init']) else 'does not either'} "
               f"(trained {min(slopes['trained']):.2f}-{max(slopes['trained']):.2f}, init "
-              f"{min(slopes['init']):.2f}-{max(slopes['init']):.2f}). One training seed, one image subset per data set."]
+              f"{min(slopes['init']):.2f}-{max(slopes['init']):.2f}). One training seed, one image subset per data set.", ""]
+    sizes_all = sizes + [args.top_k]
+
+    def cell(key, state, k):
+        return result[key][state] if k == args.top_k else result[key][state]["by_k"][str(k)]
+
+    separating = [k for k in sizes_all if all(cell(key, "trained", k)["is_power_law"]
+                                              and not cell(key, "init", k)["is_power_law"] for key in args.models)]
+    lr_separates = all(result[key]["trained"]["lr_exponential_pvalue"] < 0.05 <= result[key]["init"]["lr_exponential_pvalue"]
+                       for key in args.models)
+    closest = min((abs(cell(key, state, args.top_k)["ks_pvalue"] - 0.1), key, state)
+                  for key in args.models for state in ("trained", "init"))
+    lines += [f"Over k: the verdict separates the two states on every data set at top-"
+              f"{', '.join(str(k) for k in separating) or 'none'} of {', '.join(str(k) for k in sizes_all)}; "
+              f"the p-value nearest the threshold at top-{args.top_k} is {closest[1]} {closest[2]} "
+              f"(p {cell(closest[1], closest[2], args.top_k)['ks_pvalue']:.3f}). The likelihood ratio against an "
+              f"exponential {'favours the power law at the 5% level for every trained spectrum and for no initial one' if lr_separates else 'does not split the states at the 5% level'} "
+              f"at top-{args.top_k}.",
+              "", "Lanczos (products include the trace's and the density's; tolerance 1e-3 on the relative eigenvalue "
+              "error bound, at most 3k + 60 steps): " + "; ".join(
+                  f"{key} {state} {result[key][state]['hessian_vector_products']} products, "
+                  + ("all converged" if not result[key][state]["unconverged_ranks"] else
+                     f"ranks {', '.join(map(str, result[key][state]['unconverged_ranks']))} not converged "
+                     f"(largest bound {result[key][state]['max_relative_error_bound']:.1g})")
+                  for key in args.models for state in ("trained", "init")) + "."]
     lines += ["", "Figures (both spectra per data set, and each run's own rank plot with its fits):", ""]
     for key in args.models:
         lines.append(f"![{key}](results/hessian/{key}_spectra.png)")
@@ -232,7 +309,7 @@ def main(argv=None):
             json.dump(result, handle, indent=1)
         with atomic_write(RESULTS_MD) as handle:
             handle.write(markdown(result, args))
-    headline = {key: {state: {k: result[key][state][k] for k in ("slope", "slope_mle", "ks", "ks_threshold",
+    headline = {key: {state: {k: result[key][state][k] for k in ("slope", "slope_mle", "ks", "ks_pvalue",
                                                                  "is_power_law", "top_k")}
                       for state in ("trained", "init")} for key in args.models}
     print("RESULT " + json.dumps({**headline, "machine": result["machine"], "date": result["date"],

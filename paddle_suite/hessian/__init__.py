@@ -3,9 +3,10 @@
 * ``hvp.HVPOperator``: ``v -> H v`` (exact double backprop, Gauss-Newton, float64 finite differences).
 * ``layers.make_double_differentiable``: conv / pool / flatten layers swapped for forms whose
   second derivatives paddle 2.6.2 gets right; ``losses.SoftmaxCrossEntropy`` likewise.
-* ``lanczos``: top eigenpairs (Lanczos, full reorthogonalisation), PyHessian's power iteration,
-  Hutchinson / Hutch++ trace, SLQ density.
-* ``powerlaw.fit_power_law``: LS and MLE slopes, KS distance, verdict. ``plots``: PNG figures.
+* ``lanczos``: top eigenpairs (Lanczos, full reorthogonalisation, stopping on eigenvalue error
+  bounds), PyHessian's power iteration, Hutchinson / Hutch++ trace, SLQ density.
+* ``powerlaw.fit_power_law``: LS and MLE slopes, KS distance and its bootstrap p-value (the verdict),
+  likelihood ratio against an exponential. ``plots``: PNG figures.
 * ``report.spectrum_report``: all of the above for (model, batches), written to a directory.
 * ``task``: ``Global.task: hessian`` (the classification task plus a ``Hessian:`` section);
   ``tool``: ``tools/hessian.py`` (train or load a run, measure, write, log to VisualDL).

@@ -9,12 +9,17 @@ uses first-order gradient kernels; paddle's broken or missing double-grad kernel
   (0.4-1.0 relative error, PLATFORM.md). Backward: ``conv2d_transpose`` for the input gradient; for
   the weight gradient, a matmul of the upstream gradient with the im2col of the input when the input
   needs no gradient (the data at the first layer; the im2col is computed once in the forward), else
-  a conv2d correlating input and upstream gradient. Per LeNet product (batch 128, one thread):
-  63 ms; 375 ms with the slice-based im2col we tried first; 71 ms with the weight gradient as a
-  PyLayer of its own (im2col + matmul forward, conv backward). An im2col with ``F.unfold`` on a
-  parameter-dependent input would need ``unfold_grad``'s gradient, which is slow (80 ms a call).
+  a conv2d correlating input and upstream gradient. Per LeNet product (batch 128, one thread, the
+  products run without strided-view kernels: ``hvp.py``): 35 ms; 375 ms with the slice-based im2col
+  we tried first; with views on, 63 ms, and 71 ms with the weight gradient as a PyLayer of its own
+  (im2col + matmul forward, conv backward); without views, a weight-gradient PyLayer with conv
+  forward and conv / conv-transpose backward gained nothing (38.7 vs 38.4 ms). An im2col with
+  ``F.unfold`` on a parameter-dependent input needs ``unfold_grad``'s gradient (13 ms a call
+  without views, 80 ms with). A batched per-sample matmul for the first layer's weight gradient
+  (no transposes) was slower than the one large matmul (77 vs 61 ms a product, views on).
 * ``nn.MaxPool2D`` (stride = kernel) -> ``DoubleGradMaxPool2D``: no double grad in paddle.
-  Backward: upstream gradient spread over each window (``expand``) times the argmax mask.
+  Backward: upstream gradient spread over each window (two matmuls with 0/1 matrices; an
+  ``expand`` cost 3 ms more a product) times the argmax mask.
 * ``nn.AvgPool2D`` -> ``UnfoldAvgPool2D``: the mean of windows built from slices/reshapes.
 * ``nn.Flatten`` -> ``ReshapeFlatten``: paddle's flatten op has no double grad; ``reshape`` does.
 
@@ -162,8 +167,22 @@ class DoubleGradConv2D(nn.Layer):
         return _Conv2DFunction.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
 
+def _spread_matrix(out_size, kernel, size, dtype):
+    """``[size, out_size]`` 0/1 matrix copying each pooled row (column) to the ``kernel`` rows of its window."""
+    spread = np.zeros((size, out_size))
+    rows = np.arange(out_size * kernel)
+    spread[rows, rows // kernel] = 1.0
+    return paddle.to_tensor(spread).astype(dtype)
+
+
 class _MaxPool2DFunction(PyLayer):
-    """Non-overlapping max-pool whose backward is (nearest upsampling of the gradient) x (argmax mask)."""
+    """Non-overlapping max-pool whose backward is (nearest upsampling of the gradient) x (argmax mask).
+
+    The upsampling is two matmuls with 0/1 matrices (rows, then columns) rather than an
+    ``expand``: an HVP differentiates it once more, and matmul's gradient (a matmul) is about 3x
+    cheaper on the CPU than ``expand``'s (a reduction); rows and columns no window covers get zero
+    rows in the matrices, hence no gradient.
+    """
 
     @staticmethod
     def forward(ctx, x, kernel):
@@ -177,20 +196,13 @@ class _MaxPool2DFunction(PyLayer):
         mask = mask.reshape([n, c, out_h * kh, out_w * kw])
         if [out_h * kh, out_w * kw] != [h, w]:  # rows/columns no window covers get no gradient
             mask = F.pad(mask, [0, w - out_w * kw, 0, h - out_h * kh])
-        ctx.save_for_backward(mask)
-        ctx.kernel = kernel
+        ctx.save_for_backward(mask, _spread_matrix(out_h, kh, h, x.dtype), _spread_matrix(out_w, kw, w, x.dtype).T)
         return F.max_pool2d(x, kernel, kernel)
 
     @staticmethod
     def backward(ctx, upstream):
-        (mask,) = ctx.saved_tensor()
-        kh, kw = ctx.kernel
-        n, c, out_h, out_w = upstream.shape
-        spread = upstream.reshape([n, c, out_h, 1, out_w, 1]).expand([n, c, out_h, kh, out_w, kw])
-        spread = spread.reshape([n, c, out_h * kh, out_w * kw])
-        if spread.shape[2:] != mask.shape[2:]:
-            spread = F.pad(spread, [0, mask.shape[3] - out_w * kw, 0, mask.shape[2] - out_h * kh])
-        return spread * mask
+        mask, spread_rows, spread_columns = ctx.saved_tensor()
+        return paddle.matmul(spread_rows, paddle.matmul(upstream, spread_columns)) * mask
 
 
 class DoubleGradMaxPool2D(nn.Layer):

@@ -37,7 +37,7 @@ def plot_rank_spectrum(eigenvalues, fit, path, title="Hessian spectrum"):
         axis.loglog(ranks, fit.lambda_min * (ranks / fit.k) ** -fit.slope_mle, "--",
                     label=f"MLE s = {fit.slope_mle:.3f}")
         verdict = "power law" if fit.is_power_law else "not a power law"
-        axis.set_title(f"{title}\nKS {fit.ks_mle:.3f} vs {fit.ks_threshold:.3f}: {verdict}", fontsize=9)
+        axis.set_title(f"{title}\nKS {fit.ks_mle:.3f}, bootstrap p {fit.ks_pvalue:.2f}: {verdict}", fontsize=9)
         axis.set_xlabel("rank k")
         axis.set_ylabel("eigenvalue")
         axis.legend(fontsize=8)

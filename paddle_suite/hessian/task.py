@@ -31,7 +31,7 @@ from paddle_suite.config import ConfigError, Field
 from paddle_suite.registry import TASKS
 
 from .hvp import METHODS
-from .powerlaw import KS_CRITICAL_COEFFICIENT
+from .powerlaw import N_BOOTSTRAP, P_VALUE_THRESHOLD
 
 EXACT_CHECK_SAMPLES = 16
 EXACT_CHECK_TOLERANCE = 1e-4  # float64 finite differences agree to ~1e-10 on exact models; wrong double grads give 0.1-1
@@ -42,11 +42,14 @@ HESSIAN_SCHEMA = {
                     "(float64 finite differences of gradients: any model)"),
     "dtype": Field("float32", str, choices=("float32", "float64"), help="exact/ggn precision (fd64: float64)"),
     "num_batches": Field(1, int, help="batches of training images the Hessian is averaged over"),
+    "keep_graphs": Field("auto", str, choices=("auto", "always", "never"),
+                         help="keep each batch's forward + first-backward graph for all products (about half the "
+                              "cost of a product, memory per batch); auto: only for one batch"),
     "batch_size": Field(128, int),
     "subset_seed": Field(0, int, help="draws the fixed training subset"),
     "top_k": Field(100, int, help="top eigenvalues computed and fitted"),
     "lanczos": {
-        "tol": Field(1e-3, float, help="stop when every top-k residual <= tol * |eigenvalue|"),
+        "tol": Field(1e-3, float, help="stop when every top-k eigenvalue error bound (r^2 / gap) <= tol * |eigenvalue|"),
         "max_iter": Field(0, int, help="Lanczos steps at most; 0 = min(parameters, 3 top_k + 60)"),
     },
     "trace": {"products": Field(99, int, help="Hutch++ Hessian-vector products (>= 6); 0 = skip")},
@@ -56,7 +59,9 @@ HESSIAN_SCHEMA = {
     },
     "power_law": {
         "skip_top": Field(0, int, help="leave the largest eigenvalues out of the fit (e.g. the C-1 class outliers)"),
-        "ks_coefficient": Field(KS_CRITICAL_COEFFICIENT, float, help="KS critical value = coefficient / sqrt(k)"),
+        "p_threshold": Field(P_VALUE_THRESHOLD, float, help="power law when the KS bootstrap p-value >= this "
+                             "(Clauset, Shalizi, Newman 2009: 0.1)"),
+        "bootstrap": Field(N_BOOTSTRAP, int, help="bootstrap samples for the p-value (2500: p to about 0.01)"),
     },
     "check_exact": Field(True, bool, help="method exact: compare one product with fd64 first"),
     "seed": Field(0, int, help="Lanczos start and probe vectors"),
@@ -89,8 +94,10 @@ def check_hessian_section(hessian, source="config"):
         fail("density.steps", f"{hessian['density']['steps']}: 0 (skip) or >= 2")
     if hessian["density"]["probes"] < 1:
         fail("density.probes", f"{hessian['density']['probes']} must be >= 1")
-    if hessian["power_law"]["ks_coefficient"] <= 0:
-        fail("power_law.ks_coefficient", f"{hessian['power_law']['ks_coefficient']} must be > 0 (5% level: 1.358)")
+    if not 0 < hessian["power_law"]["p_threshold"] < 1:
+        fail("power_law.p_threshold", f"{hessian['power_law']['p_threshold']} must be in (0, 1), e.g. 0.1")
+    if hessian["power_law"]["bootstrap"] < 1:
+        fail("power_law.bootstrap", f"{hessian['power_law']['bootstrap']} must be >= 1, e.g. 2500")
     if not hessian["checkpoint"]:
         fail("checkpoint", "empty; use best, latest, init or a checkpoint path")
 

@@ -129,7 +129,7 @@ def log_spectrum(run, name, step, report):
             sink.log(prefix, {"eigenvalue": value}, step=rank)
         fit = report["power_law"]
         headline = {"slope_ls": fit["slope_ls"], "slope_mle": fit["slope_mle"], "ks": fit["ks_mle"],
-                    "ks_threshold": fit["ks_threshold"], "r2_ls": fit["r2_ls"],
+                    "ks_pvalue": fit["ks_pvalue"], "lr_exponential_z": fit["lr_exponential_z"], "r2_ls": fit["r2_ls"],
                     "is_power_law": float(fit["is_power_law"]), "lambda_max": report["eigenvalues"][0]}
         if report.get("trace"):
             headline["trace"] = report["trace"]["estimate"]
@@ -180,17 +180,19 @@ def compute(args):
             trace_products=settings["trace"]["products"], density_steps=settings["density"]["steps"],
             density_runs=settings["density"]["probes"],
             dtype=settings["dtype"] if method != "fd64" else None, seed=settings["seed"],
-            skip_top=settings["power_law"]["skip_top"], ks_coefficient=settings["power_law"]["ks_coefficient"],
+            skip_top=settings["power_law"]["skip_top"], p_threshold=settings["power_law"]["p_threshold"],
+            n_bootstrap=settings["power_law"]["bootstrap"],
             progress=bar, context=context, summary=True,
+            cache_graphs={"auto": None, "always": True, "never": False}[settings["keep_graphs"]],
             title=f"{config['Arch']['name']} / {config['DataLoader']['dataset']} ({name})")
     log_spectrum(run, name, step, report)
     fit = report["power_law"]
-    log.info("Hessian %s: slope LS %.4f, MLE %.4f, KS %.4f (critical %.4f): %s; written to %s", name,
-             fit["slope_ls"], fit["slope_mle"], fit["ks_mle"], fit["ks_threshold"],
+    log.info("Hessian %s: slope LS %.4f, MLE %.4f, KS %.4f (bootstrap p %.3f): %s; written to %s", name,
+             fit["slope_ls"], fit["slope_mle"], fit["ks_mle"], fit["ks_pvalue"],
              "power law" if fit["is_power_law"] else "not a power law", out_dir)
     return {"out_dir": out_dir, "checkpoint": name, "top_k": len(report["eigenvalues"]),
             "lambda_max": report["eigenvalues"][0], "slope_ls": fit["slope_ls"], "slope_mle": fit["slope_mle"],
-            "ks": fit["ks_mle"], "ks_threshold": fit["ks_threshold"], "is_power_law": fit["is_power_law"],
+            "ks": fit["ks_mle"], "ks_pvalue": fit["ks_pvalue"], "is_power_law": fit["is_power_law"],
             "hessian_vector_products": report["hessian_vector_products"], "seconds": report["seconds"],
             "training": None if trained is None else {k: trained.get(k) for k in ("step", "best_metrics", "test")}}
 

@@ -72,6 +72,20 @@ def test_batches_are_weighted_by_size_and_caching_changes_nothing():
     assert cached.n_products == 2 and cached.n_samples == 10
 
 
+def test_products_leave_paddles_kernel_flag_as_they_found_it():
+    """Products run with strided-view kernels off (speed); the caller's setting must come back."""
+    model = tiny_mlp(seed=2)
+    x, y = classification_batch([5], 10, seed=2)
+    op = HVPOperator(model, CE, [(x, y)])
+    flag = "FLAGS_use_stride_kernel"
+    before = paddle.get_flags([flag])[flag]
+    for setting in (True, False):
+        paddle.set_flags({flag: setting})
+        op.matvec(np.ones(op.dim))
+        assert paddle.get_flags([flag])[flag] is setting
+    paddle.set_flags({flag: before})
+
+
 def test_ggn_equals_hessian_for_a_linear_model_and_is_psd_otherwise():
     x, y = classification_batch([5], 8, seed=3)
     paddle.seed(3)

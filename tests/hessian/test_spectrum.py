@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from paddle_suite.hessian.hvp import HVPOperator
-from paddle_suite.hessian.lanczos import (hutchinson_trace, hutchpp_trace, power_iteration, slq_density,
+from paddle_suite.hessian.lanczos import (error_bounds, hutchinson_trace, hutchpp_trace, power_iteration, slq_density,
                                           top_eigenpairs)
 from paddle_suite.hessian.layers import make_double_differentiable
 from paddle_suite.hessian.losses import SoftmaxCrossEntropy
@@ -56,6 +56,31 @@ def test_lanczos_a_hundred_eigenvalues_and_largest_magnitude():
     largest = top_eigenpairs(lambda v: indefinite @ v, 300, 1, which="LA", tol=1e-10, rng=1)
     magnitude = top_eigenpairs(lambda v: indefinite @ v, 300, 1, which="LM", tol=1e-10, rng=1)
     assert abs(largest.eigenvalues[0] - 1.0) < 1e-6 and abs(magnitude.eigenvalues[0] + 2.0) < 1e-6
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_eigenvalue_stop_rule_meets_its_tolerance_with_fewer_products_than_residuals(tol):
+    """The default stop rule bounds eigenvalue errors (r^2 / gap), not residuals: fewer steps, same promise."""
+    matrix = power_law_matrix(dim=400, seed=3)
+    truth = np.sort(np.linalg.eigvalsh(matrix))[::-1][:10]
+    for seed in range(3):
+        values = top_eigenpairs(lambda v: matrix @ v, 400, 10, tol=tol, rng=seed)
+        assert values.converged.all()
+        assert np.all(np.abs(values.eigenvalues - truth) <= values.error_bounds + 1e-12)  # the bounds hold (to rounding)
+        assert np.max(np.abs(values.eigenvalues - truth) / truth) <= tol
+        pairs = top_eigenpairs(lambda v: matrix @ v, 400, 10, tol=tol, return_vectors=True, rng=seed)
+        assert np.all(pairs.residuals <= tol * pairs.eigenvalues)  # vectors: the residual rule
+        assert values.n_products < pairs.n_products
+
+
+def test_error_bounds_use_the_gap_and_fall_back_to_the_residual():
+    theta, residual = np.array([10.0, 9.0, 5.0]), np.array([1e-2, 1e-2, 3.0])
+    bounds = error_bounds(theta, residual)
+    np.testing.assert_allclose(bounds[:2], 1e-4 / (1.0 - 1e-2))  # gap to the neighbour, shrunk by its residual
+    np.testing.assert_allclose(bounds[2], 9.0 / (4.0 - 1e-2))  # r^2 / gap when that is below r
+    close = error_bounds(np.array([10.0, 9.995]), np.array([1e-2, 1e-2]))
+    np.testing.assert_array_equal(close, [1e-2, 1e-2])  # the shrunk gap is not positive: the residual itself
+    assert error_bounds(theta[:1], residual[:1])[0] == 1e-2  # no neighbour, no gap
 
 
 def test_power_iteration_finds_the_top_eigenvalues(mlp_operator):

@@ -72,7 +72,7 @@ def test_tool_trains_then_writes_the_report_and_logs(tmp_path):
     assert spectrum["settings"]["samples"] == 32 and spectrum["settings"]["parameters"] == 61706
     values = np.array(spectrum["eigenvalues"])
     assert len(values) == 5 and np.all(np.diff(values) <= 0) and spectrum["all_converged"]
-    for key in ("slope_ls", "slope_mle", "ks_mle", "ks_threshold", "is_power_law"):
+    for key in ("slope_ls", "slope_mle", "ks_mle", "ks_pvalue", "lr_exponential", "is_power_law"):
         assert key in spectrum["power_law"], key
     assert summary["ks"] == spectrum["power_law"]["ks_mle"]
     assert "KS distance" in (out / "summary.md").read_text()
