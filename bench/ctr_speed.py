@@ -43,7 +43,9 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   the clock; no folding), the same per-batch ``batch_rows`` remap, the same sparse rule
   (``G += g*g; w -= lr * g * sqrt(g0 / (g0 + G))`` per element, ``g`` = gradient of the summed
   batch loss, lr ``HIER_SPARSE_LR`` = 0.05 as ``configs/ctr_hierarchical.yaml``, ``g0 =
-  PS.initial_g2sum``), the same dense ``Adam``, the working set written back after each pass.
+  PS.initial_g2sum``), the same dense ``Adam``, the same pass metrics (every batch's loss and
+  logits fetched; the pass's mean loss and progressive AUC, as ``train_pass`` computes them:
+  added 2026-12-04, before it skipped them), the working set written back after each pass.
   It keeps the table in RAM (no MEM cap, no disk, no durability), so it does less than ours.
 
 Threads: paddle sets ``OMP_NUM_THREADS=1`` on import and ``torch.set_num_threads(1)`` matches it
@@ -322,8 +324,9 @@ def run_torch_pass(config, train, test, pass_size):
     its own row (``TorchKeyTable``, in RAM: no disk tier, no durability), per batch the same
     ``batch_rows`` remap, the same row-wise Adagrad on the batch's rows
     (``G += g*g; w -= sparse_lr * g * sqrt(g0 / (g0 + G))``, ``g`` = gradient of the summed batch
-    loss, ``g0 = PS.initial_g2sum``) and the same dense Adam (``Optimizer``); the working set is
-    written back into the table after each pass. The clock runs from building pass 0's data to the
+    loss, ``g0 = PS.initial_g2sum``) and the same dense Adam (``Optimizer``), the same pass
+    metrics (each batch's loss and logits fetched, the pass's mean loss and progressive AUC); the
+    working set is written back into the table after each pass. The clock runs from building pass 0's data to the
     last pass's write-back."""
     import torch
     from paddle_suite.ads.hierarchical_train import batch_rows, read_ahead
@@ -353,9 +356,10 @@ def run_torch_pass(config, train, test, pass_size):
             grad = weights.grad * len(labels)  # the summed batch loss's gradient
             g2sum = rows[:, dim:] + grad * grad
             ws[index] = torch.cat([weights - lr * grad * torch.sqrt(g0 / (g2sum + g0)), g2sum], dim=1)
+        return loss.item(), logit.detach().numpy()
 
     started = time.perf_counter()
-    train_seconds = 0.0
+    train_seconds, pass_metrics = 0.0, []
     passes = ((i, batches_of(CtrBatch(*(a[lo:lo + pass_size] for a in train)), 10 ** 9))
               for i, lo in enumerate(range(0, len(train), pass_size)))
     for data in read_ahead(passes):
@@ -364,11 +368,16 @@ def run_torch_pass(config, train, test, pass_size):
         ws = torch.from_numpy(rows)
         scratch = np.empty(len(rows), dtype=np.int64)
         local, labels = data.local, torch.from_numpy(data.labels.astype(np.float32))
+        loss_sum, logits = 0.0, []
         for lo in range(0, len(data), batch):
             hi = min(lo + batch, len(data))
             distinct, inverse = batch_rows(local[lo:hi], scratch)
-            step(ws, torch.from_numpy(distinct.astype(np.int64)), torch.from_numpy(inverse),
-                 torch.from_numpy(np.ascontiguousarray(data.dense[lo:hi])), labels[lo:hi])
+            loss, logit = step(ws, torch.from_numpy(distinct.astype(np.int64)), torch.from_numpy(inverse),
+                               torch.from_numpy(np.ascontiguousarray(data.dense[lo:hi])), labels[lo:hi])
+            loss_sum += loss * (hi - lo)
+            logits.append(logit)
+        # the pass metrics ours computes (train_pass): mean loss, progressive AUC
+        pass_metrics.append({"loss": loss_sum / len(data), "auc": roc_auc(data.labels, np.concatenate(logits))})
         train_seconds += time.perf_counter() - t0
         table.commit(slots, rows)
     seconds = time.perf_counter() - started
