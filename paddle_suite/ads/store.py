@@ -433,7 +433,7 @@ class HierarchicalStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writeback")
         self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
-        self._in_flight = None  # (sorted keys, rows, take) being written by it: read before the SSD table
+        self._in_flight = None  # [(sorted keys, rows, take)] being written by it: read before the SSD table
         self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
         self._failure = None  # an error of a background step: the store refuses further work
         self._open_sets = weakref.WeakSet()
@@ -666,17 +666,18 @@ class HierarchicalStore:
                     txn.delete(key, db=self.counts_db)
 
     def _read_in_flight(self, keys, rows, positions):
-        """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (the rows
-        that did not fit in MEM) into ``rows[positions]``; the found mask."""
+        """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (the dirty
+        MEM victims and the rows that did not fit in MEM: disjoint keys) into ``rows[positions]``;
+        the found mask."""
         found = np.zeros(keys.size, dtype=bool)
         in_flight = self._in_flight  # (one read: the writer thread clears it when done)
-        if in_flight is None or not in_flight[0].size:
-            return found
-        flight_keys, flight_rows, take = in_flight
-        at = np.minimum(np.searchsorted(flight_keys, keys), flight_keys.size - 1)
-        hit = np.flatnonzero(flight_keys[at] == keys)
-        rows[positions[hit]] = flight_rows[take[at[hit]]]
-        found[hit] = True
+        for flight_keys, flight_rows, take in in_flight or ():
+            if not flight_keys.size:
+                continue
+            at = np.minimum(np.searchsorted(flight_keys, keys), flight_keys.size - 1)
+            hit = np.flatnonzero(flight_keys[at] == keys)
+            rows[positions[hit]] = flight_rows[take[at[hit]]]
+            found[hit] = True
         return found
 
     def _run_pending_apply(self):
@@ -882,12 +883,14 @@ class HierarchicalStore:
         deletes the shrunk keys from MEM and the SSD tables (synchronously: loads and the next
         shrink read them; a crash in between replays the committed records), and the open working
         sets are patched. The MEM update (``_apply_commit``) runs in the prefetch thread, or in
-        whichever call reads MEM first (``_run_pending_apply``): it writes the dirty MEM victims
-        (committed values of earlier passes) to the SSD table, updates MEM, and queues the rows that
-        did not fit in MEM on the writer thread. Every one of those rows is in a committed redo
-        record, so they may land after the commit point (a crash before they land replays the log);
-        until they land, loads read them from ``_in_flight``. When they are most of the working set
-        its rows are used without a copy: they must not change after the commit."""
+        whichever call reads MEM first (``_run_pending_apply``): it copies the dirty MEM victims
+        (committed values of earlier passes) out of MEM, updates MEM, and queues the victims and the
+        rows that did not fit in MEM on the writer thread for the SSD table. Every one of those rows
+        is in a committed redo record, so they may land after the commit point (a crash before they
+        land replays the log); until they land, loads read them from ``_in_flight``. (The victims
+        were written synchronously before MEM reused their slots until 2026-12-04: the next pass's
+        prefetch, queued behind, waited for those SSD writes.) When the overflow rows are most of
+        the working set its rows are used without a copy: they must not change after the commit."""
         self._delete_records([], meta={**meta, b"last_pass": pass_id})  # the commit point
         if b"prepared" in meta:
             self.prepared_pass = None
@@ -998,20 +1001,22 @@ class HierarchicalStore:
 
     def _apply_commit(self, ws):
         plan = self._plan_finish(ws)
-        # dirty victims go to the SSD table before MEM reuses their slots (no copy of them)
-        with self._timed("write_s"):
-            self._put_rows(self.mem.keys, self.mem.rows, plan["writeback"])
+        # dirty victims: a copy (sorted by key) goes to the writer thread, so MEM can reuse their slots now
+        writeback = plan["writeback"][np.argsort(self.mem.keys[plan["writeback"]])]
+        victims = (self.mem.keys[writeback], self.mem.rows[writeback], np.arange(writeback.size))
         overflow = plan["overflow"]  # ascending positions of sorted keys: sorted
         keys, rows, take = ws.keys, ws.rows, overflow
         if 2 * overflow.size < len(ws):  # a copy of the few, so the working set's memory can go now
             keys, rows, take = ws.keys[overflow], ws.rows[overflow], np.arange(overflow.size)
-        self._in_flight = (keys[take], rows, take)
-        self._writing.append(self._writer.submit(self._write_overflow, keys, rows, take))
+        self._in_flight = [victims, (keys[take], rows, take)]
+        self._writing.append(self._writer.submit(self._write_back, victims, (keys, rows, take)))
         self._apply_finish(ws, plan)
 
-    def _write_overflow(self, keys, rows, overflow):
+    def _write_back(self, *parts):
+        """Write ``(keys, rows, take)`` parts to the SSD table (the writer thread)."""
         with self._timed("write_s"):
-            self._put_rows(keys, rows, overflow)
+            for keys, rows, take in parts:
+                self._put_rows(keys, rows, take)
         self._in_flight = None  # committed: readers find them in the SSD table (and ws.rows may go)
 
     def _check_commit(self, ws, pass_id):
