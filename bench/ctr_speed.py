@@ -31,7 +31,12 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   writes) has finished (``store.read_rows([])`` waits for it), i.e. everything the run wrote is
   done. (History: 2026-11-28, ``--quick``, idle AMD machine: 0.81x torch before this pipeline,
   1.15x after, but against the ``torch`` side below, which folds keys and uses SparseAdam: not the
-  same work.)
+  same work. 2026-12-04, against the equal-work ``torch_pass``: 0.59x default / 0.68x ``--quick``;
+  then, without changing the work: the step's buffers kept between batches, rows read by
+  ``lookup_table_v2``, the rsqrt form of the rule (``PassStep``: CPU per batch 8.5 -> 7.6 ms, the
+  torch peer's 7.1-7.5 ms); the store's mmap threshold 16 MiB, previous-pass membership by
+  searchsorted (``store.return_freed_memory``, ``sorted_member``: ~20% of the store's CPU), and
+  dirty MEM victims written by the writer thread instead of ahead of the next prefetch.)
 * ``torch``: ``nn.EmbeddingBag(local_vocab, emb_dim, mode="sum", sparse=True)`` with one bag per
   (example, slot), the same MLP, ``SparseAdam`` for the table and ``Adam`` for the dense part
   (the same lazy-Adam semantics as ``ours_static``), keys modulo the same ``local_vocab``: the

@@ -36,9 +36,9 @@ Durability and crash consistency
 redo-log record of the whole pass (all keys and rows of the working set, as sequential 16 MiB
 blobs); (2) the commit point: one small transaction setting ``last_pass``; then it patches the
 open working sets and returns. (3) The rest runs in background threads while the next pass
-trains: the dirty rows evicted from MEM (committed values of earlier passes) are written to the
-SSD table, MEM takes the pass's rows, and the rows that did not fit in MEM go to the SSD table
-(until they land, loads read them from an in-flight buffer; whichever call reads MEM first runs
+trains: MEM takes the pass's rows, and the dirty rows it evicts (committed values of earlier
+passes, copied out) and the rows that did not fit in MEM go to the SSD table on a writer thread
+(until they land, loads read them from in-flight buffers; whichever call reads MEM first runs
 a still pending MEM update itself; the next commit, a checkpoint, ``read_rows`` and ``close``
 wait for all of it). Records of a pass above ``last_pass`` are ignored and dropped when
 reopening, so a crash before (2) leaves the previous pass, and after ``commit_pass`` returns a
