@@ -36,9 +36,9 @@ Durability and crash consistency
 redo-log record of the whole pass (all keys and rows of the working set, as sequential 16 MiB
 blobs); (2) the commit point: one small transaction setting ``last_pass``; then it patches the
 open working sets and returns. (3) The rest runs in background threads while the next pass
-trains: the dirty rows evicted from MEM (committed values of earlier passes) are written to the
-SSD table, MEM takes the pass's rows, and the rows that did not fit in MEM go to the SSD table
-(until they land, loads read them from an in-flight buffer; whichever call reads MEM first runs
+trains: MEM takes the pass's rows, and the dirty rows it evicts (committed values of earlier
+passes, copied out) and the rows that did not fit in MEM go to the SSD table on a writer thread
+(until they land, loads read them from in-flight buffers; whichever call reads MEM first runs
 a still pending MEM update itself; the next commit, a checkpoint, ``read_rows`` and ``close``
 wait for all of it). Records of a pass above ``last_pass`` are ignored and dropped when
 reopening, so a crash before (2) leaves the previous pass, and after ``commit_pass`` returns a
@@ -192,6 +192,15 @@ def sorted_unique(values):
     if values.size < 2:
         return values
     return values[np.concatenate([[True], values[1:] != values[:-1]])]
+
+
+def sorted_member(keys, sorted_keys):
+    """``np.isin(keys, sorted_keys)`` for a sorted distinct ``sorted_keys``: one ``searchsorted``
+    (``np.isin`` sorts both arrays again: ~75 ms per working set of 620k keys)."""
+    if not sorted_keys.size:
+        return np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return sorted_keys[at] == keys
 
 
 def unique_inverse(values):
@@ -424,7 +433,7 @@ class HierarchicalStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writeback")
         self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
-        self._in_flight = None  # (sorted keys, rows, take) being written by it: read before the SSD table
+        self._in_flight = None  # [(sorted keys, rows, take)] being written by it: read before the SSD table
         self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
         self._failure = None  # an error of a background step: the store refuses further work
         self._open_sets = weakref.WeakSet()
@@ -657,17 +666,18 @@ class HierarchicalStore:
                     txn.delete(key, db=self.counts_db)
 
     def _read_in_flight(self, keys, rows, positions):
-        """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (the rows
-        that did not fit in MEM) into ``rows[positions]``; the found mask."""
+        """Rows of sorted ``keys`` that the last commit is still writing to the SSD table (the dirty
+        MEM victims and the rows that did not fit in MEM: disjoint keys) into ``rows[positions]``;
+        the found mask."""
         found = np.zeros(keys.size, dtype=bool)
         in_flight = self._in_flight  # (one read: the writer thread clears it when done)
-        if in_flight is None or not in_flight[0].size:
-            return found
-        flight_keys, flight_rows, take = in_flight
-        at = np.minimum(np.searchsorted(flight_keys, keys), flight_keys.size - 1)
-        hit = np.flatnonzero(flight_keys[at] == keys)
-        rows[positions[hit]] = flight_rows[take[at[hit]]]
-        found[hit] = True
+        for flight_keys, flight_rows, take in in_flight or ():
+            if not flight_keys.size:
+                continue
+            at = np.minimum(np.searchsorted(flight_keys, keys), flight_keys.size - 1)
+            hit = np.flatnonzero(flight_keys[at] == keys)
+            rows[positions[hit]] = flight_rows[take[at[hit]]]
+            found[hit] = True
         return found
 
     def _run_pending_apply(self):
@@ -737,7 +747,7 @@ class HierarchicalStore:
             started = time.perf_counter()
             self._clock += 1
             rows = np.empty((unique.size, self.row_dim), dtype=np.float32)
-            in_previous = np.isin(unique, self._previous_keys, assume_unique=True)
+            in_previous = sorted_member(unique, self._previous_keys)
             slots, hit = self.mem.lookup(unique)
             rows[hit] = self.mem.rows[slots[hit]]
             self.mem.touch(slots[hit], self._clock)
@@ -873,12 +883,14 @@ class HierarchicalStore:
         deletes the shrunk keys from MEM and the SSD tables (synchronously: loads and the next
         shrink read them; a crash in between replays the committed records), and the open working
         sets are patched. The MEM update (``_apply_commit``) runs in the prefetch thread, or in
-        whichever call reads MEM first (``_run_pending_apply``): it writes the dirty MEM victims
-        (committed values of earlier passes) to the SSD table, updates MEM, and queues the rows that
-        did not fit in MEM on the writer thread. Every one of those rows is in a committed redo
-        record, so they may land after the commit point (a crash before they land replays the log);
-        until they land, loads read them from ``_in_flight``. When they are most of the working set
-        its rows are used without a copy: they must not change after the commit."""
+        whichever call reads MEM first (``_run_pending_apply``): it copies the dirty MEM victims
+        (committed values of earlier passes) out of MEM, updates MEM, and queues the victims and the
+        rows that did not fit in MEM on the writer thread for the SSD table. Every one of those rows
+        is in a committed redo record, so they may land after the commit point (a crash before they
+        land replays the log); until they land, loads read them from ``_in_flight``. (The victims
+        were written synchronously before MEM reused their slots until 2026-12-04: the next pass's
+        prefetch, queued behind, waited for those SSD writes.) When the overflow rows are most of
+        the working set its rows are used without a copy: they must not change after the commit."""
         self._delete_records([], meta={**meta, b"last_pass": pass_id})  # the commit point
         if b"prepared" in meta:
             self.prepared_pass = None
@@ -989,20 +1001,22 @@ class HierarchicalStore:
 
     def _apply_commit(self, ws):
         plan = self._plan_finish(ws)
-        # dirty victims go to the SSD table before MEM reuses their slots (no copy of them)
-        with self._timed("write_s"):
-            self._put_rows(self.mem.keys, self.mem.rows, plan["writeback"])
+        # dirty victims: a copy (sorted by key) goes to the writer thread, so MEM can reuse their slots now
+        writeback = plan["writeback"][np.argsort(self.mem.keys[plan["writeback"]])]
+        victims = (self.mem.keys[writeback], self.mem.rows[writeback], np.arange(writeback.size))
         overflow = plan["overflow"]  # ascending positions of sorted keys: sorted
         keys, rows, take = ws.keys, ws.rows, overflow
         if 2 * overflow.size < len(ws):  # a copy of the few, so the working set's memory can go now
             keys, rows, take = ws.keys[overflow], ws.rows[overflow], np.arange(overflow.size)
-        self._in_flight = (keys[take], rows, take)
-        self._writing.append(self._writer.submit(self._write_overflow, keys, rows, take))
+        self._in_flight = [victims, (keys[take], rows, take)]
+        self._writing.append(self._writer.submit(self._write_back, victims, (keys, rows, take)))
         self._apply_finish(ws, plan)
 
-    def _write_overflow(self, keys, rows, overflow):
+    def _write_back(self, *parts):
+        """Write ``(keys, rows, take)`` parts to the SSD table (the writer thread)."""
         with self._timed("write_s"):
-            self._put_rows(keys, rows, overflow)
+            for keys, rows, take in parts:
+                self._put_rows(keys, rows, take)
         self._in_flight = None  # committed: readers find them in the SSD table (and ws.rows may go)
 
     def _check_commit(self, ws, pass_id):
@@ -1150,6 +1164,7 @@ def process_memory_mb():
 
 
 _LIBC = None  # glibc, loaded on first use (False where it is not there)
+_MMAP_THRESHOLD = 16 << 20  # see return_freed_memory
 
 
 def return_freed_memory():
@@ -1158,13 +1173,18 @@ def return_freed_memory():
     A pass allocates and frees several working-set-sized arrays, from two threads (prefetch). glibc
     raises its mmap threshold after such frees (up to 32 MiB), so later large arrays come from the
     heap arenas and their pages stay resident after ``free``: the RSS creeps to several times the
-    live data. Fixing the threshold at 1 MiB keeps large arrays in their own mappings (unmapped on
-    free), and ``malloc_trim`` releases the arenas' free pages; the store calls this once per pass."""
+    live data. Fixing the threshold at ``_MMAP_THRESHOLD`` (16 MiB) keeps arrays of working-set
+    size (tens of MiB) in their own mappings (unmapped on free), and ``malloc_trim`` releases the
+    arenas' free pages; the store calls this once per pass. The per-chunk temporaries of loads,
+    initialisation and writes (``_IO_BATCH`` keys: a few MiB each) stay below it, so they reuse heap
+    memory: at a 1 MiB threshold each was a fresh mapping whose pages the kernel zeroes on first
+    touch (measured: 15% of the store's CPU time over 6 passes of ``bench/ctr_speed.py`` data,
+    6.5-6.9 s -> 5.4-5.8 s)."""
     global _LIBC
     if _LIBC is None:
         try:
             _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+            _LIBC.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
         except OSError:
             _LIBC = False
     if _LIBC:

@@ -116,33 +116,35 @@ def test_eviction_and_writeback_lose_no_update(tmp_path, monkeypatch):
 
 
 def test_loads_read_rows_whose_ssd_write_is_still_in_flight(tmp_path):
-    """A commit returns before its evicted / overflowing rows reach the SSD table: the next load
-    must still see them (held back here until the load is checked)."""
+    """A commit returns before its evicted (dirty MEM victims) and overflowing rows reach the SSD
+    table: the next load must still see them (held back here until the load is checked)."""
     import threading
 
     store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=60 * store_row_bytes(DIM + STATE) / 2 ** 20)
     release = threading.Semaphore(0)  # one token per commit's writes
-    write = store._write_overflow
+    write = store._write_back
 
-    def held_write(*args):
+    def held_write(*parts):
         assert release.acquire(timeout=60)
-        write(*args)
+        write(*parts)
 
-    store._write_overflow = held_write
+    store._write_back = held_write
     table = reference_after(0)
     order = np.argsort(UNIVERSE)
-    pending_rows = 0
+    pending_rows = pending_victims = 0
     for p in range(12):
         ws = store.load_working_set(pass_keys(p))
         at = order[np.searchsorted(UNIVERSE[order], ws.keys)]
         np.testing.assert_array_equal(ws.rows, table[at])
-        pending_rows += store._in_flight[0].size if store._in_flight is not None else 0
+        pending_rows += sum(part[0].size for part in store._in_flight or ())
+        pending_victims += store._in_flight[0][0].size if store._in_flight is not None else 0
         if p:
             release.release()  # lets the previous commit's writes land; the commit below waits for them
         train(ws.rows, ws.keys, p, DIM)
         table[at] = ws.rows
         store.commit_pass(ws, p)
     assert pending_rows > 1000  # the loads above really read rows the SSD table did not have yet
+    assert pending_victims > 0  # among them rows that MEM had already given up
     release.release()
     np.testing.assert_array_equal(store.read_rows(UNIVERSE), table)
     store.close()
@@ -241,11 +243,12 @@ CHILD = PASSES_SRC + textwrap.dedent('''
         ws = store.load_working_set(pass_keys(p))
         train(ws.rows, ws.keys, p, {dim})
         if p == stop_after and mode == "writing":  # killed while the commit's rows are half written back
-            def half_then_hang(keys, rows, overflow):
-                store._put_rows(keys, rows, overflow[: overflow.size // 2])
-                print("MIDPASS", p, overflow.size, flush=True)
+            def half_then_hang(*parts):  # half of the dirty victims and half of the overflow rows
+                for keys, rows, take in parts:
+                    store._put_rows(keys, rows, take[: take.size // 2])
+                print("MIDPASS", p, [part[2].size for part in parts], flush=True)
                 sys.stdin.read()
-            store._write_overflow = half_then_hang
+            store._write_back = half_then_hang
         elif p == stop_after:  # killed here, mid-pass (or inside a half-done two-phase commit)
             if mode != "single":
                 ws.sync_parts()
@@ -305,8 +308,9 @@ def test_crash_mid_pass_restores_last_committed_pass(tmp_path):
 
 
 def test_crash_while_a_commit_is_written_back(tmp_path):
-    """Killed after pass 5's commit point, half of its MEM-overflow rows in the SSD table: the
-    reopened store has pass 5, every row exact (the redo log completes the write-back)."""
+    """Killed after pass 5's commit point, half of its MEM-overflow rows and of the dirty rows it
+    evicted from MEM in the SSD table: the reopened store has pass 5, every row exact (the redo log
+    completes the write-back)."""
     path = tmp_path / "s"
     assert run_child(path, "writing", stop_after=5) in (4, 5)  # the kill may beat the COMMITTED print
     with HierarchicalStore(path, DIM, STATE, mem_cap_mb=1) as store:
