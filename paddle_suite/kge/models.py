@@ -43,6 +43,7 @@ import paddle
 import paddle.nn as nn
 from paddle.autograd import PyLayer
 
+from paddle_suite.kge import kernels
 from paddle_suite.kge.losses import embedding_regularization
 from paddle_suite.registry import ARCHS
 
@@ -95,21 +96,6 @@ def _numpy_kernels(*tensors):
     return paddle.in_dynamic_mode() and all(x.place.is_cpu_place() for x in tensors)
 
 
-def _broadcast_grads(local, grad):
-    """Gradients of ``sum_{g,b,k} grad[g,b,k] f(q[g,b] - c[g,k])`` from ``local = f'(d)`` ``[G, B, K, D]``.
-
-    Returns ``(d/dq [G, B, D], d/dc [G, K, D])``; with one row per group (``B = 1``, per-row
-    negatives) the candidate gradient is a single product, no reduction copy.
-    """
-    if local.shape[1] == 1:
-        grad_c = local[:, 0] * np.negative(grad[:, 0, :, None])
-        grad_q = grad_c.sum(1, keepdims=True)
-        return np.negative(grad_q, out=grad_q), grad_c
-    weighted = local * grad[..., None]
-    grad_c = weighted.sum(1)
-    return weighted.sum(2), np.negative(grad_c, out=grad_c)
-
-
 def _grad_tensors(wanted, *grads):
     """PyLayer backward outputs: a tensor per input that needs a gradient, None for the others."""
     return tuple(paddle.to_tensor(g) if w else None for w, g in zip(wanted, grads))
@@ -120,37 +106,20 @@ class _L1Distance(PyLayer):
 
     @staticmethod
     def forward(ctx, q, c):
-        diff = q.numpy()[:, :, None] - c.numpy()[:, None]
-        sign = np.sign(diff)
-        np.multiply(diff, sign, out=diff)  # |d| in place
-        ctx.sign = sign  # numpy, not save_for_backward: to_tensor would copy it
+        ctx.inputs = (q, c)  # the tensors own the memory the numpy views below read in backward
         ctx.wanted = [not x.stop_gradient for x in (q, c)]
-        return paddle.to_tensor(diff.sum(-1))
+        return paddle.to_tensor(kernels.l1_forward(q.numpy(), c.numpy()))
 
     @staticmethod
     def backward(ctx, grad):
-        grad_q, grad_c = _broadcast_grads(ctx.sign, grad.numpy())
+        q, c = ctx.inputs
+        grad_q, grad_c = kernels.l1_backward(q.numpy(), c.numpy(), grad.numpy())
         return _grad_tensors(ctx.wanted, grad_q, grad_c)
 
 
 def _l1_numpy(q, c):
-    """No-grad ``_L1Distance`` in candidate chunks under ``CANDIDATE_BUDGET``."""
-    qn, cn = q.numpy()[:, :, None], c.numpy()[:, None]
-    blocks = []
-    for lo, hi in _chunks(cn.shape[2], qn.shape[0] * qn.shape[1] * qn.shape[-1]):
-        diff = qn - cn[:, :, lo:hi]
-        blocks.append(np.abs(diff, out=diff).sum(-1))
-    return paddle.to_tensor(blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=2))
-
-
-def _moduli(q_re, q_im, c):
-    """``(d_re, d_im, |d|)`` with ``d = q - c``; ``q`` parts ``[G, B, 1, D]``, ``c`` ``[G, 1, K, 2D]`` numpy."""
-    width = q_re.shape[-1]
-    d_re, d_im = q_re - c[..., :width], q_im - c[..., width:]
-    mod = d_re * d_re
-    mod += d_im * d_im
-    mod += EPS
-    return d_re, d_im, np.sqrt(mod, out=mod)
+    """No-grad ``_L1Distance``."""
+    return paddle.to_tensor(kernels.l1_forward(q.numpy(), c.numpy()))
 
 
 class _ModulusDistance(PyLayer):
@@ -162,28 +131,20 @@ class _ModulusDistance(PyLayer):
 
     @staticmethod
     def forward(ctx, q_re, q_im, c):
-        d_re, d_im, mod = _moduli(q_re.numpy()[:, :, None], q_im.numpy()[:, :, None], c.numpy()[:, None])
-        out = mod.sum(-1)
-        np.divide(d_re, mod, out=d_re)
-        np.divide(d_im, mod, out=d_im)
-        ctx.unit = (d_re, d_im)  # d / |d|: the gradient of the modulus
+        ctx.inputs = (q_re, q_im, c)
         ctx.wanted = [not x.stop_gradient for x in (q_re, q_im, c)]
-        return paddle.to_tensor(out)
+        return paddle.to_tensor(kernels.modulus_forward(q_re.numpy(), q_im.numpy(), c.numpy()))
 
     @staticmethod
     def backward(ctx, grad):
-        (grad_re, grad_c_re), (grad_im, grad_c_im) = (_broadcast_grads(u, grad.numpy()) for u in ctx.unit)
-        grad_c = np.concatenate([grad_c_re, grad_c_im], axis=-1)
-        return _grad_tensors(ctx.wanted, grad_re, grad_im, grad_c)
+        q_re, q_im, c = ctx.inputs
+        grads = kernels.modulus_backward(q_re.numpy(), q_im.numpy(), c.numpy(), grad.numpy())
+        return _grad_tensors(ctx.wanted, *grads)
 
 
 def _modulus_numpy(q_re, q_im, c):
-    """No-grad ``_ModulusDistance`` in candidate chunks under ``CANDIDATE_BUDGET``."""
-    qr, qi, cn = q_re.numpy()[:, :, None], q_im.numpy()[:, :, None], c.numpy()[:, None]
-    blocks = []
-    for lo, hi in _chunks(cn.shape[2], 3 * qr.shape[0] * qr.shape[1] * qr.shape[-1]):
-        blocks.append(_moduli(qr, qi, cn[:, :, lo:hi])[2].sum(-1))
-    return paddle.to_tensor(blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=2))
+    """No-grad ``_ModulusDistance``."""
+    return paddle.to_tensor(kernels.modulus_forward(q_re.numpy(), q_im.numpy(), c.numpy()))
 
 
 class KGEModel(nn.Layer):
@@ -265,6 +226,16 @@ class KGEModel(nn.Layer):
         anchor = self.entity_embedding(_ids(t)).unsqueeze(0)
         rel = self.relation_embedding(_ids(r)).unsqueeze(0)
         return self.score_candidates(anchor, rel, self.entity_embedding.weight.unsqueeze(0), "head")[0]
+
+    def ranking_scorer(self):
+        """A fast scorer of all entities for the filtered evaluation, or None (use ``score_tails``/``score_heads``).
+
+        When given, ``scorer(side, entity, relation)`` returns numpy ``[B, num_entities]`` scores equal
+        bit for bit to ``score_tails(entity, relation)`` (``side="tail"``) or
+        ``score_heads(relation, entity)`` (``side="head"``); it may hold a packed copy of the entity
+        table, so build it after the last parameter update (``evaluation.compute_ranks`` does, per call).
+        """
+        return None
 
     def score_negatives(self, h, r, t, neg, side):
         """Scores ``[B, K]`` of the batch with its head or tail replaced by its chunk's negatives."""
@@ -525,6 +496,18 @@ class TransE(KGEModel):
     def score_embeddings(self, h, r, t):
         return self.gamma - self._norm(h + r - t)
 
+    def ranking_scorer(self):
+        if self.p_norm != 1 or not _numpy_kernels(self.entity_embedding.weight):
+            return None
+        packed = kernels.pack_table(self.entity_embedding.weight.numpy())
+
+        def score(side, entity, relation):
+            anchor, rel = self.entity_embedding(_ids(entity)), self.relation_embedding(_ids(relation))
+            query = anchor + rel if side == "tail" else anchor - rel
+            return kernels.l1_scores(query.numpy(), packed, self.gamma, self.num_entities)
+
+        return score
+
     def score_candidates(self, anchor, rel, cand, side):
         query = anchor + rel if side == "tail" else anchor - rel  # h + r ~ t  /  t - r ~ h
         if self.p_norm == 2:
@@ -568,11 +551,29 @@ class RotatE(KGEModel):
         (h_re, h_im), (t_re, t_im), (c, s) = self._split(h), self._split(t), self._rotation(r)
         return self.gamma - self._modulus_sum(h_re * c - h_im * s - t_re, h_re * s + h_im * c - t_im)
 
-    def score_candidates(self, anchor, rel, cand, side):
+    def _queries(self, anchor, rel, side):
+        """The rotated anchor ``(re, im)``: ``h r`` (tail side) or ``t conj(r)`` (head side)."""
         (a_re, a_im), (c, s) = self._split(anchor), self._rotation(rel)
         if side == "head":
             s = -s  # rotate the tail back: t * conj(r)
-        q_re, q_im = a_re * c - a_im * s, a_re * s + a_im * c
+        return a_re * c - a_im * s, a_re * s + a_im * c
+
+    def ranking_scorer(self):
+        table = self.entity_embedding.weight
+        if not _numpy_kernels(table):
+            return None
+        packed_re, packed_im = (kernels.pack_table(part) for part in self._split(table.numpy()))
+
+        def score(side, entity, relation):
+            anchor, rel = self.entity_embedding(_ids(entity)), self.relation_embedding(_ids(relation))
+            q_re, q_im = self._queries(anchor, rel, side)
+            return kernels.modulus_scores(q_re.numpy(), q_im.numpy(), packed_re, packed_im, self.gamma,
+                                          self.num_entities)
+
+        return score
+
+    def score_candidates(self, anchor, rel, cand, side):
+        q_re, q_im = self._queries(anchor, rel, side)
         if _numpy_kernels(q_re, q_im, cand):
             if paddle.is_grad_enabled():
                 return self.gamma - _ModulusDistance.apply(q_re, q_im, cand)
