@@ -34,7 +34,7 @@ import numpy as np
 LANES = 64
 #: the ``EPS`` of ``models.py`` as the float32 that numpy adds to a float32 array
 EPS32 = np.float32(1e-12)
-_MAX_DEPTH = 40  # pairwise split depth: runs halve, so 40 levels cover any realistic D
+_MAX_DEPTH = 64  # partial sums on a pairwise stack: at most the split depth + 1 (D < 2^60)
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -65,6 +65,29 @@ def threads(num_threads):
 def _run(kernel, *args):
     numba.set_num_threads(_threads)  # thread-local in numba: set for the calling thread each time
     return kernel(*args)
+
+
+def pairwise_plan(width):
+    """numpy's pairwise summation of ``width`` elements as a postfix program, ``int64 [steps, 3]``.
+
+    Row ``(0, start, n)`` pushes the leaf sum of elements ``start:start+n`` (``n <= 128``); row
+    ``(1, 0, 0)`` pops two partial sums and pushes ``left + right``. (The kernels evaluate it with a
+    small stack instead of recursing: numba's cache cannot hold recursive functions.)
+    """
+    plan = []
+
+    def visit(start, n):
+        if n <= 128:
+            plan.append((0, start, n))
+            return
+        half = n // 2
+        half -= half % 8
+        visit(start, half)
+        visit(start + half, n - half)
+        plan.append((1, 0, 0))
+
+    visit(0, int(width))
+    return np.array(plan, dtype=np.int64)
 
 
 # ============================================================================ packed (evaluation)
@@ -120,35 +143,35 @@ def _lane_leaf(q_re, q_im, c_re, c_im, start, n, out, acc, modulus):
             out[k] += _lane_element(q_re, q_im, c_re, c_im, d, k, modulus)
 
 
-@numba.njit(**_JIT)
-def _lane_pairwise(q_re, q_im, c_re, c_im, start, n, out, scratch, depth, acc, modulus):
-    if n <= 128:
-        _lane_leaf(q_re, q_im, c_re, c_im, start, n, out, acc, modulus)
-        return 0
-    half = n // 2
-    half -= half % 8
-    _lane_pairwise(q_re, q_im, c_re, c_im, start, half, out, scratch, depth + 1, acc, modulus)
-    right = scratch[depth]
-    _lane_pairwise(q_re, q_im, c_re, c_im, start + half, n - half, right, scratch, depth + 1, acc, modulus)
-    for k in range(out.shape[0]):
-        out[k] += right[k]
-    return 0
+@numba.njit(inline="always", **_JIT)
+def _lane_pairwise(q_re, q_im, c_re, c_im, plan, stack, acc, modulus):
+    """All lanes' pairwise sums (``pairwise_plan``) into ``stack[0]``."""
+    top = 0
+    for step in range(plan.shape[0]):
+        if plan[step, 0] == 0:
+            _lane_leaf(q_re, q_im, c_re, c_im, plan[step, 1], plan[step, 2], stack[top], acc, modulus)
+            top += 1
+        else:
+            left, right = stack[top - 2], stack[top - 1]
+            for k in range(left.shape[0]):
+                left[k] += right[k]
+            top -= 1
+    return stack[0]
 
 
 @numba.njit(parallel=True, **_JIT)
-def _score_all(q_re, q_im, packed_re, packed_im, gamma, num_entities, out, modulus):
+def _score_all(q_re, q_im, packed_re, packed_im, gamma, num_entities, out, plan, modulus):
     """``out[b, e] = gamma - distance(q_b, entity e)`` for every entity (packed tables)."""
-    batch, width = q_re.shape
+    batch = q_re.shape[0]
     lanes = packed_re.shape[2]
     for block in numba.prange(packed_re.shape[0]):
         acc = np.empty((8, lanes), np.float32)
-        scratch = np.empty((_MAX_DEPTH, lanes), np.float32)
-        total = np.empty(lanes, np.float32)
+        stack = np.empty((_MAX_DEPTH, lanes), np.float32)
         c_re, c_im = packed_re[block], packed_im[block]
         first = block * lanes
         count = min(lanes, num_entities - first)
         for b in range(batch):
-            _lane_pairwise(q_re[b], q_im[b], c_re, c_im, 0, width, total, scratch, 0, acc, modulus)
+            total = _lane_pairwise(q_re[b], q_im[b], c_re, c_im, plan, stack, acc, modulus)
             for k in range(count):
                 out[b, first + k] = gamma - (np.float32(0.0) + total[k])
 
@@ -157,7 +180,8 @@ def l1_scores(query, packed, gamma, num_entities):
     """``gamma - sum_d |query_b - e|`` for every entity: ``[B, N]`` float32 (TransE, L1)."""
     query = np.ascontiguousarray(query, dtype=np.float32)
     out = np.empty((len(query), num_entities), np.float32)
-    _run(_score_all, query, query, packed, packed, np.float32(gamma), num_entities, out, False)
+    _run(_score_all, query, query, packed, packed, np.float32(gamma), num_entities, out,
+         pairwise_plan(query.shape[1]), False)
     return out
 
 
@@ -166,7 +190,8 @@ def modulus_scores(query_re, query_im, packed_re, packed_im, gamma, num_entities
     query_re = np.ascontiguousarray(query_re, dtype=np.float32)
     query_im = np.ascontiguousarray(query_im, dtype=np.float32)
     out = np.empty((len(query_re), num_entities), np.float32)
-    _run(_score_all, query_re, query_im, packed_re, packed_im, np.float32(gamma), num_entities, out, True)
+    _run(_score_all, query_re, query_im, packed_re, packed_im, np.float32(gamma), num_entities, out,
+         pairwise_plan(query_re.shape[1]), True)
     return out
 
 
@@ -219,34 +244,34 @@ def _pairwise_leaf(values, start, n):
     return res
 
 
-@numba.njit(**_JIT)
-def _pairwise(values, start, n):
-    if n <= 128:
-        return _pairwise_leaf(values, start, n)
-    half = n // 2
-    half -= half % 8
-    return _pairwise(values, start, half) + _pairwise(values, start + half, n - half)
-
-
 @numba.njit(inline="always", **_JIT)
-def _row_sum(values):
-    """numpy's float32 ``values.sum()`` of a contiguous row."""
-    return np.float32(0.0) + _pairwise(values, 0, values.shape[0])
+def _row_sum(values, plan, stack):
+    """numpy's float32 ``values.sum()`` of a contiguous row (``pairwise_plan``; ``stack`` scratch)."""
+    top = 0
+    for step in range(plan.shape[0]):
+        if plan[step, 0] == 0:
+            stack[top] = _pairwise_leaf(values, plan[step, 1], plan[step, 2])
+            top += 1
+        else:
+            stack[top - 2] += stack[top - 1]
+            top -= 1
+    return np.float32(0.0) + stack[0]
 
 
 @numba.njit(parallel=True, **_JIT)
-def _l1_forward(q, c):
+def _l1_forward(q, c, plan):
     """``out[g, b, k] = sum_d |q[g, b, d] - c[g, k, d]|`` for ``q`` ``[G, B, D]``, ``c`` ``[G, K, D]``."""
     groups, batch, width = q.shape
     num = c.shape[1]
     out = np.empty((groups, batch, num), np.float32)
     for g in numba.prange(groups):
         values = np.empty(width, np.float32)
+        stack = np.empty(_MAX_DEPTH, np.float32)
         for b in range(batch):
             for k in range(num):
                 for d in range(width):
                     values[d] = abs(q[g, b, d] - c[g, k, d])
-                out[g, b, k] = _row_sum(values)
+                out[g, b, k] = _row_sum(values, plan, stack)
     return out
 
 
@@ -273,13 +298,14 @@ def _l1_backward(q, c, grad):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _modulus_forward(q_re, q_im, c):
+def _modulus_forward(q_re, q_im, c, plan):
     """``out[g, b, k] = sum_d sqrt(|q[g, b, d] - c[g, k, d]|^2 + EPS)``; ``c`` rows are ``[re | im]``."""
     groups, batch, width = q_re.shape
     num = c.shape[1]
     out = np.empty((groups, batch, num), np.float32)
     for g in numba.prange(groups):
         values = np.empty(width, np.float32)
+        stack = np.empty(_MAX_DEPTH, np.float32)
         for b in range(batch):
             for k in range(num):
                 for d in range(width):
@@ -288,7 +314,7 @@ def _modulus_forward(q_re, q_im, c):
                     mod = d_re * d_re
                     mod = mod + d_im * d_im
                     values[d] = np.sqrt(mod + EPS32)
-                out[g, b, k] = _row_sum(values)
+                out[g, b, k] = _row_sum(values, plan, stack)
     return out
 
 
@@ -328,7 +354,7 @@ def rank_counts(scores, targets):
 
 
 def l1_forward(q, c):
-    return _run(_l1_forward, q, c)
+    return _run(_l1_forward, q, c, pairwise_plan(q.shape[-1]))
 
 
 def l1_backward(q, c, grad):
@@ -336,7 +362,7 @@ def l1_backward(q, c, grad):
 
 
 def modulus_forward(q_re, q_im, c):
-    return _run(_modulus_forward, q_re, q_im, c)
+    return _run(_modulus_forward, q_re, q_im, c, pairwise_plan(q_re.shape[-1]))
 
 
 def modulus_backward(q_re, q_im, c, grad):
