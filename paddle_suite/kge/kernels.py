@@ -276,13 +276,13 @@ def _l1_forward(q, c, plan):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _l1_backward(q, c, grad):
+def _l1_backward(q, c, grad, grad_c):
     """Gradients of ``sum grad * l1_forward(q, c)``: ``(d/dq [G, B, D], d/dc [G, K, D])``, ``sign(d)`` recomputed."""
     groups, batch, width = q.shape
     num = c.shape[1]
     grad_q = np.zeros((groups, batch, width), np.float32)
-    grad_c = np.zeros((groups, num, width), np.float32)
     for g in numba.prange(groups):
+        grad_c[g] = 0.0
         for b in range(batch):
             for k in range(num):
                 weight = grad[g, b, k]
@@ -294,7 +294,7 @@ def _l1_backward(q, c, grad):
         for k in range(num):
             for d in range(width):
                 grad_c[g, k, d] = -grad_c[g, k, d]
-    return grad_q, grad_c
+    return grad_q
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -319,14 +319,14 @@ def _modulus_forward(q_re, q_im, c, plan):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _modulus_backward(q_re, q_im, c, grad):
+def _modulus_backward(q_re, q_im, c, grad, grad_c):
     """Gradients of ``sum grad * modulus_forward``: ``(d/dq_re, d/dq_im [G, B, D], d/dc [G, K, 2D])``."""
     groups, batch, width = q_re.shape
     num = c.shape[1]
     grad_re = np.zeros((groups, batch, width), np.float32)
     grad_im = np.zeros((groups, batch, width), np.float32)
-    grad_c = np.zeros((groups, num, 2 * width), np.float32)
     for g in numba.prange(groups):
+        grad_c[g] = 0.0
         for b in range(batch):
             for k in range(num):
                 weight = grad[g, b, k]
@@ -345,7 +345,7 @@ def _modulus_backward(q_re, q_im, c, grad):
         for k in range(num):
             for d in range(2 * width):
                 grad_c[g, k, d] = -grad_c[g, k, d]
-    return grad_re, grad_im, grad_c
+    return grad_re, grad_im
 
 
 def rank_counts(scores, targets):
@@ -357,16 +357,20 @@ def l1_forward(q, c):
     return _run(_l1_forward, q, c, pairwise_plan(q.shape[-1]))
 
 
-def l1_backward(q, c, grad):
-    return _run(_l1_backward, q, c, grad)
+def l1_backward(q, c, grad, grad_c=None):
+    """``(d/dq, d/dc)``; ``grad_c`` (``c``'s shape, float32) receives ``d/dc`` when given."""
+    grad_c = np.empty(c.shape, np.float32) if grad_c is None else grad_c
+    return _run(_l1_backward, q, c, grad, grad_c), grad_c
 
 
 def modulus_forward(q_re, q_im, c):
     return _run(_modulus_forward, q_re, q_im, c, pairwise_plan(q_re.shape[-1]))
 
 
-def modulus_backward(q_re, q_im, c, grad):
-    return _run(_modulus_backward, q_re, q_im, c, grad)
+def modulus_backward(q_re, q_im, c, grad, grad_c=None):
+    """``(d/dq_re, d/dq_im, d/dc)``; ``grad_c`` (``c``'s shape, float32) receives ``d/dc`` when given."""
+    grad_c = np.empty(c.shape, np.float32) if grad_c is None else grad_c
+    return (*_run(_modulus_backward, q_re, q_im, c, grad, grad_c), grad_c)
 
 
 def matmul_flops_per_second(repeats=5, rows=4096, inner=512):
