@@ -15,15 +15,17 @@ in the same order, so scores, ranks and training steps are unchanged:
   128 elements, combines them as ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))``, adds the
   remainder one by one, and splits longer runs in two halves at a multiple of eight
   (numpy/_core/src/umath/loops_utils.h.src, ``pairwise_sum``);
-* gradient sums over negatives (or over the rows sharing a chunk) accumulate in index order, as
-  numpy's reduction over a non-contiguous axis does.
+* training gradients: ``d/dq`` sums over the candidates in index order, as numpy's reduction over a
+  non-contiguous axis does; ``d/dc`` is summed per *distinct* candidate entity inside the kernel
+  (in batch order) instead of one gradient row per draw that the optimizer then merges, so it
+  equals the previous gradient up to the order of that sum.
 
 Evaluation scores all entities for a block of queries: the entity table is packed once per
 evaluation as ``[N / LANES, D, LANES]`` so that the innermost loop runs over ``LANES`` entities
 (SIMD across entities; the eight accumulators of each lane are the eight rows of a small L1-resident
 scratch), and the block loop is a ``prange`` (``num_threads`` threads). Training kernels take the
-gathered candidate rows ``[G, K, D]`` as they come from the embedding lookup and vectorise over
-``D``. Threads: ``set_threads(n)`` before a call (numba's pool; one thread by default, as paddle).
+batch's distinct candidate rows and an index (see ``l1_forward``) and vectorise over ``D``; their
+backward is sequential (the per-entity scatter must not race), the forward a ``prange``. Threads: ``set_threads(n)`` before a call (numba's pool; one thread by default, as paddle).
 """
 import contextlib
 
@@ -259,58 +261,62 @@ def _row_sum(values, plan, stack):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _l1_forward(q, c, plan):
-    """``out[g, b, k] = sum_d |q[g, b, d] - c[g, k, d]|`` for ``q`` ``[G, B, D]``, ``c`` ``[G, K, D]``."""
+def _l1_forward(q, rows, index, plan):
+    """``out[g, b, k] = sum_d |q[g, b, d] - rows[index[g, k], d]|``."""
     groups, batch, width = q.shape
-    num = c.shape[1]
+    num = index.shape[1]
     out = np.empty((groups, batch, num), np.float32)
     for g in numba.prange(groups):
         values = np.empty(width, np.float32)
         stack = np.empty(_MAX_DEPTH, np.float32)
         for b in range(batch):
             for k in range(num):
+                c = rows[index[g, k]]
                 for d in range(width):
-                    values[d] = abs(q[g, b, d] - c[g, k, d])
+                    values[d] = abs(q[g, b, d] - c[d])
                 out[g, b, k] = _row_sum(values, plan, stack)
     return out
 
 
-@numba.njit(parallel=True, **_JIT)
-def _l1_backward(q, c, grad, grad_c):
-    """Gradients of ``sum grad * l1_forward(q, c)``: ``(d/dq [G, B, D], d/dc [G, K, D])``, ``sign(d)`` recomputed."""
+@numba.njit(**_JIT)
+def _l1_backward(q, rows, index, grad, grad_rows):
+    """Gradients of ``sum grad * _l1_forward``: returns ``d/dq``; ``d/drows`` is added into ``grad_rows``.
+
+    ``sign(d)`` is recomputed. Sequential: candidates repeat across groups, so the scatter into
+    ``grad_rows`` must not race.
+    """
     groups, batch, width = q.shape
-    num = c.shape[1]
+    num = index.shape[1]
     grad_q = np.zeros((groups, batch, width), np.float32)
-    for g in numba.prange(groups):
-        grad_c[g] = 0.0
+    for g in range(groups):
         for b in range(batch):
             for k in range(num):
                 weight = grad[g, b, k]
+                c = rows[index[g, k]]
+                target = grad_rows[index[g, k]]
                 for d in range(width):
-                    diff = q[g, b, d] - c[g, k, d]
+                    diff = q[g, b, d] - c[d]
                     term = np.float32((diff > 0) - (diff < 0)) * weight
                     grad_q[g, b, d] += term
-                    grad_c[g, k, d] += term
-        for k in range(num):
-            for d in range(width):
-                grad_c[g, k, d] = -grad_c[g, k, d]
+                    target[d] -= term
     return grad_q
 
 
 @numba.njit(parallel=True, **_JIT)
-def _modulus_forward(q_re, q_im, c, plan):
-    """``out[g, b, k] = sum_d sqrt(|q[g, b, d] - c[g, k, d]|^2 + EPS)``; ``c`` rows are ``[re | im]``."""
+def _modulus_forward(q_re, q_im, rows, index, plan):
+    """``out[g, b, k] = sum_d sqrt(|q[g, b, d] - c_d|^2 + EPS)``, ``c = rows[index[g, k]]`` as ``[re | im]``."""
     groups, batch, width = q_re.shape
-    num = c.shape[1]
+    num = index.shape[1]
     out = np.empty((groups, batch, num), np.float32)
     for g in numba.prange(groups):
         values = np.empty(width, np.float32)
         stack = np.empty(_MAX_DEPTH, np.float32)
         for b in range(batch):
             for k in range(num):
+                c = rows[index[g, k]]
                 for d in range(width):
-                    d_re = q_re[g, b, d] - c[g, k, d]
-                    d_im = q_im[g, b, d] - c[g, k, width + d]
+                    d_re = q_re[g, b, d] - c[d]
+                    d_im = q_im[g, b, d] - c[width + d]
                     mod = d_re * d_re
                     mod = mod + d_im * d_im
                     values[d] = np.sqrt(mod + EPS32)
@@ -318,21 +324,22 @@ def _modulus_forward(q_re, q_im, c, plan):
     return out
 
 
-@numba.njit(parallel=True, **_JIT)
-def _modulus_backward(q_re, q_im, c, grad, grad_c):
-    """Gradients of ``sum grad * modulus_forward``: ``(d/dq_re, d/dq_im [G, B, D], d/dc [G, K, 2D])``."""
+@numba.njit(**_JIT)
+def _modulus_backward(q_re, q_im, rows, index, grad, grad_rows):
+    """Gradients of ``sum grad * _modulus_forward``: returns ``(d/dq_re, d/dq_im)``; ``d/drows`` into ``grad_rows``."""
     groups, batch, width = q_re.shape
-    num = c.shape[1]
+    num = index.shape[1]
     grad_re = np.zeros((groups, batch, width), np.float32)
     grad_im = np.zeros((groups, batch, width), np.float32)
-    for g in numba.prange(groups):
-        grad_c[g] = 0.0
+    for g in range(groups):
         for b in range(batch):
             for k in range(num):
                 weight = grad[g, b, k]
+                c = rows[index[g, k]]
+                target = grad_rows[index[g, k]]
                 for d in range(width):
-                    d_re = q_re[g, b, d] - c[g, k, d]
-                    d_im = q_im[g, b, d] - c[g, k, width + d]
+                    d_re = q_re[g, b, d] - c[d]
+                    d_im = q_im[g, b, d] - c[width + d]
                     mod = d_re * d_re
                     mod = mod + d_im * d_im
                     mod = np.sqrt(mod + EPS32)
@@ -340,11 +347,8 @@ def _modulus_backward(q_re, q_im, c, grad, grad_c):
                     term_im = (d_im / mod) * weight
                     grad_re[g, b, d] += term_re
                     grad_im[g, b, d] += term_im
-                    grad_c[g, k, d] += term_re
-                    grad_c[g, k, width + d] += term_im
-        for k in range(num):
-            for d in range(2 * width):
-                grad_c[g, k, d] = -grad_c[g, k, d]
+                    target[d] -= term_re
+                    target[width + d] -= term_im
     return grad_re, grad_im
 
 
@@ -353,24 +357,35 @@ def rank_counts(scores, targets):
     return _run(_rank_counts, scores, np.asarray(targets, dtype=np.int64))
 
 
-def l1_forward(q, c):
-    return _run(_l1_forward, q, c, pairwise_plan(q.shape[-1]))
+# Candidates are given as ``rows`` ``[U, D]`` (``[U, 2D]`` complex) and ``index`` ``[G, K]``: candidate ``k``
+# of group ``g`` is ``rows[index[g, k]]``. Training passes each distinct negative entity once
+# (``rows`` = the batch's unique negatives), so neither the forward gathers ``[G, K, D]`` nor the
+# backward writes a gradient row per draw: it sums into one row per distinct entity.
+def _grad_rows(rows, grad_rows):
+    if grad_rows is None:
+        return np.zeros(rows.shape, np.float32)
+    grad_rows[...] = 0.0
+    return grad_rows
 
 
-def l1_backward(q, c, grad, grad_c=None):
-    """``(d/dq, d/dc)``; ``grad_c`` (``c``'s shape, float32) receives ``d/dc`` when given."""
-    grad_c = np.empty(c.shape, np.float32) if grad_c is None else grad_c
-    return _run(_l1_backward, q, c, grad, grad_c), grad_c
+def l1_forward(q, rows, index):
+    return _run(_l1_forward, q, rows, index, pairwise_plan(q.shape[-1]))
 
 
-def modulus_forward(q_re, q_im, c):
-    return _run(_modulus_forward, q_re, q_im, c, pairwise_plan(q_re.shape[-1]))
+def l1_backward(q, rows, index, grad, grad_rows=None):
+    """``(d/dq, d/drows)``; ``grad_rows`` (``rows``' shape, float32) receives ``d/drows`` when given."""
+    grad_rows = _grad_rows(rows, grad_rows)
+    return _run(_l1_backward, q, rows, index, grad, grad_rows), grad_rows
 
 
-def modulus_backward(q_re, q_im, c, grad, grad_c=None):
-    """``(d/dq_re, d/dq_im, d/dc)``; ``grad_c`` (``c``'s shape, float32) receives ``d/dc`` when given."""
-    grad_c = np.empty(c.shape, np.float32) if grad_c is None else grad_c
-    return (*_run(_modulus_backward, q_re, q_im, c, grad, grad_c), grad_c)
+def modulus_forward(q_re, q_im, rows, index):
+    return _run(_modulus_forward, q_re, q_im, rows, index, pairwise_plan(q_re.shape[-1]))
+
+
+def modulus_backward(q_re, q_im, rows, index, grad, grad_rows=None):
+    """``(d/dq_re, d/dq_im, d/drows)``; ``grad_rows`` receives ``d/drows`` when given."""
+    grad_rows = _grad_rows(rows, grad_rows)
+    return (*_run(_modulus_backward, q_re, q_im, rows, index, grad, grad_rows), grad_rows)
 
 
 def matmul_flops_per_second(repeats=5, rows=4096, inner=512):

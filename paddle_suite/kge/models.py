@@ -134,54 +134,64 @@ def _empty_like(array):
     return tensor, np.ctypeslib.as_array(buffer).reshape(array.shape)
 
 
+def _all_rows(c):
+    """``c`` ``[G, K, D]`` as kernel candidates: rows ``[G * K, D]`` and the index ``[G, K]`` of each."""
+    groups, num, width = c.shape
+    return c.reshape([groups * num, width]), np.arange(groups * num, dtype=np.int64).reshape(groups, num)
+
+
 class _L1Distance(PyLayer):
-    """``sum_d |q[g, b, d] - c[g, k, d]|`` -> ``[G, B, K]`` for ``q`` ``[G, B, D]``, ``c`` ``[G, K, D]`` (CPU)."""
+    """``sum_d |q[g, b, d] - rows[index[g, k], d]|`` -> ``[G, B, K]`` for ``q`` ``[G, B, D]`` (CPU kernels)."""
 
     @staticmethod
-    def forward(ctx, q, c):
-        ctx.inputs = (q, c)  # the tensors own the memory the numpy views below read in backward
-        ctx.wanted = [not x.stop_gradient for x in (q, c)]
-        return paddle.to_tensor(kernels.l1_forward(_view(q), _view(c)))
+    def forward(ctx, q, rows, index):
+        ctx.inputs, ctx.index = (q, rows), index  # the tensors own the memory the views read in backward
+        ctx.wanted = [not x.stop_gradient for x in (q, rows)]
+        return paddle.to_tensor(kernels.l1_forward(_view(q), _view(rows), index))
 
     @staticmethod
     def backward(ctx, grad):
-        q, c = ctx.inputs
-        c_view = _view(c)
-        grad_c, grad_c_view = _empty_like(c_view)
-        grad_q, _ = kernels.l1_backward(_view(q), c_view, grad.numpy(), grad_c_view)
-        return _grad_tensors(ctx.wanted, grad_q, grad_c)
-
-
-def _l1_numpy(q, c):
-    """No-grad ``_L1Distance``."""
-    return paddle.to_tensor(kernels.l1_forward(q.numpy(), c.numpy()))
+        q, rows = ctx.inputs
+        rows_view = _view(rows)
+        grad_rows, grad_rows_view = _empty_like(rows_view)
+        grad_q, _ = kernels.l1_backward(_view(q), rows_view, ctx.index, grad.numpy(), grad_rows_view)
+        return _grad_tensors(ctx.wanted, grad_q, grad_rows)
 
 
 class _ModulusDistance(PyLayer):
-    """``sum_d sqrt(|q - c|^2 + EPS)`` over complex entries -> ``[G, B, K]`` (CPU).
+    """``sum_d sqrt(|q - c|^2 + EPS)`` over complex entries -> ``[G, B, K]`` (CPU kernels).
 
-    ``q`` is given as real and imaginary parts ``[G, B, D]``; ``c`` ``[G, K, 2D]`` is ``[re | im]``
-    (the rows as stored in the entity table, so no paddle slices of the large candidate tensor).
+    ``q`` is given as real and imaginary parts ``[G, B, D]``; candidate ``k`` of group ``g`` is
+    ``rows[index[g, k]]``, stored ``[re | im]`` as in the entity table (no paddle slices of it).
     """
 
     @staticmethod
-    def forward(ctx, q_re, q_im, c):
-        ctx.inputs = (q_re, q_im, c)
-        ctx.wanted = [not x.stop_gradient for x in (q_re, q_im, c)]
-        return paddle.to_tensor(kernels.modulus_forward(_view(q_re), _view(q_im), _view(c)))
+    def forward(ctx, q_re, q_im, rows, index):
+        ctx.inputs, ctx.index = (q_re, q_im, rows), index
+        ctx.wanted = [not x.stop_gradient for x in (q_re, q_im, rows)]
+        return paddle.to_tensor(kernels.modulus_forward(_view(q_re), _view(q_im), _view(rows), index))
 
     @staticmethod
     def backward(ctx, grad):
-        q_re, q_im, c = ctx.inputs
-        c_view = _view(c)
-        grad_c, grad_c_view = _empty_like(c_view)
-        grad_re, grad_im, _ = kernels.modulus_backward(_view(q_re), _view(q_im), c_view, grad.numpy(), grad_c_view)
-        return _grad_tensors(ctx.wanted, grad_re, grad_im, grad_c)
+        q_re, q_im, rows = ctx.inputs
+        rows_view = _view(rows)
+        grad_rows, grad_rows_view = _empty_like(rows_view)
+        grad_re, grad_im, _ = kernels.modulus_backward(_view(q_re), _view(q_im), rows_view, ctx.index, grad.numpy(),
+                                                       grad_rows_view)
+        return _grad_tensors(ctx.wanted, grad_re, grad_im, grad_rows)
 
 
-def _modulus_numpy(q_re, q_im, c):
-    """No-grad ``_ModulusDistance``."""
-    return paddle.to_tensor(kernels.modulus_forward(q_re.numpy(), q_im.numpy(), c.numpy()))
+def _l1_distance(q, rows, index):
+    """``_L1Distance`` under autograd, the bare forward kernel without it."""
+    if paddle.is_grad_enabled():
+        return _L1Distance.apply(q, rows, index)
+    return paddle.to_tensor(kernels.l1_forward(_view(q), _view(rows), index))
+
+
+def _modulus_distance(q_re, q_im, rows, index):
+    if paddle.is_grad_enabled():
+        return _ModulusDistance.apply(q_re, q_im, rows, index)
+    return paddle.to_tensor(kernels.modulus_forward(_view(q_re), _view(q_im), _view(rows), index))
 
 
 class KGEModel(nn.Layer):
@@ -264,6 +274,14 @@ class KGEModel(nn.Layer):
         rel = self.relation_embedding(_ids(r)).unsqueeze(0)
         return self.score_candidates(anchor, rel, self.entity_embedding.weight.unsqueeze(0), "head")[0]
 
+    def has_row_kernels(self):
+        """True when ``score_candidate_rows`` (candidates as distinct rows + index, CPU kernels) exists."""
+        return False
+
+    def score_candidate_rows(self, anchor, rel, rows, index, side):
+        """``score_candidates`` with candidate ``k`` of group ``g`` given as ``rows[index[g, k]]``."""
+        raise NotImplementedError
+
     def ranking_scorer(self):
         """A fast scorer of all entities for the filtered evaluation, or None (use ``score_tails``/``score_heads``).
 
@@ -292,7 +310,14 @@ class KGEModel(nn.Layer):
             rel_ids = paddle.concat([rel_ids, rel_ids[-1:].expand([pad])])
         anchor = self.entity_embedding(anchor_ids).reshape([chunks, chunk_size, self.entity_width])
         rel = self.relation_embedding(rel_ids).reshape([chunks, chunk_size, self.relation_width])
-        scores = self.score_candidates(anchor, rel, self.entity_embedding(neg), side)
+        if self.has_row_kernels() and _numpy_kernels(anchor):
+            # each distinct negative entity looked up once: no [C, K, D] gather, and its gradient has
+            # one row per entity instead of one per draw (kernels.py)
+            distinct, index = np.unique(neg.numpy(), return_inverse=True)
+            rows = self.entity_embedding(paddle.to_tensor(distinct))
+            scores = self.score_candidate_rows(anchor, rel, rows, index.reshape(chunks, k), side)
+        else:
+            scores = self.score_candidates(anchor, rel, self.entity_embedding(neg), side)
         return scores.reshape([chunks * chunk_size, k])[:batch]
 
     def regularization(self, h, r, t):
@@ -545,12 +570,19 @@ class TransE(KGEModel):
 
         return score
 
+    def has_row_kernels(self):
+        return self.p_norm == 1
+
+    def score_candidate_rows(self, anchor, rel, rows, index, side):
+        query = anchor + rel if side == "tail" else anchor - rel
+        return self.gamma - _l1_distance(query, rows, index)
+
     def score_candidates(self, anchor, rel, cand, side):
         query = anchor + rel if side == "tail" else anchor - rel  # h + r ~ t  /  t - r ~ h
         if self.p_norm == 2:
             return self.gamma - paddle.sqrt(_pairwise_sq_l2(query, cand) + EPS)
         if _numpy_kernels(query, cand):
-            return self.gamma - (_L1Distance.apply(query, cand) if paddle.is_grad_enabled() else _l1_numpy(query, cand))
+            return self.gamma - _l1_distance(query, *_all_rows(cand))
         groups, batch, width = query.shape
         blocks = [
             self.gamma - (query.unsqueeze(2) - (cand if hi - lo == cand.shape[1] else cand[:, lo:hi]).unsqueeze(1))
@@ -609,12 +641,17 @@ class RotatE(KGEModel):
 
         return score
 
+    def has_row_kernels(self):
+        return True
+
+    def score_candidate_rows(self, anchor, rel, rows, index, side):
+        q_re, q_im = self._queries(anchor, rel, side)
+        return self.gamma - _modulus_distance(q_re, q_im, rows, index)
+
     def score_candidates(self, anchor, rel, cand, side):
         q_re, q_im = self._queries(anchor, rel, side)
         if _numpy_kernels(q_re, q_im, cand):
-            if paddle.is_grad_enabled():
-                return self.gamma - _ModulusDistance.apply(q_re, q_im, cand)
-            return self.gamma - _modulus_numpy(q_re, q_im, cand)
+            return self.gamma - _modulus_distance(q_re, q_im, *_all_rows(cand))
         # GPU/static: complex64 subtract + abs are fused kernels, ~25% faster than the real-valued
         # formula forward+backward, and abs' gradient is 0 (not NaN) at 0
         query = paddle.complex(q_re, q_im).unsqueeze(2)

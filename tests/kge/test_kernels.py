@@ -62,24 +62,47 @@ def test_all_entity_scores_equal_numpy_bit_for_bit(width):
     np.testing.assert_array_equal(got, expected)
 
 
+def _distinct(c):
+    """``c`` ``[G, K, D]`` drawn with repeats as (distinct rows, index): the training layout."""
+    flat = c.reshape(-1, c.shape[-1])
+    rows, index = np.unique(flat, axis=0, return_inverse=True)
+    return rows, index.reshape(c.shape[:2])
+
+
+def _merge_rows(grad_c, index, num_rows):
+    """Per-draw candidate gradients summed per distinct row in draw order (what the optimizer merged)."""
+    merged = np.zeros((num_rows, grad_c.shape[-1]), np.float32)
+    for position, row in enumerate(index.ravel()):
+        merged[row] += grad_c.reshape(-1, grad_c.shape[-1])[position]
+    return merged
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("width", [5, 200])
-def test_training_kernels_equal_numpy_bit_for_bit(batch, width):
+def test_training_kernels_equal_numpy(batch, width):
+    """Forward and ``d/dq`` bit for bit; ``d/dc`` per distinct row equals the merged per-draw gradient."""
     rng = np.random.default_rng(batch * width)
     q, _, c, grad = _inputs(rng, 4, batch, 11, width)
+    c = c[:, rng.integers(0, 11, 11)]  # repeated candidates, as uniform negatives draw them
+    rows, index = _distinct(c)
     diff = q[:, :, None] - c[:, None]
-    np.testing.assert_array_equal(kernels.l1_forward(q, c), numpy_l1(q, c))
-    for got, want in zip(kernels.l1_backward(q, c, grad), numpy_broadcast_grads(np.sign(diff), grad)):
-        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(kernels.l1_forward(q, rows, index), numpy_l1(q, c))
+    grad_q, grad_rows = kernels.l1_backward(q, rows, index, grad)
+    want_q, want_c = numpy_broadcast_grads(np.sign(diff), grad)
+    np.testing.assert_array_equal(grad_q, want_q)
+    np.testing.assert_allclose(grad_rows, _merge_rows(want_c, index, len(rows)), rtol=1e-5, atol=1e-6)
 
     q_re, q_im, c, grad = _inputs(rng, 4, batch, 11, width, complex_=True)
+    c = c[:, rng.integers(0, 11, 11)]
+    rows, index = _distinct(c)
     out, unit_re, unit_im = numpy_moduli(q_re, q_im, c)
-    np.testing.assert_array_equal(kernels.modulus_forward(q_re, q_im, c), out)
+    np.testing.assert_array_equal(kernels.modulus_forward(q_re, q_im, rows, index), out)
     (grad_re, grad_c_re), (grad_im, grad_c_im) = (numpy_broadcast_grads(u, grad) for u in (unit_re, unit_im))
-    got_re, got_im, got_c = kernels.modulus_backward(q_re, q_im, c, grad)
+    got_re, got_im, got_rows = kernels.modulus_backward(q_re, q_im, rows, index, grad)
     np.testing.assert_array_equal(got_re, grad_re)
     np.testing.assert_array_equal(got_im, grad_im)
-    np.testing.assert_array_equal(got_c, np.concatenate([grad_c_re, grad_c_im], axis=-1))
+    want_rows = _merge_rows(np.concatenate([grad_c_re, grad_c_im], axis=-1), index, len(rows))
+    np.testing.assert_allclose(got_rows, want_rows, rtol=1e-5, atol=1e-6)
 
 
 def test_rank_counts_match_numpy_with_ties_inf_and_nan():
