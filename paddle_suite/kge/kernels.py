@@ -38,7 +38,9 @@ LANES = 64
 EPS32 = np.float32(1e-12)
 _MAX_DEPTH = 64  # partial sums on a pairwise stack: at most the split depth + 1 (D < 2^60)
 
-_JIT = dict(nogil=True, cache=True)
+# error_model="numpy": a float division by zero gives inf/nan as in numpy instead of a Python
+# exception; the exception's check is a branch per element that stopped LLVM vectorising the loops
+_JIT = dict(nogil=True, cache=True, error_model="numpy")
 
 
 _threads = 1
@@ -288,17 +290,20 @@ def _l1_backward(q, rows, index, grad, grad_rows):
     groups, batch, width = q.shape
     num = index.shape[1]
     grad_q = np.zeros((groups, batch, width), np.float32)
+    terms = np.empty(width, np.float32)  # one candidate's terms first: that loop vectorises
     for g in range(groups):
         for b in range(batch):
+            accumulate = grad_q[g, b]
             for k in range(num):
                 weight = grad[g, b, k]
                 c = rows[index[g, k]]
-                target = grad_rows[index[g, k]]
                 for d in range(width):
                     diff = q[g, b, d] - c[d]
-                    term = np.float32((diff > 0) - (diff < 0)) * weight
-                    grad_q[g, b, d] += term
-                    target[d] -= term
+                    terms[d] = np.float32((diff > 0) - (diff < 0)) * weight
+                target = grad_rows[index[g, k]]
+                for d in range(width):
+                    accumulate[d] += terms[d]
+                    target[d] -= terms[d]
     return grad_q
 
 
@@ -331,24 +336,28 @@ def _modulus_backward(q_re, q_im, rows, index, grad, grad_rows):
     num = index.shape[1]
     grad_re = np.zeros((groups, batch, width), np.float32)
     grad_im = np.zeros((groups, batch, width), np.float32)
+    terms_re = np.empty(width, np.float32)  # one candidate's terms first: that loop vectorises
+    terms_im = np.empty(width, np.float32)
     for g in range(groups):
         for b in range(batch):
+            accumulate_re, accumulate_im = grad_re[g, b], grad_im[g, b]
             for k in range(num):
                 weight = grad[g, b, k]
                 c = rows[index[g, k]]
-                target = grad_rows[index[g, k]]
                 for d in range(width):
                     d_re = q_re[g, b, d] - c[d]
                     d_im = q_im[g, b, d] - c[width + d]
                     mod = d_re * d_re
                     mod = mod + d_im * d_im
                     mod = np.sqrt(mod + EPS32)
-                    term_re = (d_re / mod) * weight
-                    term_im = (d_im / mod) * weight
-                    grad_re[g, b, d] += term_re
-                    grad_im[g, b, d] += term_im
-                    target[d] -= term_re
-                    target[width + d] -= term_im
+                    terms_re[d] = (d_re / mod) * weight
+                    terms_im[d] = (d_im / mod) * weight
+                target = grad_rows[index[g, k]]
+                for d in range(width):
+                    accumulate_re[d] += terms_re[d]
+                    accumulate_im[d] += terms_im[d]
+                    target[d] -= terms_re[d]
+                    target[width + d] -= terms_im[d]
     return grad_re, grad_im
 
 
