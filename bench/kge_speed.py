@@ -19,6 +19,18 @@ What each side does per training step (``B`` positives, ``K`` negatives each):
   normalisation (``entity_constrainer=None``, as ours); RotatE: PyKEEN's default (L2 norm of the
   complex difference, unit-modulus relations).
 
+Fraction of the machine limit: our wall time against the time a paddle float32 matmul (oneDNN/MKL,
+same thread setting, timed in the same run: ``kernels.matmul_flops_per_second``) needs for the same
+number of operations (``OPS_PER_ELEMENT``: each add/sub/mul/div/abs/sign/sqrt counts as one, so a
+sqrt or a division is priced like an add and the fractions flatter the matmul side for RotatE).
+Neither score is a matrix product, so 100% is not reachable by these kernels; the figure says how far
+the elementwise work is from the GEMM peak. ``eval_fraction_of_limit`` / ``train_fraction_of_limit``
+in ``RESULT`` are geometric means over the models.
+
+``--pykeen-eval-triples N`` times PyKEEN's evaluation on a fixed random subset of N of the ranked
+triples and scales its time by (ranked triples / N) (its full filtered evaluation of FB15k-237 test
+took ~40 min per model); ours always ranks the whole set. Stated in the markdown when used.
+
 Training throughput = positive triples / time, measured after a warm-up call, in ``--rounds``
 alternating rounds (ours, PyKEEN, ours, ...) so that load from other processes hits both sides
 alike; the median round is reported. Time is the CPU time of this process
@@ -65,7 +77,7 @@ import paddle  # noqa: E402
 from paddle_suite.config import load_config  # noqa: E402
 from paddle_suite.engine.optim import build_optimizer  # noqa: E402
 from paddle_suite.io import atomic_write  # noqa: E402
-from paddle_suite.kge import evaluation, models  # noqa: E402
+from paddle_suite.kge import evaluation, kernels, models  # noqa: E402
 from paddle_suite.registry import TASKS  # noqa: E402
 
 RESULTS_JSON = REPO / "bench" / "results" / "kge_speed.json"
@@ -89,6 +101,14 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 1 quick, 3 full)")
     parser.add_argument("--eval-triples", type=int, default=None, help="test triples to rank (default 100 quick, all full)")
     parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--pykeen-eval-triples", type=int, default=0,
+                        help="time PyKEEN's evaluation on this fixed random subset of the ranked triples and scale "
+                             "its time to the whole set (0 = the same triples as ours)")
+    parser.add_argument("--eval-threads", type=int, default=1, help="threads of our evaluation kernels (headline)")
+    parser.add_argument("--extra-eval-threads", type=int, default=0,
+                        help="also time our evaluation with this many threads (wall clock; 0 = skip)")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="our training steps profiled per model (cProfile, CPU clock) for the breakdown")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (paddle runs with OMP_NUM_THREADS=1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results (full run)")
@@ -147,10 +167,11 @@ class Ours:
             positives += n
         return time.perf_counter() - start, time.process_time() - cpu_start, positives
 
-    def evaluate(self, triples, batch_size):
+    def evaluate(self, triples, batch_size, num_threads=1):
         start, cpu_start = time.perf_counter(), time.process_time()
         result = evaluation.evaluate(
-            self.model, triples, self.dataset.all_triples(), self.dataset.num_entities, batch_size=batch_size
+            self.model, triples, self.dataset.all_triples(), self.dataset.num_entities, batch_size=batch_size,
+            num_threads=num_threads,
         )
         return (time.perf_counter() - start, time.process_time() - cpu_start,
                 {k: result[k] for k in evaluation.METRIC_KEYS})
@@ -284,6 +305,52 @@ def machine_info(threads):
     }
 
 
+#: operations per (query or positive, candidate, dimension) element, each add/sub/mul/div/abs/sign/sqrt
+#: counted as one: TransE-L1 forward |q - c| summed (sub, abs, add); its backward recomputes the sign
+#: and accumulates both gradients (sub, sign, mul, 2 adds). RotatE per complex dimension: forward 2 sub,
+#: 2 mul, 2 add, sqrt, add; backward the same 7 plus 2 div, 2 mul, 4 adds.
+OPS_PER_ELEMENT = {"TransE": {"forward": 3, "backward": 5}, "RotatE": {"forward": 8, "backward": 15}}
+
+
+#: where a training step's CPU time goes: profile entries (substring of "file:line(function)") per part
+PROFILE_PARTS = (
+    ("distance kernels, forward", ("kernels.py", "_forward")),
+    ("distance kernels, backward", ("kernels.py", "_backward")),
+    ("paddle autograd engine (other ops' gradients, embedding SelectedRows)", ("run_backward",)),
+    ("embedding lookups", ("ops.embedding>",)),
+    ("Adam update", ("ops.adam_>",)),
+    ("batch + negative sampling (numpy)", ("task.py", "make_batch")),
+)
+
+
+def profile_step(ours, steps):
+    """CPU milliseconds per training step by part (``PROFILE_PARTS``; the rest is "other")."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    ours.train(steps)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    total = sum(entry[2] for entry in stats.values())  # tottime: each second counted once
+    parts = {name: 0.0 for name, _ in PROFILE_PARTS}
+    for (filename, line, function), entry in stats.items():
+        label = f"{filename}:{line}({function})"
+        own = entry[2]
+        if function == "make_batch":  # count the sampling below it too
+            own = entry[3]
+        for name, needles in PROFILE_PARTS:
+            if all(needle in label for needle in needles):
+                parts[name] += own
+                break
+    other = total - sum(parts.values())
+    parts = {name: 1000 * value / steps for name, value in parts.items()}
+    parts["other (Python, loss ops, copies)"] = 1000 * max(other, 0.0) / steps
+    parts["total"] = 1000 * total / steps
+    return parts
+
+
 def geometric_mean(values):
     return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else float("nan")
 
@@ -309,12 +376,39 @@ def bench_model(arch, args, log):
     test = ours.dataset.test
     if args.eval_triples and args.eval_triples < len(test):
         test = test[np.sort(np.random.default_rng(args.seed).choice(len(test), args.eval_triples, replace=False))]
+    pykeen_test = test
+    if args.pykeen_eval_triples and args.pykeen_eval_triples < len(test):
+        pick = np.random.default_rng([args.seed, 1]).choice(len(test), args.pykeen_eval_triples, replace=False)
+        pykeen_test = test[np.sort(pick)]
+    scale = len(test) / len(pykeen_test)
     evals = {}
-    for name, side in (("ours", ours), ("pykeen", theirs)):
-        wall, cpu, metrics = side.evaluate(test, args.eval_batch_size)
-        evals[name] = {"cpu": cpu, "wall": wall, "metrics": metrics}
-        log(f"{arch} evaluation {name}: {cpu:.1f} CPU-s, {wall:.1f} wall-s for {len(test)} test triples "
-            f"(mrr {metrics['mrr']:.4f})")
+    wall, cpu, metrics = ours.evaluate(test, args.eval_batch_size, args.eval_threads)
+    evals["ours"] = {"cpu": cpu, "wall": wall, "metrics": metrics}
+    wall, cpu, metrics = theirs.evaluate(pykeen_test, args.eval_batch_size)
+    evals["pykeen"] = {"cpu": cpu * scale, "wall": wall * scale, "metrics": metrics}
+    for name, e in evals.items():
+        scaled = f" (scaled x{scale:.1f} from {len(pykeen_test)} triples)" if name == "pykeen" and scale != 1 else ""
+        log(f"{arch} evaluation {name}: {e['cpu']:.1f} CPU-s, {e['wall']:.1f} wall-s for {len(test)} test triples"
+            f"{scaled} (mrr {e['metrics']['mrr']:.4f})")
+
+    extra = None
+    if args.extra_eval_threads:
+        wall, cpu, _ = ours.evaluate(test, args.eval_batch_size, args.extra_eval_threads)
+        extra = {"threads": args.extra_eval_threads, "wall": wall, "cpu": cpu,
+                 "speedup_vs_pykeen_wall": evals["pykeen"]["wall"] / wall}
+        log(f"{arch} evaluation ours with {args.extra_eval_threads} threads: {wall:.1f} wall-s, {cpu:.1f} CPU-s")
+    breakdown = profile_step(ours, args.profile_steps) if args.profile_steps else None
+
+    # the machine limit: a paddle matmul doing the same number of operations, timed now
+    flops_per_second = kernels.matmul_flops_per_second()
+    width = args.dim
+    ops = OPS_PER_ELEMENT[arch]
+    eval_ops = 2 * len(test) * ours.dataset.num_entities * width * ops["forward"]
+    train_ops_per_positive = args.negatives * width * (ops["forward"] + ops["backward"])
+    eval_fraction = eval_ops / flops_per_second / evals["ours"]["wall"]
+    train_fraction = train["wall"]["ours"] * train_ops_per_positive / flops_per_second
+    log(f"{arch} machine limit: matmul {flops_per_second / 1e9:.1f} GFLOP/s; evaluation at "
+        f"{eval_fraction:.1%} of it, training at {train_fraction:.1%}")
     return {
         "train_positives_per_cpu_s": train["cpu"],
         "train_positives_per_wall_s": train["wall"],
@@ -330,6 +424,14 @@ def bench_model(arch, args, log):
         "eval_triples": int(len(test)),
         "eval_speedup_vs_pykeen": evals["pykeen"]["cpu"] / evals["ours"]["cpu"],
         "eval_speedup_vs_pykeen_wall": evals["pykeen"]["wall"] / evals["ours"]["wall"],
+        "pykeen_eval_triples": int(len(pykeen_test)),
+        "eval_extra_threads": extra,
+        "train_step_cpu_ms_by_part": breakdown,
+        "matmul_flops_per_second": flops_per_second,
+        "eval_operations": eval_ops,
+        "train_operations_per_positive": train_ops_per_positive,
+        "eval_fraction_of_limit": eval_fraction,
+        "train_fraction_of_limit": train_fraction,
     }
 
 
@@ -363,6 +465,29 @@ def markdown(result):
             f"{r['eval_cpu_seconds']['ours']:.1f} | {r['eval_cpu_seconds']['pykeen']:.1f} | "
             f"{r['eval_speedup_vs_pykeen']:.2f}x |"
         )
+    lines += ["", "| model | matmul limit (GFLOP/s) | eval ops | eval fraction of limit | train ops / positive "
+              "| train fraction of limit | PyKEEN eval timed on |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for arch, r in result["models"].items():
+        lines.append(
+            f"| {arch} | {r['matmul_flops_per_second'] / 1e9:.1f} | {r['eval_operations']:.3g} | "
+            f"{r['eval_fraction_of_limit']:.1%} | {r['train_operations_per_positive']:,} | "
+            f"{r['train_fraction_of_limit']:.1%} | {r['pykeen_eval_triples']} triples |"
+        )
+    extras = [(arch, r["eval_extra_threads"]) for arch, r in result["models"].items() if r.get("eval_extra_threads")]
+    if extras:
+        lines += ["", "Our evaluation with both cores (`--extra-eval-threads`), wall clock: " + "; ".join(
+            f"{arch} {e['wall']:.1f} s with {e['threads']} threads ({e['speedup_vs_pykeen_wall']:.1f}x PyKEEN's "
+            "one-thread wall time)" for arch, e in extras) + "."]
+    profiles = [(arch, r["train_step_cpu_ms_by_part"]) for arch, r in result["models"].items()
+                if r.get("train_step_cpu_ms_by_part")]
+    if profiles:
+        names = list(profiles[0][1])
+        lines += ["", f"Where a training step's CPU time goes (ours, per-positive negatives, cProfile over "
+                  f"{s['profile_steps']} steps, ms per step):", "",
+                  "| part | " + " | ".join(arch for arch, _ in profiles) + " |",
+                  "|---|" + "---:|" * len(profiles)]
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(f"{p[name]:.0f}" for _, p in profiles) + " |")
     shared = result["train_speedup_shared_negatives_vs_pykeen"]
     lines += [
         "",
@@ -391,7 +516,9 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(args.threads),
         "settings": {k: getattr(args, k) for k in ("dataset", "dim", "batch_size", "negatives", "chunk_size", "gamma",
-                                                    "lr", "steps", "rounds", "eval_batch_size", "quick")},
+                                                    "lr", "steps", "rounds", "eval_batch_size", "quick",
+                                                    "pykeen_eval_triples", "eval_threads",
+                                                    "extra_eval_threads", "profile_steps")},
         "models": {},
     }
     for arch in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -404,6 +531,8 @@ def main(argv=None):
     result["train_speedup_shared_negatives_vs_pykeen"] = geometric_mean(shared) if all(shared) else None
     result["eval_speedup_vs_pykeen"] = geometric_mean([r["eval_speedup_vs_pykeen"] for r in per_model])
     result["eval_speedup_vs_pykeen_wall"] = geometric_mean([r["eval_speedup_vs_pykeen_wall"] for r in per_model])
+    for key in ("eval_fraction_of_limit", "train_fraction_of_limit"):
+        result[key] = geometric_mean([r[key] for r in per_model])
     result["seconds"] = time.time() - started
 
     if not args.quick and not args.no_save:
