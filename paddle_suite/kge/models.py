@@ -24,15 +24,20 @@ Speed (CPU, measured on FB15k-237, 1024 positives x 256 negatives, dim 200):
 
 * Under autograd the broadcast paths do not chunk the candidates: the backward of every
   ``cand[:, lo:hi]`` slice writes a full-size zeroed gradient (a third of a TransE step).
-* TransE's L1 distance and RotatE's sum of moduli run in numpy kernels for CPU tensors in dynamic
-  mode (``.numpy()`` shares the tensor's memory there): inside a ``paddle.autograd.PyLayer``
-  when training (the forward keeps ``sign(d)`` resp. ``d / |d|`` for the backward, which sums the
-  gradients back to the broadcast shapes), and as plain chunked numpy when scoring all entities
-  without gradients. Paddle-native alternatives measured slower (forward+backward of the
-  distance alone, ``[1024, 1, 200]`` queries vs ``[1024, 256, 200]`` candidates, one thread on a
-  shared machine): TransE's unchunked broadcast ``abs().sum()`` 1.17 s and ``paddle.cdist(p=1)``
-  2.7 s vs 0.7-1.0 s in numpy; RotatE's complex64 ``abs`` 6.8 s vs 0.8-1.6 s in numpy. GPU tensors
-  and static graphs keep the paddle formulation (the numpy kernels are never used for them).
+* TransE's L1 distance and RotatE's sum of moduli run in fused numba kernels (``kernels.py``) for
+  CPU tensors in dynamic mode, inside a ``paddle.autograd.PyLayer`` when training: the forward
+  stores nothing (the backward recomputes ``sign(d)`` resp. ``d / |d|``), inputs are read through
+  zero-copy DLPack views (``Tensor.numpy()`` copies) and the candidate gradient is written straight
+  into the tensor handed back to autograd. ``score_negatives`` gives these models the batch's
+  *distinct* negative entities plus an index (``score_candidate_rows``) instead of a ``[C, K, D]``
+  gather, so the entity table's sparse gradient has one row per entity rather than one per draw
+  (the optimizer used to merge 262k rows per FB15k-237 step). Scores and the query gradient equal the
+  former numpy formulation bit for bit; the candidate rows' gradient equals it up to the order of
+  the per-entity sum (``tests/kge/test_kernels.py``). Evaluation uses ``ranking_scorer``: the same
+  kernels over a packed copy of the entity table, bit-identical to ``score_tails``/``score_heads``.
+  Measured per FB15k-237 step (1024 positives x 256 negatives, dim 200, one thread, CPU time):
+  TransE 0.54 -> 0.21 s, RotatE 1.16 -> 0.51 s (``bench/kge_speed.md`` has the breakdown). GPU
+  tensors and static graphs keep the paddle formulation (the kernels are never used for them).
 """
 import ctypes
 import math

@@ -85,6 +85,9 @@ class KGETask(DenseTask):
         data_cfg = config["DataLoader"]
         if data_cfg["batch_size"] < 1 or data_cfg["eval_batch_size"] < 1:
             raise ValueError("DataLoader.batch_size and DataLoader.eval_batch_size must be >= 1")
+        if config["Metric"]["num_threads"] < 1:
+            raise ValueError(f"Metric.num_threads must be >= 1 (threads of the evaluation kernels), "
+                             f"got {config['Metric']['num_threads']}")
         self.dataset = load_dataset(
             data_cfg["dataset"], data_cfg["data_path"], config["Global"].get("data_root"), data_cfg["unseen_eval_triples"]
         )
