@@ -450,6 +450,39 @@ def bench_model(arch, args, log):
     }
 
 
+NOTES = """
+## What the kernels do and where the time still goes
+
+Evaluation. TransE-L1's and RotatE's scores are not matrix products (each dimension's |.| is taken before
+the sum), so the issue's GEMM rewrites (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``, complex products) apply only
+to the models that already use them (SpaceE with the Frobenius norm, TransE-L2, DistMult, ComplEx). For
+TransE-L1 and RotatE, ``paddle_suite/kge/kernels.py`` scores a block of queries against an entity table
+packed once per evaluation as ``[N / 64, D, 64]``: SIMD over 64 entities, each lane keeping numpy's eight
+pairwise accumulators, so every score equals the former numpy formulation bit for bit (and so do the
+ranks, ties included: ``tests/kge/test_kernels.py``). Ranking counts ``>`` and ``==`` in one pass over the
+block; the filter stays the CSR index of known answers whose share is subtracted (no ``[B, N]`` mask is
+written). What keeps TransE-L1 at about a sixth of the GEMM peak: numba arrays are not promoted to
+registers, so each element also loads and stores its accumulator from an L1-resident scratch (~3e9
+elements/s on one core). RotatE's higher fraction comes from pricing its square root as one operation.
+
+Training. Before (the 2026-11-28 run of this benchmark, on another machine, an AMD EPYC: TransE 1,694 and
+RotatE 828 positives/CPU-s, 2.26x PyKEEN; compare ratios across runs, not rates), a step built ``[1024, 256, 200]`` numpy temporaries, copied the gathered candidate block (210-420 MB) with
+``Tensor.numpy()`` and ``paddle.to_tensor`` in both directions, gathered ``[C, K, D]`` candidate rows
+and handed the optimizer a sparse gradient of 262,144 rows (one per negative draw) to merge. Now the
+fused kernels read the inputs through zero-copy DLPack views, store nothing between forward and backward,
+score against the batch's distinct negative entities (one lookup and one gradient row each) and write the
+gradient into the tensor autograd receives. The breakdown table shows what remains: the kernels
+themselves (forward: the pairwise sums run scalar; backward: a sequential scatter into the distinct rows),
+paddle's autograd for the other ops (queries, rotation, loss, lookups) and Python around them (the
+profiled total exceeds the timed step by cProfile's own overhead).
+
+Threads. ``Metric.num_threads`` (``evaluate(num_threads=...)``) runs the evaluation kernels on several
+cores (the ``prange`` over entity blocks; ranks identical, tested). On a machine shared with other jobs
+(see the load average above) the second core may not be free, and the two-thread timing then says
+nothing about the scaling on an idle machine.
+"""
+
+
 def markdown(result):
     s, m = result["settings"], result["machine"]
     load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"])
@@ -520,8 +553,10 @@ def markdown(result):
         "",
         f"Geometric mean over models: training {result['train_speedup_vs_pykeen']:.2f}x with identical per-positive "
         "negatives" + (f", {shared:.2f}x with shared negatives" if shared else "")
-        + f"; evaluation {result['eval_speedup_vs_pykeen']:.2f}x. Speedup = ours / PyKEEN (> 1: we are faster).",
-        "",
+        + f"; evaluation {result['eval_speedup_vs_pykeen']:.2f}x. Speedup = ours / PyKEEN (> 1: we are faster). "
+        f"Fractions of the matmul limit (geometric means): evaluation {result['eval_fraction_of_limit']:.1%}, "
+        f"training {result['train_fraction_of_limit']:.1%}.",
+        NOTES,
     ]
     return "\n".join(lines)
 
