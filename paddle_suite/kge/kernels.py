@@ -6,7 +6,8 @@ not a GEMM. These kernels compute each element once, in registers / L1, instead 
 broadcast they replace (a ``[B, K, D]`` temporary per operation, several passes over memory).
 
 Bit-for-bit: every kernel reproduces the float32 arithmetic of the numpy formulation it replaces,
-in the same order, so scores, ranks and training steps are unchanged:
+in the same order, so scores, ranks and the query gradients are unchanged (the candidates' gradient
+differs only in the order of one sum, last point):
 
 * an element is ``|q - c|`` (TransE) or ``sqrt(d_re * d_re + d_im * d_im + EPS)`` (RotatE), each
   operation rounded to float32 (no FMA contraction: numba does not enable it without fastmath);
@@ -25,7 +26,8 @@ evaluation as ``[N / LANES, D, LANES]`` so that the innermost loop runs over ``L
 (SIMD across entities; the eight accumulators of each lane are the eight rows of a small L1-resident
 scratch), and the block loop is a ``prange`` (``num_threads`` threads). Training kernels take the
 batch's distinct candidate rows and an index (see ``l1_forward``) and vectorise over ``D``; their
-backward is sequential (the per-entity scatter must not race), the forward a ``prange``. Threads: ``set_threads(n)`` before a call (numba's pool; one thread by default, as paddle).
+backward is sequential (the per-entity scatter must not race), the forward a ``prange``.
+Threads: ``set_threads(n)`` or ``with threads(n):`` (numba's pool; one thread by default, as paddle).
 """
 import contextlib
 
