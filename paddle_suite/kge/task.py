@@ -75,6 +75,8 @@ class KGETask(DenseTask):
             "by_relation": Field(False, bool, help="also report metrics per relation (relation:<name>/mrr ...)"),
             "valid_subset": Field(0, int, help="evaluate on this many random valid triples during training; 0 = all"),
             "show_progress": Field(False, bool, help="tqdm bar over evaluation batches"),
+            "num_threads": Field(1, int, help="threads of the evaluation's scoring/ranking kernels (numba); "
+                                 "1 = one core, as paddle's CPU ops"),
         },
     }
 
@@ -83,6 +85,9 @@ class KGETask(DenseTask):
         data_cfg = config["DataLoader"]
         if data_cfg["batch_size"] < 1 or data_cfg["eval_batch_size"] < 1:
             raise ValueError("DataLoader.batch_size and DataLoader.eval_batch_size must be >= 1")
+        if config["Metric"]["num_threads"] < 1:
+            raise ValueError(f"Metric.num_threads must be >= 1 (threads of the evaluation kernels), "
+                             f"got {config['Metric']['num_threads']}")
         self.dataset = load_dataset(
             data_cfg["dataset"], data_cfg["data_path"], config["Global"].get("data_root"), data_cfg["unseen_eval_triples"]
         )
@@ -207,6 +212,7 @@ class KGETask(DenseTask):
                 progress=self.config["Metric"]["show_progress"],
                 relation_names=self.dataset.relations if self.config["Metric"]["by_relation"] else None,
                 return_ranks=True,
+                num_threads=self.config["Metric"]["num_threads"],
             )
         ranks = report.pop("ranks")
         metrics = {k: float(v) for k, v in evaluation.flatten_metrics(report).items()}

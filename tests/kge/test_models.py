@@ -208,8 +208,13 @@ def test_numpy_distance_pylayers_match_paddle_formulation(batch):
     l1_inputs = [rng.normal(size=(groups, batch, dim)).astype("float32"), rng.normal(size=(groups, k, dim)).astype("float32")]
     mod_inputs = [rng.normal(size=(groups, batch, dim)).astype("float32") for _ in range(2)]
     mod_inputs.append(rng.normal(size=(groups, k, 2 * dim)).astype("float32"))
-    for fast, plain, inputs in ((models._L1Distance.apply, _plain_l1, l1_inputs),
-                                (models._ModulusDistance.apply, _plain_moduli, mod_inputs)):
+    def l1_kernel(q, c):
+        return models._L1Distance.apply(q, *models._all_rows(c))
+
+    def modulus_kernel(q_re, q_im, c):
+        return models._ModulusDistance.apply(q_re, q_im, *models._all_rows(c))
+
+    for fast, plain, inputs in ((l1_kernel, _plain_l1, l1_inputs), (modulus_kernel, _plain_moduli, mod_inputs)):
         fast_out, fast_grads = _distance_grads(fast, inputs, weights)
         plain_out, plain_grads = _distance_grads(plain, inputs, weights)
         np.testing.assert_allclose(fast_out, plain_out, rtol=1e-5, atol=1e-5)
@@ -254,13 +259,13 @@ def test_numpy_distance_pylayers_skip_inputs_without_gradient():
     """Inputs with stop_gradient get no gradient (paddle requires None for them) and the rest still do."""
     q, c = paddle.rand([2, 3, 4]), paddle.rand([2, 5, 4])
     c.stop_gradient = False
-    models._L1Distance.apply(q, c).sum().backward()
+    models._L1Distance.apply(q, *models._all_rows(c)).sum().backward()
     expected = -np.sign(q.numpy()[:, :, None] - c.numpy()[:, None]).sum(1)
     np.testing.assert_allclose(c.grad.numpy(), expected)
     assert q.grad is None and c.grad.shape == [2, 5, 4]
     q_re = paddle.rand([2, 3, 4])
     q_re.stop_gradient = False
-    models._ModulusDistance.apply(q_re, paddle.rand([2, 3, 4]), paddle.rand([2, 5, 8])).sum().backward()
+    models._ModulusDistance.apply(q_re, paddle.rand([2, 3, 4]), *models._all_rows(paddle.rand([2, 5, 8]))).sum().backward()
     assert q_re.grad.shape == [2, 3, 4]
 
 

@@ -177,3 +177,20 @@ def test_every_regulariser_is_in_the_models_penalty(tmp_path):
     model.set_embedding_regularization(0.01, 3)
     assert float(model.regularization(h, r, t)) == pytest.approx(maps_only + float(embedding), rel=1e-6)
     assert maps_only > 0 and float(embedding) > 0
+
+
+def test_eval_threads_knob_gives_the_same_metrics_and_rejects_zero(tmp_path):
+    """``Metric.num_threads`` reaches the evaluation kernels without changing any rank; 0 is refused by name."""
+    results = []
+    for threads in (1, 2):
+        cfg = config(tmp_path, Metric={"num_threads": threads})
+        cfg["Arch"] = {"name": "RotatE", "dim": 8, "gamma": 4.0}  # a model with the kernel scorer
+        task = KGETask(cfg)
+        paddle.seed(0)
+        model = task.build_model()
+        results.append(task.evaluate_model(model, "test"))
+    assert results[0].metrics == results[1].metrics
+    for side in ("head", "tail"):
+        np.testing.assert_array_equal(results[0].extras["ranks"][side], results[1].extras["ranks"][side])
+    with pytest.raises(ValueError, match="Metric.num_threads must be >= 1"):
+        KGETask(config(tmp_path, Metric={"num_threads": 0}))
