@@ -39,6 +39,7 @@ setup(
         # the hierarchical store's transport (raw-bytes generic handlers: no protobuf codegen);
         # 1.66 is the first with grpc.max_allowed_incoming_connections
         "grpcio>=1.66,<2",
+        "numba>=0.68",  # fused KGE distance kernels (paddle_suite/kge/kernels.py); 0.68.1 checked with numpy 2.4.6
         "psutil>=5.9",  # the trainer's CPU-time record (also a visualdl dependency)
     ],
     extras_require={
