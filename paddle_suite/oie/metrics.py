@@ -22,9 +22,16 @@ one when (number of equal (gold word, predicted word) pairs) / (number of gold w
 As in the benchmark the pair count is not clipped (a word repeated on both sides counts
 more than once) and a long prediction is not penalised. Matching is one-to-one and greedy in
 the benchmark's order: each gold tuple takes the first still unused prediction that matches.
+
+Scoring a file of predictions against a gold file (``tools/oie_score.py``): sentences are paired
+as the OIE2016 benchmark pairs them, by a key with spaces and ASCII punctuation removed and the Penn
+Treebank bracket escapes (``-LRB-`` ...) undone (:func:`sentence_key`); a gold sentence without
+predictions has none, predictions for sentences outside the gold file are left out (and counted).
 """
 import collections
 import difflib
+import re
+import string
 
 from paddle_suite.oie.saoke import MISSING, Collection, Placeholder, serialize_fact
 
@@ -140,3 +147,31 @@ def lexical_scores(predictions, references, threshold=LEXICAL_THRESHOLD):
     precision, recall, f1 = _prf(matched, predicted_total, gold_total)
     return {"precision": precision, "recall": recall, "f1": f1,
             "predicted": predicted_total, "gold": gold_total, "matched": matched}
+
+
+# ----------------------------------------------------------------------------- pairing files by sentence
+
+PTB_ESCAPES = (("(", "-LRB-"), (")", "-RRB-"), ("[", "-LSB-"), ("]", "-RSB-"), ("{", "-LCB-"), ("}", "-RCB-"))
+_ASCII_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def sentence_key(sentence):
+    """The OIE2016 benchmark's sentence key: no spaces, PTB bracket escapes undone, no ASCII punctuation."""
+    key = sentence.replace(" ", "")
+    for bracket, escape in PTB_ESCAPES:
+        key = key.replace(escape, bracket)
+    return _ASCII_PUNCTUATION.sub("", key)
+
+
+def pair_by_sentence(gold_examples, predicted_examples):
+    """(predicted facts per gold sentence, gold facts per gold sentence, predicted sentences not in gold).
+
+    Both arguments are lists of objects with ``sentence`` and ``facts`` (``readers.Example``); facts
+    predicted for the same sentence on several lines are pooled.
+    """
+    predicted = collections.defaultdict(list)
+    for example in predicted_examples:
+        predicted[sentence_key(example.sentence)].extend(example.facts)
+    gold_keys = [sentence_key(e.sentence) for e in gold_examples]
+    unpaired = len(set(predicted) - set(gold_keys))
+    return [list(predicted.get(k, [])) for k in gold_keys], [e.facts for e in gold_examples], unpaired

@@ -12,10 +12,20 @@ malformed line with ``file:line``, what was wrong and how to fix it; nothing is 
   spans (16 of the 10,813 lines: e.g. an E1 interrupted by the R tag) is the concatenation of
   its spans in sentence order, since the tags say exactly those characters belong to it; a role
   with no span (2 lines of ``COER_test_2000.txt``) is the missing symbol ``_``.
-- OIE2016 and benchmarks in its layout (Stanovsky & Dagan 2016): tab-separated
-  ``sentence  predicate-head  predicate  arg0  arg1 ...``, one tuple a line, the tuples of a
-  sentence grouped by its exact text. A tuple becomes the SAOKE fact ``(arg0, predicate, arg1, ...)``; a tuple
-  with only ``arg0`` becomes ``(arg0, predicate, _)``, since a SAOKE fact always has an object.
+- OIE2016 and other English benchmarks of tab-separated tuples, one tuple a line, the tuples of a
+  sentence grouped by its exact text, in one of two layouts (:data:`OIE_LAYOUTS`):
+  ``oie2016`` (Stanovsky & Dagan 2016): ``sentence  predicate-head  predicate  arg0  arg1 ...``;
+  ``carb`` (CaRB and other benchmarks without the head column): ``sentence  relation  arg0  arg1 ...``.
+  The layout is not guessed (the OIE2016 head is not always a word of its predicate, so no check
+  tells the two apart): a file read in the wrong layout is misread or fails on its short lines.
+  A tuple becomes the SAOKE fact ``(arg0, predicate, arg1, ...)``; a tuple with only ``arg0``
+  becomes ``(arg0, predicate, _)``, since a SAOKE fact always has an object.
+- Predictions as written by ``tools/oie_predict.py --json``: ``{"sentence": ..., "facts": ["(..)", ...]}``
+  one a line, facts in SAOKE notation (:func:`read_predictions_jsonl`).
+
+SAOKE JSON lines may carry dependency arcs for Logician's gated dependency attention: an optional
+``"heads"`` list, one head index per character of ``natural`` (the tokens Logician uses for
+Chinese), ``-1`` for the root, as written by any dependency parser run beforehand.
 """
 import dataclasses
 import json
@@ -24,11 +34,14 @@ from typing import List, Optional, Tuple
 
 from paddle_suite.data import DataError, find_dataset
 from paddle_suite.io import atomic_write
-from paddle_suite.oie.saoke import MISSING, Fact, SaokeSyntaxError, fact_from_record, fact_to_record
+from paddle_suite.oie.saoke import (MISSING, Fact, SaokeSyntaxError, fact_from_record, fact_to_record,
+                                    parse_fact)
 
 SPAN_ROLES = ("E1", "R", "E2")
 SPANSAOKE_FILES = {"dev": "dev_4373.txt", "test": "test_4440.txt", "coer_test": "COER_test_2000.txt"}
 OIE2016_SPLITS = ("train", "dev", "test")
+# layout name -> number of columns before the first argument (sentence, [predicate head,] predicate)
+OIE_LAYOUTS = {"oie2016": 3, "carb": 2}
 
 
 class OieDataError(DataError):
@@ -85,15 +98,55 @@ def read_saoke_jsonl(path):
                 _fail(path, line_no, f"logic[{index}]: {err}")
             except (TypeError, ValueError) as err:
                 _fail(path, line_no, f"logic[{index}]: {err}")
-        examples.append(Example(record["natural"], facts, source=f"{path}:{line_no}"))
+        heads = _heads_of(record, path, line_no)
+        examples.append(Example(record["natural"], facts, source=f"{path}:{line_no}", heads=heads))
     return examples
+
+
+def _heads_of(record, path, line_no):
+    """The optional ``heads`` of a SAOKE line: one int per character of ``natural``, -1 to its length - 1."""
+    if "heads" not in record:
+        return None
+    heads, length = record["heads"], len(record["natural"])
+    if not isinstance(heads, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in heads):
+        _fail(path, line_no, "'heads' must be a list of integers (one dependency head per character, -1 = root)")
+    if len(heads) != length:
+        _fail(path, line_no, f"'heads' has {len(heads)} entries for a sentence of {length} characters "
+                             "(one head per character)")
+    bad = next((i for i, h in enumerate(heads) if not -1 <= h < length or h == i), None)
+    if bad is not None:
+        _fail(path, line_no, f"heads[{bad}] = {heads[bad]}: a head is another character's index "
+                             f"(0..{length - 1}) or -1 for the root")
+    return heads
 
 
 def write_saoke_jsonl(path, examples):
     with atomic_write(path, encoding="utf-8") as handle:
         for example in examples:
             record = {"natural": example.sentence, "logic": [fact_to_record(f) for f in example.facts]}
+            if example.heads is not None:
+                record["heads"] = list(example.heads)
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_predictions_jsonl(path):
+    """Predicted facts per sentence from ``tools/oie_predict.py --json`` output (facts in SAOKE notation)."""
+    path = Path(path)
+    examples = []
+    for line_no, record in _json_lines(path):
+        if not isinstance(record.get("sentence"), str) or not isinstance(record.get("facts"), list):
+            _fail(path, line_no, "expected {\"sentence\": str, \"facts\": [\"(subject, predicate, object)\", ...]} "
+                                 "(the output of tools/oie_predict.py --json)")
+        facts = []
+        for index, text in enumerate(record["facts"]):
+            if not isinstance(text, str):
+                _fail(path, line_no, f"facts[{index}] must be a fact in SAOKE notation (a string)")
+            try:
+                facts.append(parse_fact(text))
+            except SaokeSyntaxError as err:
+                _fail(path, line_no, f"facts[{index}]: {err}")
+        examples.append(Example(record["sentence"], facts, source=f"{path}:{line_no}"))
+    return examples
 
 
 # ----------------------------------------------------------------------------- spansaoke
@@ -150,21 +203,31 @@ def spansaoke_split(name, data_path=None):
 
 # ----------------------------------------------------------------------------- OIE2016 layout
 
-def read_oie_benchmark(path):
-    """Sentences (in order of first appearance) with their tuples from an OIE2016-layout file."""
+def read_oie_benchmark(path, layout="oie2016"):
+    """Sentences (in order of first appearance) with their tuples from a tab-separated tuple file.
+
+    ``layout``: ``oie2016`` (sentence, predicate head, predicate, arguments) or ``carb`` (sentence,
+    relation, arguments); see the module docstring.
+    """
+    if layout not in OIE_LAYOUTS:
+        raise ValueError(f"unknown OIE tuple layout {layout!r} (known: {', '.join(OIE_LAYOUTS)})")
     path = Path(path)
+    leading = OIE_LAYOUTS[layout]
+    columns = "sentence, predicate head, predicate" if layout == "oie2016" else "sentence, relation"
     by_sentence = {}
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
             fields = line.split("\t")
-            if len(fields) < 4:
-                _fail(path, line_no, f"{len(fields)} tab-separated fields; expected sentence, predicate head, "
-                                     "predicate and at least one argument")
-            sentence, _head, predicate, *args = fields
+            if len(fields) < leading + 1:
+                hint = (" (a file without the predicate-head column? read it with layout 'carb')"
+                        if layout == "oie2016" and len(fields) == 3 else "")
+                _fail(path, line_no, f"{len(fields)} tab-separated fields; the {layout} layout has {columns} "
+                                     f"and at least one argument{hint}")
             empty = [i for i, f in enumerate(fields) if not f.strip()]
             if empty:
                 _fail(path, line_no, f"field {empty[0] + 1} is empty")
+            sentence, predicate, args = fields[0], fields[leading - 1], fields[leading:]
             objects = tuple(args[1:]) or (MISSING,)
             fact = Fact(args[0], predicate, objects)
             if sentence in by_sentence:

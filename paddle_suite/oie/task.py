@@ -7,7 +7,8 @@ Data (``DataLoader``): ``dataset`` picks the reader and the default folder and f
 - ``saoke_json`` (``oie/saoke``, Chinese): SAOKE JSON lines, e.g. one ``SAOKE_DATA.json`` with
   ``valid_holdout`` and ``test_holdout`` set;
 - ``oie2016`` (``oie/oie2016/oie_corpus``, English): ``train.oie`` / ``dev.oie`` / ``test.oie``;
-- ``oie_tsv``: any OIE2016-layout files under ``data_path``.
+- ``oie_tsv``: any tab-separated tuple files under ``data_path``, in the OIE2016 layout or, with
+  ``tsv_layout: carb``, without the predicate-head column (CaRB and similar benchmarks).
 
 A split without its own file (``valid_file`` / ``test_file`` null) is held out of the training
 file: a permutation seeded by ``split_seed`` (not ``Global.seed``, so runs with other training
@@ -36,6 +37,7 @@ grammar-constrained beam search and scores them by ``Metric.names`` (``METRICS``
 ``lexical/precision`` ...); ``loss`` is the teacher-forced NLL per target token on the same
 sentences. ``tools/eval.py`` decodes the whole split (``test_subset`` limits test for quick runs).
 """
+import functools
 import json
 import logging
 import os
@@ -50,7 +52,7 @@ from paddle_suite.data import find_dataset
 from paddle_suite.engine.run import Run, RunError
 from paddle_suite.oie.metrics import fact_scores, lexical_scores
 from paddle_suite.oie.model import make_batch
-from paddle_suite.oie.readers import read_oie_benchmark, read_saoke_jsonl, read_spansaoke
+from paddle_suite.oie.readers import OIE_LAYOUTS, read_oie_benchmark, read_saoke_jsonl, read_spansaoke
 from paddle_suite.oie.tokens import Vocab, encode_target, tokenize
 from paddle_suite.registry import LOSSES, METRICS, TASKS
 from paddle_suite.task import DenseTask, EvalResult
@@ -115,6 +117,9 @@ class OIETask(DenseTask):
             "dataset": Field(choices=tuple(DATASETS), help="reader and default files (see paddle_suite/oie/task.py)"),
             "data_path": Field(None, str, help="folder of the files (default: search oie/<dataset> in the data roots)"),
             "language": Field(None, str, choices=("zh", "en"), help="tokenisation; null = the dataset's own"),
+            "tsv_layout": Field("oie2016", str, choices=tuple(OIE_LAYOUTS),
+                                help="columns of oie2016 / oie_tsv files: oie2016 (sentence, predicate head, "
+                                     "predicate, args) or carb (sentence, relation, args)"),
             "train_file": Field(None, str, help="file name in the folder (or a path); null = the dataset's default"),
             "valid_file": Field(None, str, help="null = hold out valid_holdout training examples"),
             "test_file": Field(None, str, help="null = hold out test_holdout training examples"),
@@ -158,6 +163,8 @@ class OIETask(DenseTask):
         except KeyError as err:
             raise ConfigError(f"Metric.names: {err.args[0]}") from None
         folder, self.reader, language, self.default_files = DATASETS[data_cfg["dataset"]]
+        if self.reader is read_oie_benchmark:
+            self.reader = functools.partial(read_oie_benchmark, layout=data_cfg["tsv_layout"])
         self.language = data_cfg["language"] or language
         self.folder = folder
         self.seed = int(config["Global"]["seed"])

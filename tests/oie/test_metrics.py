@@ -62,3 +62,18 @@ def test_lexical_scores_one_to_one_in_gold_order():
     predicted = [[Fact("A", "saw", ("B",))]]
     scores = lexical_scores(predicted, gold)
     assert scores["matched"] == 1 and scores["precision"] == 1.0 and scores["recall"] == 0.5
+
+
+def test_sentences_pair_by_the_benchmark_key():
+    from paddle_suite.oie.metrics import pair_by_sentence, sentence_key
+    from paddle_suite.oie.readers import Example
+
+    assert sentence_key("He said -LRB- loudly -RRB- , `` no . ''") == sentence_key("He said (loudly), no.") == "Hesaidloudlyno"
+    gold = [Example("A saw B .", parse_facts("(A, saw, B)")), Example("C ran .", parse_facts("(C, ran, _)"))]
+    predicted = [Example("A saw B.", parse_facts("(A, saw, B)")), Example("Unknown .", parse_facts("(x, y, z)")),
+                 Example("A saw B .", parse_facts("(A, saw, C)"))]
+    predictions, references, unpaired = pair_by_sentence(gold, predicted)
+    assert predictions == [parse_facts("(A, saw, B) (A, saw, C)"), []]  # pooled; none for "C ran ."
+    assert references == [e.facts for e in gold] and unpaired == 1
+    scores = fact_scores(predictions, references, threshold=1.0)
+    assert (scores["matched"], scores["predicted"], scores["gold"]) == (1, 2, 2)

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from paddle_suite.oie.readers import (OIE2016_SPLITS, Example, OieDataError, decode_bio, oie2016_split,
+                                      read_predictions_jsonl,
                                       read_oie_benchmark, read_saoke_jsonl, read_spansaoke, spansaoke_split,
                                       write_saoke_jsonl)
 from paddle_suite.oie.saoke import MISSING, Fact, parse_facts
@@ -111,3 +112,75 @@ def test_unknown_split_names_the_known_ones():
     with pytest.raises(KeyError, match="train, dev, test"):
         oie2016_split("valid")
     assert OIE2016_SPLITS == ("train", "dev", "test")
+
+
+def drop_head_column(source, target):
+    """An OIE2016 file rewritten in the CaRB layout (sentence, relation, arguments)."""
+    lines = source.read_text(encoding="utf-8").splitlines()
+    target.write_text("".join("\t".join(line.split("\t")[:1] + line.split("\t")[2:]) + "\n" for line in lines),
+                      encoding="utf-8")
+    return target
+
+
+def test_carb_layout_reads_the_same_tuples_without_the_head_column(shared_data, tmp_path):
+    gold = shared_data / "oie" / "oie2016" / "oie_corpus" / "test.oie"
+    carb = drop_head_column(gold, tmp_path / "test_carb.tsv")
+    with_head, without_head = read_oie_benchmark(gold), read_oie_benchmark(carb, layout="carb")
+    assert [(e.sentence, e.facts) for e in without_head] == [(e.sentence, e.facts) for e in with_head]
+    assert sum(len(e.facts) for e in without_head) == 1730
+    # Read in the wrong layout, the first line with a single argument stops it, with the fix named.
+    with pytest.raises(OieDataError, match=r"test_carb.tsv:\d+: 3 tab-separated fields.*layout 'carb'"):
+        read_oie_benchmark(carb)
+    with pytest.raises(ValueError, match="unknown OIE tuple layout 'clausie'.*oie2016, carb"):
+        read_oie_benchmark(gold, layout="clausie")
+
+
+def test_carb_layout_converts_tuples(tmp_path):
+    path = tmp_path / "carb.tsv"
+    path.write_text("John works for Google .\tworks for\tJohn\tGoogle\tin 2010\nMary sings .\tsings\tMary\n",
+                    encoding="utf-8")
+    first, second = read_oie_benchmark(path, layout="carb")
+    assert first.facts == [Fact("John", "works for", ("Google", "in 2010"))]
+    assert second.facts == [Fact("Mary", "sings", (MISSING,))]
+    path.write_text("A sentence .\tpred\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match=r"carb.tsv:1: 2 tab-separated fields; the carb layout has sentence, "
+                                           "relation and at least one argument"):
+        read_oie_benchmark(path, layout="carb")
+
+
+def test_saoke_jsonl_carries_dependency_heads(tmp_path):
+    path = tmp_path / "saoke.json"
+    examples = [Example("萨克斯是乐器", parse_facts("(萨克斯, ISA, 乐器)"), heads=[2, 0, -1, 5, 5, 3]),
+                Example("没有", [])]
+    write_saoke_jsonl(path, examples)
+    back = read_saoke_jsonl(path)
+    assert back[0].heads == [2, 0, -1, 5, 5, 3] and back[1].heads is None
+
+
+@pytest.mark.parametrize("heads, message", [
+    ([0, -1], "2 entries for a sentence of 3 characters"),
+    ([1, -1, 3], r"heads\[2\] = 3: a head is another character's index \(0..2\)"),
+    ([0, -1, 1], r"heads\[0\] = 0"),
+    ("0 1 2", "must be a list of integers"),
+    ([1, -1, True], "must be a list of integers"),
+])
+def test_malformed_dependency_heads_name_file_and_line(tmp_path, heads, message):
+    path = tmp_path / "saoke.json"
+    lines = [{"natural": "甲乙丙", "logic": ["(甲, 乙, 丙)"]}, {"natural": "甲乙丙", "logic": [], "heads": heads}]
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match=f"saoke.json:2: .*{message}"):
+        read_saoke_jsonl(path)
+
+
+def test_prediction_lines_are_parsed_strictly(tmp_path):
+    path = tmp_path / "pred.jsonl"
+    path.write_text(json.dumps({"sentence": "s", "facts": ["(a, b, c)", "(a, ISA, [b|X])"]}) + "\n"
+                    + json.dumps({"sentence": "t", "facts": []}) + "\n", encoding="utf-8")
+    first, second = read_predictions_jsonl(path)
+    assert first.facts == parse_facts("(a, b, c) (a, ISA, [b|X])") and second.facts == []
+    path.write_text(json.dumps({"sentence": "s", "facts": ["(a, b)"]}) + "\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match=r"pred.jsonl:1: facts\[0\]: position 5: expected"):
+        read_predictions_jsonl(path)
+    path.write_text(json.dumps({"sentence": "s", "logic": []}) + "\n", encoding="utf-8")
+    with pytest.raises(OieDataError, match="pred.jsonl:1: expected .*tools/oie_predict.py --json"):
+        read_predictions_jsonl(path)
