@@ -246,3 +246,76 @@ def test_a_malformed_data_line_stops_the_cli_with_its_position(tmp_path, capsys)
         train(["-c", str(config), "--no-progress"])
     assert stop.value.code == 2
     assert f"{folder / 'train.oie'}:2: 2 tab-separated fields" in capsys.readouterr().err
+
+
+def run_tool(tool, *args, stdin=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_eval_cli_and_predict_then_score_agree_on_the_test_sentences(trained_run, tmp_path):
+    """The documented commands as subprocesses: tools/eval.py decodes the test subset; tools/oie_predict.py
+    on the same sentences, scored by tools/oie_score.py against their gold lines, gives the same scores."""
+    config, task = trained_run
+    evaluated = run_tool("eval.py", "-c", config["_source"], "--no-progress")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads(evaluated.stdout)["metrics"]
+    assert metrics["gold"] == 6 and 0.0 <= metrics["f1"] <= 1.0
+    test = task.eval_examples("test")
+    gold = tmp_path / "gold.txt"  # the test sentences' own lines of test_4440.txt
+    lines = {}
+    for example in test:
+        path, line_no = example.source.rsplit(":", 1)
+        lines[example.source] = Path(path).read_text(encoding="utf-8").splitlines()[int(line_no) - 1]
+    gold.write_text("".join(lines[e.source] + "\n" for e in test), encoding="utf-8")
+    run_dir = Path(config["Global"]["output_dir"]) / config["Global"]["run_name"]
+    predicted = run_tool("oie_predict.py", "--run", run_dir, "--json", stdin="".join(e.sentence + "\n" for e in test))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    (tmp_path / "pred.jsonl").write_text(predicted.stdout, encoding="utf-8")
+    scored = run_tool("oie_score.py", "--gold", gold, "--gold-layout", "spansaoke", "--predictions",
+                      tmp_path / "pred.jsonl", "--json")
+    assert scored.returncode == 0, scored.stderr
+    scores = json.loads(scored.stdout)
+    for key in ("precision", "recall", "f1", "exact_f1", "exact_match", "predicted", "gold", "matched"):
+        assert scores[key] == pytest.approx(metrics[key]), key
+
+
+def test_oie_tsv_reads_carb_layout_files(tmp_path, shared_data):
+    corpus = shared_data / "oie" / "oie2016" / "oie_corpus"
+    folder = tmp_path / "carb"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        lines = (corpus / f"{split}.oie").read_text(encoding="utf-8").splitlines()
+        (folder / f"{split}.oie").write_text("".join("\t".join(l.split("\t")[:1] + l.split("\t")[2:]) + "\n"
+                                                     for l in lines), encoding="utf-8")
+    overrides = ["DataLoader.dataset=oie_tsv", f"DataLoader.data_path={folder}"]
+    as_carb = OIETask(load_config(write_config(tmp_path, base="logician_oie2016.yaml"),
+                                  overrides + ["DataLoader.tsv_layout=carb"])).splits()
+    as_oie2016 = OIETask(load_config(write_config(tmp_path, base="logician_oie2016.yaml"))).splits()
+    for split in ("train", "valid", "test"):
+        assert [e.facts for e in as_carb[split]] == [e.facts for e in as_oie2016[split]], split
+    from paddle_suite.oie.readers import OieDataError
+
+    with pytest.raises(OieDataError, match="layout 'carb'"):  # the same files read with the head column
+        OIETask(load_config(write_config(tmp_path, base="logician_oie2016.yaml"), overrides)).splits()
+    with pytest.raises(ConfigError, match="DataLoader.tsv_layout"):
+        load_config(write_config(tmp_path, base="logician_oie2016.yaml"), ["DataLoader.tsv_layout=clausie"])
+
+
+def test_dependency_heads_from_saoke_json_reach_the_model_graph(tmp_path):
+    """With arcs in the data (graph: auto) the batch graph follows them; without, the sentence adjacency."""
+    from paddle_suite.oie.model import sentence_graph
+    from paddle_suite.oie.readers import Example, write_saoke_jsonl
+
+    heads = [-1, 0, 0, 0]  # a star: every character hangs on the first
+    examples = [Example("甲乙丙丁", parse_facts("(甲, 乙, 丙)"), heads=heads)] * 12
+    write_saoke_jsonl(tmp_path / "SAOKE_DATA.json", examples)
+    overrides = ["DataLoader.dataset=saoke_json", f"DataLoader.data_path={tmp_path}", "DataLoader.train_file=null",
+                 "DataLoader.test_file=null", "DataLoader.valid_holdout=2", "DataLoader.test_holdout=2",
+                 "DataLoader.train_subset=0"]
+    for graph, expected in (("auto", sentence_graph(4, heads)), ("adjacency", sentence_graph(4))):
+        task = OIETask(load_config(write_config(tmp_path), overrides + [f"Arch.graph={graph}"]))
+        assert task.splits()["train"][0].heads == heads
+        batch = next(task.train_batches(0))
+        np.testing.assert_allclose(batch["graph"].numpy()[0], expected)
