@@ -1,5 +1,7 @@
 """Top-k link prediction with entity names from a trained KGE checkpoint.
 
+(Open IE: ``tools/oie_predict.py --run RUN`` prints the SAOKE facts of sentences.)
+
     python tools/predict.py -c configs/spacee_umls.yaml -o Global.checkpoint=RUN/best \\
         --head NAME --relation NAME [--topk 10] [--filter]      # ranked tails
     python tools/predict.py --checkpoint RUN/checkpoints/step_00000020 \\
@@ -36,7 +38,8 @@ class PredictError(ValueError):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Top-k tails of (head, relation, ?) or heads of (?, relation, tail).")
+    parser = argparse.ArgumentParser(description="Top-k tails of (head, relation, ?) or heads of (?, relation, tail) "
+                                     "from a KGE run (for SAOKE facts of sentences use tools/oie_predict.py).")
     parser.add_argument("-c", "--config", help="YAML config (default: config.yaml of the checkpoint's run)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
     parser.add_argument("--checkpoint", help="checkpoint directory (overrides Global.checkpoint)")
@@ -83,9 +86,24 @@ def predict(model, entities, relations, relation, head=None, tail=None, topk=10,
     return [(i + 1, entities[e], float(scores[e]), bool(known[e])) for i, e in enumerate(order)]
 
 
+def reject_oie_run(config_path, checkpoint):
+    """An open-IE run has no entities to rank: say which tool reads sentences instead."""
+    from paddle_suite.config import load_config
+    from paddle_suite.kge.analysis import find_run_config
+
+    if config_path is None and checkpoint is None:
+        return
+    config = load_config(config_path if config_path is not None else find_run_config(checkpoint))
+    if config["Global"]["task"] == "oie":
+        where = checkpoint or config_path
+        raise PredictError(f"{where} is an open-IE (oie) run: use python tools/oie_predict.py --run RUN "
+                           "(sentences on stdin or --text) to print its SAOKE facts")
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
+        reject_oie_run(args.config, args.checkpoint)
         _, task, model, checkpoint, entities, relations = load_run(args.config, args.checkpoint, args.override)
         ranked = predict(model, entities, relations, args.relation, args.head, args.tail, args.topk,
                          task.dataset.all_triples(), args.filter)

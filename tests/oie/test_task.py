@@ -319,3 +319,11 @@ def test_dependency_heads_from_saoke_json_reach_the_model_graph(tmp_path):
         assert task.splits()["train"][0].heads == heads
         batch = next(task.train_batches(0))
         np.testing.assert_allclose(batch["graph"].numpy()[0], expected)
+
+
+def test_kge_predict_tool_points_an_oie_run_to_oie_predict(trained_run):
+    config, _ = trained_run
+    run_dir = Path(config["Global"]["output_dir"]) / config["Global"]["run_name"]
+    for where in (["--checkpoint", run_dir / "best"], ["-c", config["_source"]]):
+        out = run_tool("predict.py", *where, "--relation", "r", "--head", "h")
+        assert out.returncode == 2 and "is an open-IE (oie) run: use python tools/oie_predict.py" in out.stderr, out.stderr
