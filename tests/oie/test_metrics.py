@@ -68,7 +68,8 @@ def test_sentences_pair_by_the_benchmark_key():
     from paddle_suite.oie.metrics import pair_by_sentence, sentence_key
     from paddle_suite.oie.readers import Example
 
-    assert sentence_key("He said -LRB- loudly -RRB- , `` no . ''") == sentence_key("He said (loudly), no.") == "Hesaidloudlyno"
+    assert sentence_key("He said -LRB- loudly -RRB- , `` no . ''") == "Hesaidloudlyno"
+    assert sentence_key("He said (loudly), no.") == "Hesaidloudlyno"
     gold = [Example("A saw B .", parse_facts("(A, saw, B)")), Example("C ran .", parse_facts("(C, ran, _)"))]
     predicted = [Example("A saw B.", parse_facts("(A, saw, B)")), Example("Unknown .", parse_facts("(x, y, z)")),
                  Example("A saw B .", parse_facts("(A, saw, C)"))]

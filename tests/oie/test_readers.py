@@ -166,7 +166,8 @@ def test_saoke_jsonl_carries_dependency_heads(tmp_path):
 ])
 def test_malformed_dependency_heads_name_file_and_line(tmp_path, heads, message):
     path = tmp_path / "saoke.json"
-    lines = [{"natural": "甲乙丙", "logic": ["(甲, 乙, 丙)"]}, {"natural": "甲乙丙", "logic": [], "heads": heads}]
+    lines = [{"natural": "甲乙丙", "logic": ["(甲, 乙, 丙)"]},
+             {"natural": "甲乙丙", "logic": [], "heads": heads}]
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
     with pytest.raises(OieDataError, match=f"saoke.json:2: .*{message}"):
         read_saoke_jsonl(path)

@@ -326,4 +326,5 @@ def test_kge_predict_tool_points_an_oie_run_to_oie_predict(trained_run):
     run_dir = Path(config["Global"]["output_dir"]) / config["Global"]["run_name"]
     for where in (["--checkpoint", run_dir / "best"], ["-c", config["_source"]]):
         out = run_tool("predict.py", *where, "--relation", "r", "--head", "h")
-        assert out.returncode == 2 and "is an open-IE (oie) run: use python tools/oie_predict.py" in out.stderr, out.stderr
+        assert out.returncode == 2, out.stderr
+        assert "is an open-IE (oie) run: use python tools/oie_predict.py" in out.stderr
