@@ -46,8 +46,14 @@ crash loses nothing of the pass: every row of (3) is in a
 committed redo record. The redo log is what lets MEM stay write-back: on reopening,
 log records are replayed in pass order into the SSD table (a row's value in the SSD table is
 always one it had at some commit no later than the last log record containing it, so replaying
-in order ends at the latest committed value; replaying twice is harmless). When the log exceeds
-``log_cap_mb``, a checkpoint writes all dirty MEM rows to the SSD table and then drops the log.
+in order ends at the latest committed value; replaying twice is harmless). When a commit takes
+the log over ``log_cap_mb``, its oldest passes' records are dropped, just enough of them
+(``checkpoint(upto=q)``): first the dirty MEM rows last committed by a pass <= q are written to
+the SSD table (MEM records that pass per row, ``dirty_pass``); rows committed again later stay
+dirty, their value in the newer records that remain, so a key's latest value is always in the
+last remaining record containing it or else in the SSD table. (Until 2026-12-05 every such
+commit wrote all dirty MEM rows and dropped the whole log: hot rows, committed by every pass, were
+rewritten at each.) ``checkpoint()`` (e.g. at ``close``) drops all records.
 No transaction holds more than ``_TXN_ROWS`` rows, so LMDB's dirty pages (kept in RAM until a
 transaction commits) stay small whatever the pass size.
 
@@ -322,15 +328,17 @@ class _MemCache:
         self.rows = np.zeros((capacity, row_dim), dtype=np.float32)
         self.score = np.zeros(capacity, dtype=np.float32)
         self.tick = np.zeros(capacity, dtype=np.int64)
-        self.dirty = np.zeros(capacity, dtype=bool)
+        # the pass whose commit last wrote the row, while that value is not in the SSD table (else -1):
+        # its only copies are MEM and that pass's redo records (see ``HierarchicalStore.checkpoint``)
+        self.dirty_pass = np.full(capacity, -1, dtype=np.int32)
         self.size = 0
         self.index_keys = np.zeros(0, dtype=np.uint64)  # sorted keys of used slots
         self.index_slot = np.zeros(0, dtype=np.int64)
 
     @staticmethod
     def bytes_per_row(row_dim):
-        # rows + key + score + tick + dirty + index (key + slot)
-        return 4 * row_dim + 8 + 4 + 8 + 1 + 8 + 8
+        # rows + key + score + tick + dirty_pass + index (key + slot)
+        return 4 * row_dim + 8 + 4 + 8 + 4 + 8 + 8
 
     def lookup(self, keys):
         """(slot, hit) for sorted or unsorted uint64 ``keys``."""
@@ -360,7 +368,12 @@ class _MemCache:
         victims = np.argpartition(score, need - 1)[:need] if need < self.size else np.arange(self.size)
         return free_slots, victims[np.isfinite(score[victims])]
 
-    def place(self, slots, keys, rows, take, now, dirty):
+    def dirty_slots(self, upto=None):
+        """Used slots holding rows not yet in the SSD table (those last committed by a pass <= ``upto``)."""
+        dirty_pass = self.dirty_pass[: self.size]
+        return np.flatnonzero((dirty_pass >= 0) if upto is None else ((dirty_pass >= 0) & (dirty_pass <= upto)))
+
+    def place(self, slots, keys, rows, take, now, dirty_pass):
         """Put ``rows[take]`` (keys ``keys[take]``) into ``slots`` (free ones or victims), then
         rebuild the sorted index. Copies go in chunks: no temporary of all the placed rows."""
         for start in range(0, slots.size, _IO_BATCH):
@@ -370,7 +383,7 @@ class _MemCache:
         self.size = max(self.size, int(slots.max()) + 1) if slots.size else self.size
         self.score[slots] = 1.0
         self.tick[slots] = now
-        self.dirty[slots] = dirty
+        self.dirty_pass[slots] = dirty_pass
         self.index_slot = np.argsort(self.keys[: self.size])  # distinct keys: any sort; every slot below size is used
         self.index_keys = self.keys[self.index_slot]
 
@@ -386,7 +399,7 @@ class _MemCache:
         keep[gone] = False
         holes = gone[gone < remaining]
         movers = np.flatnonzero(keep[remaining:]) + remaining
-        for column in (self.keys, self.rows, self.score, self.tick, self.dirty):
+        for column in (self.keys, self.rows, self.score, self.tick, self.dirty_pass):
             column[holes] = column[movers]
         self.size = remaining
         self.index_slot = np.argsort(self.keys[: self.size])
@@ -440,7 +453,7 @@ class HierarchicalStore:
         self._previous_keys = np.zeros(0, dtype=np.uint64)
         self._clock = 0
         self._counts = {"hbm": 0, "mem": 0, "ssd": 0, "new": 0}
-        self._counters = {"evictions": 0, "writebacks": 0, "checkpoints": 0, "load_s": 0.0, "commit_s": 0.0,
+        self._counters = {"evictions": 0, "writebacks": 0, "checkpoints": 0, "checkpoint_rows": 0, "load_s": 0.0, "commit_s": 0.0,
                           "write_s": 0.0, "loads": 0, "commits": 0, "shrinks": 0,
                           # admission / shrink: totals, and the last committed pass's ("pass_")
                           "admitted_rows": 0, "evicted_rows": 0, "dropped_counters": 0, "pass_admitted": 0,
@@ -448,7 +461,7 @@ class HierarchicalStore:
         self._prepared_plan = None  # (committed working set, admission plan) between prepare and finish
         self.prepared_pass = None
         self.last_pass = self._read_meta(b"last_pass", -1)
-        self._log_bytes = self._recover(defer_prepared)
+        self._log_pass_bytes = self._recover(defer_prepared)  # {pass: bytes of its redo records}
         with self.env.begin(db=self.rows_db) as txn:
             self._ssd_has_rows = txn.stat(self.rows_db)["entries"] > 0  # else loads skip the SSD reads
 
@@ -559,9 +572,9 @@ class HierarchicalStore:
         keep = marker if (defer_prepared and marker is not None and marker > self.last_pass) else None
         self._delete_records([k for p, k in index if p != keep], meta={b"prepared": keep})
         if keep is None:
-            return 0
+            return {}
         self.prepared_pass = keep
-        return sum(self._read_record(k)[3] for p, k in index if p == keep)
+        return {keep: sum(self._read_record(k)[3] for p, k in index if p == keep)}
 
     def resolve_prepared(self, commit):
         """Roll a prepared (logged, not finished) pass forward (``commit=True``) or drop it."""
@@ -579,7 +592,7 @@ class HierarchicalStore:
                 self.last_pass = self.prepared_pass
             self.prepared_pass = None
             self._prepared_plan = None
-            self._log_bytes = 0
+            self._log_pass_bytes = {}
 
     # ------------------------------------------------------------------ SSD access
     def _put_rows(self, keys, rows, take=None):
@@ -870,10 +883,11 @@ class HierarchicalStore:
                              "shrink_every_passes > 0 (with delete_threshold / delete_after_unseen_passes)")
         committed, plan = (ws, None) if not self.counting else self._plan_admission(ws, pass_id, shrink)
         self._check_finite(committed)
-        self._log_bytes += self._append_log(pass_id, committed.keys, committed.rows)
+        logged = self._append_log(pass_id, committed.keys, committed.rows)
         if plan is not None:
-            self._log_bytes += self._append_log(pass_id, plan["count_keys"], plan["counts"], _COUNTS_RECORD)
-            self._log_bytes += self._append_log(pass_id, plan["deleted"], None, _DELETES_RECORD)
+            logged += self._append_log(pass_id, plan["count_keys"], plan["counts"], _COUNTS_RECORD)
+            logged += self._append_log(pass_id, plan["deleted"], None, _DELETES_RECORD)
+        self._log_pass_bytes[pass_id] = logged
         return committed, plan
 
     def _finish(self, ws, committed, plan, pass_id, meta):
@@ -911,7 +925,7 @@ class HierarchicalStore:
         if plan is not None:
             for other in self._open_sets:
                 self._patch_counts(other, plan)
-        self._pending_apply = lambda: self._apply_commit(committed)
+        self._pending_apply = lambda: self._apply_commit(committed, pass_id)
         self._executor.submit(self._background_apply)
 
     # ------------------------------------------------------------------ admission and shrink
@@ -999,7 +1013,7 @@ class HierarchicalStore:
                 other.rows[hit] = init_rows(other.keys[hit], self.dim, self.state_dim, self.init_std, self.seed,
                                             self.state_init)
 
-    def _apply_commit(self, ws):
+    def _apply_commit(self, ws, pass_id):
         plan = self._plan_finish(ws)
         # dirty victims: a copy (sorted by key) goes to the writer thread, so MEM can reuse their slots now
         writeback = plan["writeback"][np.argsort(self.mem.keys[plan["writeback"]])]
@@ -1010,7 +1024,7 @@ class HierarchicalStore:
             keys, rows, take = ws.keys[overflow], ws.rows[overflow], np.arange(overflow.size)
         self._in_flight = [victims, (keys[take], rows, take)]
         self._writing.append(self._writer.submit(self._write_back, victims, (keys, rows, take)))
-        self._apply_finish(ws, plan)
+        self._apply_finish(ws, plan, pass_id)
 
     def _write_back(self, *parts):
         """Write ``(keys, rows, take)`` parts to the SSD table (the writer thread)."""
@@ -1047,46 +1061,70 @@ class HierarchicalStore:
         placed = new[: target.size]
         overflow = new[target.size:]  # more new rows than MEM can hold: straight to SSD
         return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
-                "overflow": overflow, "victims": victims, "writeback": victims[self.mem.dirty[victims]]}
+                "overflow": overflow, "victims": victims, "writeback": victims[self.mem.dirty_pass[victims] >= 0]}
 
-    def _apply_finish(self, ws, plan):
-        """Update MEM with the committed rows; checkpoint when the log is over its cap."""
+    def _apply_finish(self, ws, plan, pass_id):
+        """Update MEM with the committed rows; drop the oldest redo records when the log is over its cap."""
         mem = self.mem
         mem.rows[plan["hit_slots"]] = ws.rows[plan["hit"]]
-        mem.dirty[plan["hit_slots"]] = True
-        mem.place(plan["target"], ws.keys, ws.rows, plan["placed"], self._clock, dirty=True)
+        mem.dirty_pass[plan["hit_slots"]] = pass_id
+        mem.place(plan["target"], ws.keys, ws.rows, plan["placed"], self._clock, dirty_pass=pass_id)
         self._counters["evictions"] += int(plan["victims"].size)
         self._counters["writebacks"] += int(plan["writeback"].size)
         self._counters["commits"] += 1
         if self._log_bytes > self.log_cap_bytes:
-            self.checkpoint(wait=False)
+            self.checkpoint(wait=False, upto=self._truncation_point())
 
-    def checkpoint(self, wait=True):
-        """Write every dirty MEM row to the SSD table, then drop the redo log.
+    def checkpoint(self, wait=True, upto=None):
+        """Drop the redo records of passes <= ``upto`` (default: all, ``last_pass``), first writing
+        to the SSD table the dirty MEM rows whose latest value is only in those records.
 
-        ``wait=False`` (a commit that took the log over ``log_cap_mb``): the writes are queued on
-        the writer thread behind the commit's own and run while the next pass trains. The rows are
-        written from the MEM arrays without a copy: nothing changes MEM before the next commit,
-        which waits for them. Their dirty marks go now; the log goes only after they landed, so a
-        crash in between replays it."""
+        A dirty MEM row last committed by a pass above ``upto`` keeps its value in that pass's
+        records, which stay, so it is not written (the commits that take the log over
+        ``log_cap_mb`` drop only the oldest passes, ``_truncation_point``: hot rows that every pass
+        commits again are not rewritten at each of them). Every other row's latest value is already
+        in the SSD table or queued for it on the writer thread, ahead of these writes.
+        ``wait=False`` (such a commit): the writes are queued on the writer thread behind the
+        commit's own and run while the next pass trains. The rows are written from the MEM arrays
+        without a copy: nothing changes MEM before the next commit, which waits for them. Their
+        dirty marks go now; the records go only after they landed, so a crash in between replays
+        them."""
         with self._lock:
             self._ensure_open()
             if wait:
                 self._settle()
             if self.prepared_pass is not None:
                 return  # the prepared record must survive until the pass is resolved
-            dirty = np.flatnonzero(self.mem.dirty[: self.mem.size])
-            self.mem.dirty[dirty] = False
-            self._log_bytes = 0
+            upto = self.last_pass if upto is None else min(int(upto), self.last_pass)
+            dirty = self.mem.dirty_slots(upto)
+            self.mem.dirty_pass[dirty] = -1
+            for pass_id in [p for p in self._log_pass_bytes if p <= upto]:
+                del self._log_pass_bytes[pass_id]
             self._counters["checkpoints"] += 1
-            self._writing.append(self._writer.submit(self._write_checkpoint, dirty, self.last_pass))
+            self._counters["checkpoint_rows"] += int(dirty.size)
+            self._writing.append(self._writer.submit(self._write_checkpoint, dirty, upto))
             if wait:
                 self._settle()
 
-    def _write_checkpoint(self, dirty, last_pass):
+    def _truncation_point(self):
+        """The newest pass whose redo records go to bring the log back under ``log_cap_mb``: the
+        oldest passes go first (all of them when the last pass alone is over the cap)."""
+        remaining, upto = self._log_bytes, self.last_pass
+        for pass_id in sorted(self._log_pass_bytes):
+            if remaining <= self.log_cap_bytes:
+                break
+            upto = pass_id
+            remaining -= self._log_pass_bytes[pass_id]
+        return upto
+
+    @property
+    def _log_bytes(self):
+        return sum(self._log_pass_bytes.values())
+
+    def _write_checkpoint(self, dirty, upto):
         with self._timed("write_s"):
             self._put_rows(self.mem.keys, self.mem.rows, dirty)
-            self._delete_records([k for p, k in self._log_index() if p <= last_pass])
+            self._delete_records([k for p, k in self._log_index() if p <= upto])
 
     # ------------------------------------------------------------------ inspection
     def read_rows(self, keys):
@@ -1118,7 +1156,7 @@ class HierarchicalStore:
                 "key_counts": dict(self._counts),
                 "mem_rows": self.mem.size, "mem_cap_rows": self.mem.capacity,
                 "mem_bytes": self.mem.nbytes(), "mem_cap_bytes": self.mem.capacity * self.mem_bytes_per_row,
-                "mem_dirty_rows": int(self.mem.dirty[: self.mem.size].sum()),
+                "mem_dirty_rows": int(self.mem.dirty_slots().size),
                 "ssd_rows": ssd_rows, "counter_rows": counter_rows, "log_bytes": self._log_bytes, "last_pass": self.last_pass,
                 "process": process_memory_mb(), **self._counters,
             }
