@@ -483,27 +483,40 @@ class HierarchicalTrainer:
 
     def _run_passes(self, store, passes, commit, sink):
         """The pass loop: pass i+1's working set is prefetched while pass i trains; ``commit(ws,
-        pass_id)`` writes pass i back and says whether this process logs its metrics."""
+        pass_id)`` writes pass i back and says whether this process logs its metrics.
+
+        Pass i+1's data is taken from ``passes`` (and its prefetch requested) in a helper thread
+        beside pass i's training, and waited for before pass i commits (so the prefetch is patched
+        by that commit, as before): the reader thread may still be building it when pass i's
+        working set is ready (always for pass 0: it ranks pass 0's keys first), and training need
+        not wait for that."""
         last = None
         current = next(passes, None)
         pending = store.prefetch(current.distinct) if current is not None else None
-        while current is not None:
-            ws = pending.result()
-            upcoming = next(passes, None)
-            # pass i+1's rows come from MEM/SSD while pass i trains (patched at our commit)
-            prefetch = upcoming is not None and self.config["Store"]["prefetch"]
-            pending = store.prefetch(upcoming.distinct) if prefetch else None
-            metrics = self.train_pass(current, ws)
-            if commit(ws, current.pass_id):
-                metrics = self.job_metrics(current.pass_id, metrics)
-                if self.skipped is not None and self.config["DataLoader"]["skip_malformed"]:
-                    metrics["skipped_lines"] = self.skipped.through_pass[current.pass_id]
-                log_pass(sink, current.pass_id, with_store_stats(metrics, store, ws))
-            last = {"pass": current.pass_id, **metrics}
-            if upcoming is not None and pending is None:
-                pending = store.prefetch(upcoming.distinct)
-            current = upcoming
+        prefetch = bool(self.config["Store"]["prefetch"])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pass-ahead") as helper:
+            while current is not None:
+                ws = pending.result()
+                ahead = helper.submit(self._next_pass, store, passes, prefetch)
+                metrics = self.train_pass(current, ws)
+                upcoming, pending = ahead.result()
+                if commit(ws, current.pass_id):
+                    metrics = self.job_metrics(current.pass_id, metrics)
+                    if self.skipped is not None and self.config["DataLoader"]["skip_malformed"]:
+                        metrics["skipped_lines"] = self.skipped.through_pass[current.pass_id]
+                    log_pass(sink, current.pass_id, with_store_stats(metrics, store, ws))
+                last = {"pass": current.pass_id, **metrics}
+                if upcoming is not None and pending is None:
+                    pending = store.prefetch(upcoming.distinct)
+                current = upcoming
         return last
+
+    @staticmethod
+    def _next_pass(store, passes, prefetch):
+        """``(next PassData or None, its prefetch or None)``; pass i+1's rows come from MEM/SSD
+        while pass i trains (patched at our commit)."""
+        upcoming = next(passes, None)
+        return upcoming, (store.prefetch(upcoming.distinct) if prefetch and upcoming is not None else None)
 
     def job_metrics(self, pass_id, metrics):
         """The metrics to log for a pass: this process trained all of it."""
