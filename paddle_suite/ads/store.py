@@ -454,6 +454,7 @@ class HierarchicalStore:
         self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
         self._in_flight = None  # [(sorted keys, rows, take)] being written by it: read before the SSD table
         self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
+        self._committing = None  # a wait=False commit's redo records and commit point being written
         self._failure = None  # an error of a background step: the store refuses further work
         self._open_sets = weakref.WeakSet()
         self._previous_keys = np.zeros(0, dtype=np.uint64)
@@ -713,7 +714,14 @@ class HierarchicalStore:
 
     def _run_pending_apply(self):
         """Run the last commit's MEM update now if no background thread has yet (callers hold
-        ``_lock``): whoever reads MEM first does it, so no read sees MEM without the commit."""
+        ``_lock``): whoever reads MEM first does it, so no read sees MEM without the commit. A
+        deferred commit (``commit_pass(wait=False)``) is waited for first."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            try:
+                committing.result()
+            except BaseException as exc:
+                self._failure = exc
         if self._failure is not None:
             raise RuntimeError(f"a background step of the store at {self.path} failed; reopen the store "
                                "(recovery replays the committed redo log)") from self._failure
@@ -852,8 +860,8 @@ class HierarchicalStore:
         with self._lock:
             self._open_sets.discard(ws)
 
-    def commit_pass(self, ws, pass_id, shrink=None):
-        """Write the pass's updated rows back; durable when this returns.
+    def commit_pass(self, ws, pass_id, shrink=None, wait=True):
+        """Write the pass's updated rows back; durable when this returns (``wait=False``: see below).
 
         Order: the last commit's background work is waited for; redo records of the pass; the
         commit point, one small transaction setting ``last_pass``; the open working sets are
@@ -861,13 +869,48 @@ class HierarchicalStore:
         Each step is a bounded LMDB transaction, so a pass of any size commits without a huge
         transaction. A store that counts also logs the pass's counters and, when a shrink is due
         (``shrink_every_passes``; ``shrink=True`` forces one, ``False`` skips it), the deleted
-        keys, before the commit point (see the module docstring)."""
+        keys, before the commit point (see the module docstring).
+
+        ``wait=False`` (a store that keeps no counters; otherwise the same as ``wait=True``): the
+        open working sets are patched with the pass's rows, then this returns and the writer thread
+        writes the redo records and the commit point (``_durable_commit``) while the caller trains
+        the next pass. Until that is done ``last_pass`` is the previous pass, and every call that
+        reads the store's rows or commits (loads, ``read_rows``, ``commit_pass``, ``checkpoint``,
+        ``close``) first waits for it, so none reads rows without the pass. The pass is durable once
+        one of them (or ``flush``) returns; a crash before that leaves the previous pass, as a
+        crash before the commit point does. The caller must not change ``ws.rows`` afterwards."""
         with self._lock:
-            self._check_commit(ws, pass_id)
+            self._ensure_open()
             with self._timed("commit_s"):
                 self._settle()  # one commit's writes in flight at a time; LMDB has one writer anyway
+                self._check_commit(ws, pass_id)  # after a deferred commit of the previous pass is done
+                if not wait and not self.counting:
+                    self._check_finite(ws)
+                    self._open_sets.discard(ws)
+                    patch_open_sets(self._open_sets, ws, pass_id)
+                    self._committing = self._writer.submit(self._durable_commit, ws, pass_id)
+                    return
                 committed, plan = self._log_pass(ws, pass_id, shrink)
                 self._finish(ws, committed, plan, pass_id, {})
+        return_freed_memory()
+
+    def flush(self):
+        """Wait until the last commit is durable (and its background MEM update and writes done)."""
+        with self._lock:
+            self._ensure_open()
+            self._settle()
+
+    def _durable_commit(self, ws, pass_id):
+        """A ``wait=False`` commit's redo records and commit point (the writer thread; it takes no
+        lock: every reader waits for it in ``_run_pending_apply``). The MEM update is queued as
+        after any commit."""
+        with self._timed("commit_s"):
+            self._log_pass_bytes[pass_id] = self._append_log(pass_id, ws.keys, ws.rows)
+            self._delete_records([], meta={b"last_pass": pass_id})  # the commit point
+            self.last_pass = pass_id
+        self._pending_apply = lambda: self._apply_commit(ws, pass_id)
+        with contextlib.suppress(RuntimeError):  # the store is closing: close() runs the update itself
+            self._executor.submit(self._background_apply)
         return_freed_memory()
 
     def prepare_pass(self, ws, pass_id, shrink=None):
@@ -1190,6 +1233,8 @@ class HierarchicalStore:
         """Wait for prefetches, checkpoint dirty rows, close LMDB. Idempotent."""
         if self.env is None:
             return
+        with self._lock:
+            self._run_pending_apply()  # a deferred commit queues its MEM update on the executor
         self._executor.shutdown(wait=True)
         with self._lock:
             self._settle()
@@ -1354,7 +1399,9 @@ class ShardedStore:
             for shard, part in zip(self.shards, ws.parts):
                 shard.discard(part)
 
-    def commit_pass(self, ws, pass_id, shrink=None):
+    def commit_pass(self, ws, pass_id, shrink=None, wait=True):
+        """The two-phase commit over the shards; durable when this returns (``wait`` is accepted
+        for the single store's API and ignored)."""
         with self._lock:
             if ws not in self._open_sets:
                 raise ValueError("this working set was not loaded from this store, or was already committed")
@@ -1373,6 +1420,10 @@ class ShardedStore:
                     other.base_pass = pass_id
             else:
                 patch_open_sets(self._open_sets, ws, pass_id)
+
+    def flush(self):
+        for shard in self.shards:
+            shard.flush()
 
     def read_rows(self, keys):
         keys = _as_keys(keys)

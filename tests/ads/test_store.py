@@ -368,3 +368,75 @@ def test_log_cap_drops_the_oldest_passes_only_and_recovery_replays_the_rest(tmp_
     with HierarchicalStore(crashed, DIM, STATE, mem_cap_mb=1) as reopened:
         assert reopened.last_pass == 7
         np.testing.assert_array_equal(reopened.read_rows(universe), table)
+
+
+def test_deferred_commit_is_seen_by_every_read_and_durable_after_the_next_call(tmp_path):
+    """``commit_pass(wait=False)``: the open working set is patched at once; the redo records and
+    the commit point are written on the writer thread (held back here). A copy of the directory
+    taken then (a crash) is at the previous pass; every read waits for the commit and sees it."""
+    import shutil
+    import threading
+
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=60 * store_row_bytes(DIM + STATE) / 2 ** 20)
+    order = np.argsort(UNIVERSE)
+    for p in range(3):
+        ws = store.load_working_set(pass_keys(p))
+        train(ws.rows, ws.keys, p, DIM)
+        store.commit_pass(ws, p, wait=False)
+    store.flush()
+    assert store.last_pass == 2
+    np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(3))
+
+    release, durable_commit = threading.Event(), store._durable_commit
+    store._durable_commit = lambda *args: (release.wait(60), durable_commit(*args))
+    ws = store.load_working_set(pass_keys(3))
+    upcoming = store.prefetch(pass_keys(4)).result()  # open: patched by the commit below
+    train(ws.rows, ws.keys, 3, DIM)
+    store.commit_pass(ws, 3, wait=False)
+    expected = reference_after(4)
+    np.testing.assert_array_equal(upcoming.rows, expected[order[np.searchsorted(UNIVERSE[order], upcoming.keys)]])
+    assert store.last_pass == 2 and upcoming.base_pass == 3
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copy(tmp_path / "s" / "data.mdb", crashed / "data.mdb")
+    reader = threading.Thread(target=lambda: setattr(reader, "rows", store.read_rows(UNIVERSE)))
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive()  # the read waits for the deferred commit
+    release.set()
+    reader.join(60)
+    np.testing.assert_array_equal(reader.rows, expected)
+    assert store.last_pass == 3
+    train(upcoming.rows, upcoming.keys, 4, DIM)
+    store.commit_pass(upcoming, 4, wait=False)
+    store.close()
+    with HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 4
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(5))
+    with HierarchicalStore(crashed, DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 2
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(3))
+
+
+def test_a_failed_deferred_commit_stops_the_store_and_leaves_the_previous_pass(tmp_path):
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1)
+    ws = store.load_working_set(pass_keys(0))
+    train(ws.rows, ws.keys, 0, DIM)
+    store.commit_pass(ws, 0, wait=False)
+    ws = store.load_working_set(pass_keys(1))
+    train(ws.rows, ws.keys, 1, DIM)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    store._append_log = disk_full
+    store.commit_pass(ws, 1, wait=False)  # returns: the failure is the writer thread's
+    with pytest.raises(RuntimeError, match="background step"):
+        store.read_rows(UNIVERSE[:5])
+    with pytest.raises(RuntimeError, match="background step"):
+        store.load_working_set(pass_keys(2))
+    store.env.close()  # a crashed process: no close() checkpoint
+    store.env = None
+    with HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 0
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(1))
