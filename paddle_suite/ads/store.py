@@ -460,7 +460,8 @@ class HierarchicalStore:
         self._previous_keys = np.zeros(0, dtype=np.uint64)
         self._clock = 0
         self._counts = {"hbm": 0, "mem": 0, "ssd": 0, "new": 0}
-        self._counters = {"evictions": 0, "writebacks": 0, "checkpoints": 0, "checkpoint_rows": 0, "load_s": 0.0, "commit_s": 0.0,
+        self._counters = {"evictions": 0, "writebacks": 0, "written_ahead": 0, "checkpoints": 0, "checkpoint_rows": 0,
+                          "load_s": 0.0, "commit_s": 0.0,
                           "write_s": 0.0, "loads": 0, "commits": 0, "shrinks": 0,
                           # admission / shrink: totals, and the last committed pass's ("pass_")
                           "admitted_rows": 0, "evicted_rows": 0, "dropped_counters": 0, "pass_admitted": 0,
@@ -1089,6 +1090,37 @@ class HierarchicalStore:
         self._in_flight = [victims, (keys[take], rows, take)]
         self._writing.append(self._writer.submit(self._write_back, victims, (keys, rows, take)))
         self._apply_finish(ws, plan, pass_id)
+        self._write_ahead_victims()
+
+    def _write_ahead_victims(self):
+        """Write to the SSD table, now, the dirty MEM rows that the commit of the open working sets
+        is expected to evict, so that commit has (nearly) no dirty victim to copy and write.
+
+        Called after a commit's MEM update (in the background, while the next pass trains on its
+        working set, which is open): the victims are planned as that pass's commit would plan them
+        from MEM as it is now (``plan_room``: room for the open sets' keys MEM lacks, their own rows
+        protected). Their values are committed ones (durable in the redo log), so writing them
+        early is safe at any time; their dirty marks go now, and they are written from the MEM
+        arrays without a copy (nothing changes MEM rows before the next commit, which waits for
+        these writes, ``_settle``). A prediction that misses (a later load raised a row's score)
+        only leaves some victims dirty for that commit to write, as before. On the bench's passes
+        this takes the previous pass's rows' writes (~0.3 s a pass) out of the commit's tail."""
+        open_sets = [ws for ws in self._open_sets if len(ws)]
+        if not open_sets:
+            return
+        keys = open_sets[0].keys if len(open_sets) == 1 else sorted_unique(np.concatenate([w.keys for w in open_sets]))
+        slots, hit = self.mem.lookup(keys)
+        _, victims = self.mem.plan_room(int(keys.size - hit.sum()), sorted_unique(slots[hit]), self._clock)
+        dirty = victims[self.mem.dirty_pass[victims] >= 0]
+        if not dirty.size:
+            return
+        self.mem.dirty_pass[dirty] = -1
+        self._counters["written_ahead"] += int(dirty.size)
+        self._writing.append(self._writer.submit(self._write_mem_rows, dirty))
+
+    def _write_mem_rows(self, slots):
+        with self._timed("write_s"):
+            self._put_rows(self.mem.keys, self.mem.rows, slots)
 
     def _write_back(self, *parts):
         """Write ``(keys, rows, take)`` parts to the SSD table (the writer thread)."""

@@ -407,6 +407,7 @@ def test_deferred_commit_is_seen_by_every_read_and_durable_after_the_next_call(t
     reader.join(60)
     np.testing.assert_array_equal(reader.rows, expected)
     assert store.last_pass == 3
+    assert store.stats()["written_ahead"] > 0  # victims of the open set's commit written before it
     train(upcoming.rows, upcoming.keys, 4, DIM)
     store.commit_pass(upcoming, 4, wait=False)
     store.close()
