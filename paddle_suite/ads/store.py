@@ -713,12 +713,14 @@ class HierarchicalStore:
             found[hit] = True
         return found
 
-    def _run_pending_apply(self):
+    def _run_pending_apply(self, wait_commit=True):
         """Run the last commit's MEM update now if no background thread has yet (callers hold
         ``_lock``): whoever reads MEM first does it, so no read sees MEM without the commit. A
-        deferred commit (``commit_pass(wait=False)``) is waited for first."""
-        committing, self._committing = self._committing, None
-        if committing is not None:
+        deferred commit (``commit_pass(wait=False)``) is waited for first (except by the
+        background update itself, ``wait_commit=False``: it may run beside the redo-log writes)."""
+        committing = self._committing
+        if committing is not None and wait_commit:
+            self._committing = None
             try:
                 committing.result()
             except BaseException as exc:
@@ -737,7 +739,7 @@ class HierarchicalStore:
     def _background_apply(self):
         with self._lock:
             if self.env is not None:
-                self._run_pending_apply()
+                self._run_pending_apply(wait_commit=False)
 
     @contextlib.contextmanager
     def _timed(self, counter):
@@ -889,7 +891,13 @@ class HierarchicalStore:
                     self._check_finite(ws)
                     self._open_sets.discard(ws)
                     patch_open_sets(self._open_sets, ws, pass_id)
+                    self._log_pass_bytes[pass_id] = ws.keys.size * (8 + self.row_bytes)  # what it logs
                     self._committing = self._writer.submit(self._durable_commit, ws, pass_id)
+                    # MEM's update runs beside the log writes: no read sees MEM before the commit
+                    # point (every read waits for it), and the update's SSD-table writes are queued
+                    # on the writer thread behind it; its victims' values are durable already
+                    self._pending_apply = lambda: self._apply_commit(ws, pass_id)
+                    self._executor.submit(self._background_apply)
                     return
                 committed, plan = self._log_pass(ws, pass_id, shrink)
                 self._finish(ws, committed, plan, pass_id, {})
@@ -903,15 +911,11 @@ class HierarchicalStore:
 
     def _durable_commit(self, ws, pass_id):
         """A ``wait=False`` commit's redo records and commit point (the writer thread; it takes no
-        lock: every reader waits for it in ``_run_pending_apply``). The MEM update is queued as
-        after any commit."""
+        lock: every reader waits for it in ``_run_pending_apply``)."""
         with self._timed("commit_s"):
-            self._log_pass_bytes[pass_id] = self._append_log(pass_id, ws.keys, ws.rows)
+            self._append_log(pass_id, ws.keys, ws.rows)
             self._delete_records([], meta={b"last_pass": pass_id})  # the commit point
             self.last_pass = pass_id
-        self._pending_apply = lambda: self._apply_commit(ws, pass_id)
-        with contextlib.suppress(RuntimeError):  # the store is closing: close() runs the update itself
-            self._executor.submit(self._background_apply)
         return_freed_memory()
 
     def prepare_pass(self, ws, pass_id, shrink=None):
@@ -1215,7 +1219,7 @@ class HierarchicalStore:
 
     @property
     def _log_bytes(self):
-        return sum(self._log_pass_bytes.values())
+        return sum(list(self._log_pass_bytes.values()))
 
     def _write_checkpoint(self, dirty, upto):
         with self._timed("write_s"):
@@ -1239,23 +1243,25 @@ class HierarchicalStore:
         return rows[np.searchsorted(unique, keys)]
 
     def stats(self):
-        """Hit rates, tier sizes and timings. Cheap, so it waits for nothing: MEM and SSD-table
-        counts may not yet include the last commit's background update (``read_rows`` or
-        ``checkpoint`` first to settle)."""
-        with self._lock:
-            total = max(sum(self._counts.values()), 1)
-            with self.env.begin(db=self.rows_db) as txn:
-                ssd_rows = txn.stat(self.rows_db)["entries"]
-                counter_rows = txn.stat(self.counts_db)["entries"]
-            return {
-                "hit_rate": {k: v / total for k, v in self._counts.items()},
-                "key_counts": dict(self._counts),
-                "mem_rows": self.mem.size, "mem_cap_rows": self.mem.capacity,
-                "mem_bytes": self.mem.nbytes(), "mem_cap_bytes": self.mem.capacity * self.mem_bytes_per_row,
-                "mem_dirty_rows": int(self.mem.dirty_slots().size),
-                "ssd_rows": ssd_rows, "counter_rows": counter_rows, "log_bytes": self._log_bytes, "last_pass": self.last_pass,
-                "process": process_memory_mb(), **self._counters,
-            }
+        """Hit rates, tier sizes and timings. Cheap, so it waits for nothing, not even the store's
+        lock (a background MEM update holds it for a while): MEM and SSD-table counts may not yet
+        include the last commit's background update (``read_rows`` or ``checkpoint`` first to
+        settle), and taken beside a load or an update they are a snapshot of numbers that move."""
+        self._ensure_open()
+        counts = dict(self._counts)
+        total = max(sum(counts.values()), 1)
+        with self.env.begin(db=self.rows_db) as txn:
+            ssd_rows = txn.stat(self.rows_db)["entries"]
+            counter_rows = txn.stat(self.counts_db)["entries"]
+        return {
+            "hit_rate": {k: v / total for k, v in counts.items()},
+            "key_counts": counts,
+            "mem_rows": self.mem.size, "mem_cap_rows": self.mem.capacity,
+            "mem_bytes": self.mem.nbytes(), "mem_cap_bytes": self.mem.capacity * self.mem_bytes_per_row,
+            "mem_dirty_rows": int(self.mem.dirty_slots().size),
+            "ssd_rows": ssd_rows, "counter_rows": counter_rows, "log_bytes": self._log_bytes, "last_pass": self.last_pass,
+            "process": process_memory_mb(), **dict(self._counters),
+        }
 
     def _ensure_open(self):
         if self.env is None:
