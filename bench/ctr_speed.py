@@ -43,8 +43,8 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   trainer's final ``store.flush``), the victims of the next commit written while the pass trains,
   the MEM update beside the log writes, one fsync per LMDB write transaction (commit points synced
   explicitly), pass 0 no longer waiting for pass 1's data; ``--quick`` 0.66x (2026-12-04, load
-  4-5) -> 0.93x (per round 0.91-1.04; ours outside the batch loop 2.2-3.5 s -> 0.8 s, torch's
-  0.6-1.0 s),
+  4-5) -> 0.93x at load ~4 and 0.96x at load ~2-3 (per round 0.90-1.04; ours outside the batch
+  loop 2.2-3.5 s -> 0.6-0.9 s, torch's 0.6-1.2 s; ours in the batch loop 4.9 s, torch's 4.3-4.7 s),
   default 0.62x -> 0.86x (outside the batch loop ~21 s -> ~4.5 s of ~64 s; the batch loop itself
   slower, 47 -> 60 s, torch's 44-49 s: the background store work competes for the 2 cores).)
 * ``torch``: ``nn.EmbeddingBag(local_vocab, emb_dim, mode="sum", sparse=True)`` with one bag per
