@@ -42,8 +42,10 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   the next pass trains (``commit_pass(wait=False)``; everything still inside the clock: the
   trainer's final ``store.flush``), the victims of the next commit written while the pass trains,
   the MEM update beside the log writes, one fsync per LMDB write transaction (commit points synced
-  explicitly), pass 0 no longer waiting for pass 1's data; ``--quick`` 0.66x (2026-12-04, load
-  4-5) -> 0.93x at load ~4 and 0.96x at load ~2-3 (per round 0.90-1.04; ours outside the batch
+  explicitly), pass 0 no longer waiting for pass 1's data. (This machine is now an AMD EPYC, the
+  2026-12-04 runs were on an Intel Xeon: the unchanged code measured here, the two pass sides only,
+  two rounds at load ~2: 0.78x and 0.83x, ours 2.4-2.7 s outside the batch loop.) ``--quick``
+  0.66x (2026-12-04, Intel, load 4-5) -> 0.93x at load ~4 and 0.96x at load ~2-3 (per round 0.90-1.04; ours outside the batch
   loop 2.2-3.5 s -> 0.6-0.9 s, torch's 0.6-1.2 s; ours in the batch loop 4.9 s, torch's 4.3-4.7 s),
   default 0.62x -> 0.86x (outside the batch loop ~21 s -> ~4.5 s of ~64 s; the batch loop itself
   slower, 47 -> 60 s, torch's 44-49 s: the background store work competes for the 2 cores).)
