@@ -36,7 +36,19 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   ``lookup_table_v2``, the rsqrt form of the rule (``PassStep``: CPU per batch 8.5 -> 7.6 ms, the
   torch peer's 7.1-7.5 ms); the store's mmap threshold 16 MiB, previous-pass membership by
   searchsorted (``store.return_freed_memory``, ``sorted_member``: ~20% of the store's CPU), and
-  dirty MEM victims written by the writer thread instead of ahead of the next prefetch.)
+  dirty MEM victims written by the writer thread instead of ahead of the next prefetch.
+  2026-12-05, same work and durability, load ~4: the log cap drops only the oldest passes' redo
+  records (no rewrite of every dirty MEM row), a commit's redo log and commit point written while
+  the next pass trains (``commit_pass(wait=False)``; everything still inside the clock: the
+  trainer's final ``store.flush``), the victims of the next commit written while the pass trains,
+  the MEM update beside the log writes, one fsync per LMDB write transaction (commit points synced
+  explicitly), pass 0 no longer waiting for pass 1's data. (This machine is now an AMD EPYC, the
+  2026-12-04 runs were on an Intel Xeon: the unchanged code measured here, the two pass sides only,
+  two rounds at load ~2: 0.78x and 0.83x, ours 2.4-2.7 s outside the batch loop.) ``--quick``
+  0.66x (2026-12-04, Intel, load 4-5) -> 0.93x at load ~4 and 0.96x at load ~2-3 (per round 0.90-1.04; ours outside the batch
+  loop 2.2-3.5 s -> 0.6-0.9 s, torch's 0.6-1.2 s; ours in the batch loop 4.9 s, torch's 4.3-4.7 s),
+  default 0.62x -> 0.86x (outside the batch loop ~21 s -> ~4.5 s of ~64 s; the batch loop itself
+  slower, 47 -> 60 s, torch's 44-49 s: the background store work competes for the 2 cores).)
 * ``torch``: ``nn.EmbeddingBag(local_vocab, emb_dim, mode="sum", sparse=True)`` with one bag per
   (example, slot), the same MLP, ``SparseAdam`` for the table and ``Adam`` for the dense part
   (the same lazy-Adam semantics as ``ours_static``), keys modulo the same ``local_vocab``: the

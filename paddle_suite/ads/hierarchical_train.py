@@ -29,7 +29,11 @@ feed path: 1.0; its InMemoryDataset path needs about 30, measured, not traced).
 Commit protocol (what makes resume after ``kill -9`` consistent): the commit point is the store's
 ``commit_pass`` (one LMDB transaction). The dense parameters and optimiser state of pass ``i``
 are written atomically to ``<run_dir>/dense/pass-i.npz`` (``write_dense``: plain arrays, loaded
-without pickle) *before* the store commits pass ``i``.
+without pickle) *before* the store commits pass ``i``. The single-process trainer commits with
+``wait=False``: pass ``i``'s redo records and commit point are written while pass ``i+1`` trains
+(pass ``i+1``'s working set already patched with pass ``i``'s rows), and the store's next commit,
+load or ``close`` waits for them; a crash before they are done is a crash before the commit point.
+Dense files are pruned only below the store's durable pass.
 On restart with ``L = store.last_pass``: ``dense/pass-L`` exists (written before the commit that
 made ``L`` last), dense files of passes ``> L`` are leftovers of a crash between the two writes
 and are deleted, and training continues with pass ``L + 1`` from ``dense/pass-L`` and the
@@ -418,11 +422,13 @@ class HierarchicalTrainer:
         write_dense(os.path.join(self.dense_dir, f"pass-{pass_id:05d}.npz"), self.step.state())
 
     def _prune_dense(self, last_pass):
+        """Keep the newest ``keep_checkpoints`` dense files of passes <= ``last_pass`` (the store's
+        durable pass) and every newer one (their store commits may still be in progress)."""
         keep = max(1, int(self.config["Global"]["keep_checkpoints"]))
         files = self._dense_files()
         kept = sorted(p for p in files if p <= last_pass)[-keep:]
         for pass_id, path in files.items():
-            if pass_id not in kept:
+            if pass_id <= last_pass and pass_id not in kept:
                 os.remove(path)
 
     def _restore_dense(self, last_pass):
@@ -475,35 +481,69 @@ class HierarchicalTrainer:
         ahead) on ``store``; the last pass's metrics. ``sink``: the run's ``MetricsSink``, or None."""
         def commit(ws, pass_id):
             self._save_dense(pass_id)  # before the commit point: see the protocol
-            store.commit_pass(ws, pass_id)
-            self._prune_dense(pass_id)
+            # the redo records and the commit point are written while the next pass trains
+            # (``commit_pass(wait=False)``); the next commit, loads and close wait for them
+            store.commit_pass(ws, pass_id, wait=False)
+            self._prune_dense(store.last_pass)  # the durable pass: pass_id or the one before
             return sink is not None
 
-        return self._run_passes(store, (p for p in read_ahead(pass_batches) if len(p)), commit, sink)
+        last = self._run_passes(store, (p for p in read_ahead(pass_batches) if len(p)), commit, sink)
+        self._prune_dense(store.last_pass)  # _run_passes flushed: the last pass is durable
+        return last
 
     def _run_passes(self, store, passes, commit, sink):
         """The pass loop: pass i+1's working set is prefetched while pass i trains; ``commit(ws,
-        pass_id)`` writes pass i back and says whether this process logs its metrics."""
-        last = None
+        pass_id)`` writes pass i back and says whether this process logs its metrics.
+
+        Pass i+1's data is taken from ``passes`` (and its prefetch requested) in a helper thread
+        beside pass i's training, and waited for before pass i commits (so the prefetch is patched
+        by that commit, as before): the reader thread may still be building it when pass i's
+        working set is ready (always for pass 0: it ranks pass 0's keys first), and training need
+        not wait for that.
+
+        A pass's metrics are logged once the store has it durably (``store.last_pass``; a
+        deferred commit becomes durable during the next pass, the last one at ``store.flush``), so
+        a logged pass is never redone after a crash."""
+        last, unlogged = None, []
         current = next(passes, None)
         pending = store.prefetch(current.distinct) if current is not None else None
-        while current is not None:
-            ws = pending.result()
-            upcoming = next(passes, None)
-            # pass i+1's rows come from MEM/SSD while pass i trains (patched at our commit)
-            prefetch = upcoming is not None and self.config["Store"]["prefetch"]
-            pending = store.prefetch(upcoming.distinct) if prefetch else None
-            metrics = self.train_pass(current, ws)
-            if commit(ws, current.pass_id):
-                metrics = self.job_metrics(current.pass_id, metrics)
-                if self.skipped is not None and self.config["DataLoader"]["skip_malformed"]:
-                    metrics["skipped_lines"] = self.skipped.through_pass[current.pass_id]
-                log_pass(sink, current.pass_id, with_store_stats(metrics, store, ws))
-            last = {"pass": current.pass_id, **metrics}
-            if upcoming is not None and pending is None:
-                pending = store.prefetch(upcoming.distinct)
-            current = upcoming
+        prefetch = bool(self.config["Store"]["prefetch"])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pass-ahead") as helper:
+            while current is not None:
+                ws = pending.result()
+                ahead = helper.submit(self._next_pass, store, passes, prefetch)
+                metrics = self.train_pass(current, ws)
+                upcoming, pending = ahead.result()
+                if commit(ws, current.pass_id):
+                    metrics = self.job_metrics(current.pass_id, metrics)
+                    if self.skipped is not None and self.config["DataLoader"]["skip_malformed"]:
+                        metrics["skipped_lines"] = self.skipped.through_pass[current.pass_id]
+                    unlogged.append((current.pass_id, with_store_stats(metrics, store, ws)))
+                unlogged = self._log_durable(sink, store, unlogged)
+                last = {"pass": current.pass_id, **metrics}
+                if upcoming is not None and pending is None:
+                    pending = store.prefetch(upcoming.distinct)
+                current = upcoming
+        if unlogged:
+            store.flush()
+            self._log_durable(sink, store, unlogged)
         return last
+
+    @staticmethod
+    def _log_durable(sink, store, unlogged):
+        """Log the ``(pass_id, metrics)`` of passes the store has durably; the others are returned."""
+        durable = store.last_pass
+        for pass_id, metrics in unlogged:
+            if pass_id <= durable:
+                log_pass(sink, pass_id, metrics)
+        return [item for item in unlogged if item[0] > durable]
+
+    @staticmethod
+    def _next_pass(store, passes, prefetch):
+        """``(next PassData or None, its prefetch or None)``; pass i+1's rows come from MEM/SSD
+        while pass i trains (patched at our commit)."""
+        upcoming = next(passes, None)
+        return upcoming, (store.prefetch(upcoming.distinct) if prefetch and upcoming is not None else None)
 
     def job_metrics(self, pass_id, metrics):
         """The metrics to log for a pass: this process trained all of it."""

@@ -1036,6 +1036,9 @@ class RemoteStore:
     def pull_dense(self, pass_id):
         return self._call(0, "pull_dense", pass_id=pass_id)
 
+    def flush(self):
+        """Nothing to wait for: a pass is committed on every shard when ``commit_pass`` returns."""
+
     def discard(self, ws):
         pass  # fetched rows hold no server state
 

@@ -326,3 +326,118 @@ def test_sharded_crash_inside_two_phase_commit(tmp_path, mode, expect_last):
         assert store.last_pass == expect_last
         assert all(s.last_pass == expect_last for s in store.shards)
         np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(expect_last + 1))
+
+
+def test_log_cap_drops_the_oldest_passes_only_and_recovery_replays_the_rest(tmp_path):
+    """Over ``log_cap_mb`` a commit drops only its oldest passes' redo records, writing just the
+    dirty MEM rows whose latest value was in them: hot rows that every pass commits again stay in
+    MEM and in the newer records, not in the SSD table. A crash then (the directory as it is on
+    disk, no close) recovers every row exactly from the SSD table plus the remaining records."""
+    import shutil
+
+    universe = np.sort(UNIVERSE)
+    hot = universe[:40]
+    passes = [np.concatenate([hot, universe[100 + 200 * p: 300 + 200 * p]]) for p in range(8)]
+    pass_bytes = 240 * (8 + 4 * (DIM + STATE))
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1, log_cap_mb=2.5 * pass_bytes / 2 ** 20)
+    table = init_rows(universe, DIM, STATE, 0.01, 0)
+    for p, keys in enumerate(passes):
+        ws = store.load_working_set(keys)
+        at = np.searchsorted(universe, ws.keys)
+        np.testing.assert_array_equal(ws.rows, table[at])
+        train(ws.rows, ws.keys, p, DIM)
+        table[at] = ws.rows
+        store.commit_pass(ws, p)
+        with store._lock:
+            store._settle()
+        logged = sorted({q for q, _ in store._log_index()})
+        assert logged == list(range(max(0, p - 1), p + 1))  # two passes fit under the cap, never three
+        assert store._log_bytes <= store.log_cap_bytes
+    stats = store.stats()
+    assert stats["checkpoints"] == 6 and stats["mem_dirty_rows"] == 40 + 2 * 200
+    assert stats["checkpoint_rows"] == 6 * 200  # each dropped pass's cold rows, never the hot ones
+    found = np.zeros(universe.size, dtype=bool)
+    for at, _ in store._lookup(store.rows_db, universe):
+        found[at] = True
+    assert not found[:40].any()  # hot rows: only in MEM and the last two passes' records
+    assert found[100:100 + 200 * 6].all() and not found[100 + 200 * 6:].any()
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copy(tmp_path / "s" / "data.mdb", crashed / "data.mdb")  # what a kill -9 leaves on disk
+    store.close()
+    with HierarchicalStore(crashed, DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 7
+        np.testing.assert_array_equal(reopened.read_rows(universe), table)
+
+
+def test_deferred_commit_is_seen_by_every_read_and_durable_after_the_next_call(tmp_path):
+    """``commit_pass(wait=False)``: the open working set is patched at once; the redo records and
+    the commit point are written on the writer thread (held back here). A copy of the directory
+    taken then (a crash) is at the previous pass; every read waits for the commit and sees it."""
+    import shutil
+    import threading
+
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=60 * store_row_bytes(DIM + STATE) / 2 ** 20)
+    order = np.argsort(UNIVERSE)
+    for p in range(3):
+        ws = store.load_working_set(pass_keys(p))
+        train(ws.rows, ws.keys, p, DIM)
+        store.commit_pass(ws, p, wait=False)
+    store.flush()
+    assert store.last_pass == 2
+    np.testing.assert_array_equal(store.read_rows(UNIVERSE), reference_after(3))
+
+    release, durable_commit = threading.Event(), store._durable_commit
+    store._durable_commit = lambda *args: (release.wait(60), durable_commit(*args))
+    ws = store.load_working_set(pass_keys(3))
+    upcoming = store.prefetch(pass_keys(4)).result()  # open: patched by the commit below
+    train(ws.rows, ws.keys, 3, DIM)
+    store.commit_pass(ws, 3, wait=False)
+    expected = reference_after(4)
+    np.testing.assert_array_equal(upcoming.rows, expected[order[np.searchsorted(UNIVERSE[order], upcoming.keys)]])
+    assert store.last_pass == 2 and upcoming.base_pass == 3
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copy(tmp_path / "s" / "data.mdb", crashed / "data.mdb")
+    reader = threading.Thread(target=lambda: setattr(reader, "rows", store.read_rows(UNIVERSE)))
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive()  # the read waits for the deferred commit
+    release.set()
+    reader.join(60)
+    np.testing.assert_array_equal(reader.rows, expected)
+    assert store.last_pass == 3
+    assert store.stats()["written_ahead"] > 0  # victims of the open set's commit written before it
+    train(upcoming.rows, upcoming.keys, 4, DIM)
+    store.commit_pass(upcoming, 4, wait=False)
+    store.close()
+    with HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 4
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(5))
+    with HierarchicalStore(crashed, DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 2
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(3))
+
+
+def test_a_failed_deferred_commit_stops_the_store_and_leaves_the_previous_pass(tmp_path):
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1)
+    ws = store.load_working_set(pass_keys(0))
+    train(ws.rows, ws.keys, 0, DIM)
+    store.commit_pass(ws, 0, wait=False)
+    ws = store.load_working_set(pass_keys(1))
+    train(ws.rows, ws.keys, 1, DIM)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    store._append_log = disk_full
+    store.commit_pass(ws, 1, wait=False)  # returns: the failure is the writer thread's
+    with pytest.raises(RuntimeError, match="background step"):
+        store.read_rows(UNIVERSE[:5])
+    with pytest.raises(RuntimeError, match="background step"):
+        store.load_working_set(pass_keys(2))
+    store.env.close()  # a crashed process: no close() checkpoint
+    store.env = None
+    with HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1) as reopened:
+        assert reopened.last_pass == 0
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(1))
