@@ -14,6 +14,10 @@ images/s (median of the logged ``train/samples_per_s``). Headline output:
 ``bench/results/vision_results.json`` and ``bench/vision_results.md``; ``--quick`` writes
 ``bench/results/vision_results_quick.json`` only and prints ``RESULT {json}``.
 
+A finished headline row is also kept in ``bench/results/vision_results.json`` (with ``finished_at``
+and ``command``): a later session, on a machine without the run directories, tabulates it beside its
+own runs, so the four configs can be trained in different sessions and committed one by one.
+
 Budget: each headline run must fit ``BUDGET_HOURS`` of training; ``within_budget`` says whether it did.
 """
 import argparse
@@ -136,8 +140,20 @@ def summarise(config, train_result, run_dir, quick):
     }
 
 
-def collect(args, train):
-    rows = []
+def committed_rows(path):
+    """Finished headline rows of an earlier results file, by config.
+
+    Runs of a 3-hour budget outlive a session whose machine is not kept, so a row finished (and
+    committed) in one session is carried into the next session's table instead of being lost
+    with its run directory. Quick rows are never carried."""
+    if not path.exists():
+        return {}
+    return {r["config"]: r for r in json.loads(path.read_text()).get("table", [])
+            if not r.get("quick") and r.get("test_top1") is not None}
+
+
+def collect(args, train, earlier=None):
+    rows, earlier = [], earlier or {}
     for config in CONFIGS:
         run_dir = Path(args.output_dir).resolve() / config
         result_path = run_dir / RESULT_FILE
@@ -145,9 +161,16 @@ def collect(args, train):
             rows.append(json.loads(result_path.read_text()))
             print(f"{config}: finished earlier, {result_path}", flush=True)
             continue
+        if config in earlier and config not in train:
+            rows.append(earlier[config])
+            print(f"{config}: finished in an earlier session ({earlier[config].get('finished_at', 'date unknown')})",
+                  flush=True)
+            continue
         if config not in train:
             continue
         row = summarise(config, run_training(config, args), run_dir, args.quick)
+        row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        row["command"] = " ".join(["python", "bench/vision_results.py"] + sys.argv[1:])
         with atomic_write(result_path) as handle:
             json.dump(row, handle, indent=1)
         rows.append(row)
@@ -214,8 +237,9 @@ def main(argv=None):
     unknown = sorted(set(args.configs) - set(CONFIGS))
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    summary = headline(collect(args, train=() if args.report_only else args.configs), args.quick)
     results = ROOT / "bench" / "results"
+    earlier = {} if args.quick else committed_rows(results / "vision_results.json")
+    summary = headline(collect(args, train=() if args.report_only else args.configs, earlier=earlier), args.quick)
     if args.quick:
         with atomic_write(results / "vision_results_quick.json") as handle:
             json.dump(summary, handle, indent=1)

@@ -197,3 +197,19 @@ def test_results_script_skips_finished_runs_and_picks_the_best(tmp_path, monkeyp
     assert summary["best_train_hours"] == 2.5 and summary["finished"] == list(rows)
     text = bench.markdown(summary)
     assert "| s2mlpv2_cifar10 |" in text and "0.8600" in text and "Not finished yet: ccsmlp_cifar10, mixer_cifar10" in text
+
+
+def test_results_script_carries_rows_finished_in_an_earlier_session(tmp_path):
+    bench = _bench_module()
+    committed = tmp_path / "vision_results.json"
+    row = {"config": "s2mlp_cifar10", "arch": "s2mlp_cifar_lite", "quick": False, "test_top1": 0.8, "test_top5": 0.99,
+           "valid_top1": 0.8, "params": 1_600_000, "steps": 10530, "epochs": 30.0, "batch_size": 128, "hours": 2.0,
+           "images_per_s": 150.0, "within_budget": True, "run_dir": "gone", "finished_at": "2026-12-05T07:00:00Z"}
+    quick_row = dict(row, config="mixer_cifar10", quick=True)
+    committed.write_text(__import__("json").dumps({"table": [row, quick_row]}))
+    earlier = bench.committed_rows(committed)
+    assert list(earlier) == ["s2mlp_cifar10"]  # quick rows are never carried
+    args = __import__("argparse").Namespace(output_dir=str(tmp_path / "runs"), quick=False)
+    summary = bench.headline(bench.collect(args, train=(), earlier=earlier), quick=False)
+    assert summary["finished"] == ["s2mlp_cifar10"] and summary["best_cifar10_top1"] == 0.8
+    assert bench.committed_rows(tmp_path / "missing.json") == {}
