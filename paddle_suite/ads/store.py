@@ -51,9 +51,9 @@ the log over ``log_cap_mb``, its oldest passes' records are dropped, just enough
 (``checkpoint(upto=q)``): first the dirty MEM rows last committed by a pass <= q are written to
 the SSD table (MEM records that pass per row, ``dirty_pass``); rows committed again later stay
 dirty, their value in the newer records that remain, so a key's latest value is always in the
-last remaining record containing it or else in the SSD table. (Until 2026-12-05 every such
-commit wrote all dirty MEM rows and dropped the whole log: hot rows, committed by every pass, were
-rewritten at each.) ``checkpoint()`` (e.g. at ``close``) drops all records.
+last remaining record containing it or else in the SSD table. Dropping only the oldest passes
+means hot rows, committed again by every pass, are not rewritten at every such commit.
+``checkpoint()`` (e.g. at ``close``) drops all records.
 No transaction holds more than ``_TXN_ROWS`` rows, so LMDB's dirty pages (kept in RAM until a
 transaction commits) stay small whatever the pass size.
 
