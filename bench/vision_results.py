@@ -153,28 +153,33 @@ def committed_rows(path):
 
 
 def collect(args, train, earlier=None):
+    """Train the unfinished configs of ``train``, then tabulate every finished one. Tabulating after all
+    training lets two invocations on the same output dir (one per core) each see the other's finished run."""
+    for config in train:
+        result_path = Path(args.output_dir).resolve() / config / RESULT_FILE
+        if not result_path.exists():
+            train_config(config, args)
     rows, earlier = [], earlier or {}
     for config in CONFIGS:
-        run_dir = Path(args.output_dir).resolve() / config
-        result_path = run_dir / RESULT_FILE
+        result_path = Path(args.output_dir).resolve() / config / RESULT_FILE
         if result_path.exists():
             rows.append(json.loads(result_path.read_text()))
-            print(f"{config}: finished earlier, {result_path}", flush=True)
-            continue
-        if config in earlier and config not in train:
+            print(f"{config}: finished, {result_path}", flush=True)
+        elif config in earlier:
             rows.append(earlier[config])
             print(f"{config}: finished in an earlier session ({earlier[config].get('finished_at', 'date unknown')})",
                   flush=True)
-            continue
-        if config not in train:
-            continue
-        row = summarise(config, run_training(config, args), run_dir, args.quick)
-        row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        row["command"] = " ".join(["python", "bench/vision_results.py"] + sys.argv[1:])
-        with atomic_write(result_path) as handle:
-            json.dump(row, handle, indent=1)
-        rows.append(row)
     return rows
+
+
+def train_config(config, args):
+    run_dir = Path(args.output_dir).resolve() / config
+    result_path = run_dir / RESULT_FILE
+    row = summarise(config, run_training(config, args), run_dir, args.quick)
+    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    row["command"] = " ".join(["python", "bench/vision_results.py"] + sys.argv[1:])
+    with atomic_write(result_path) as handle:
+        json.dump(row, handle, indent=1)
 
 
 def headline(rows, quick):
