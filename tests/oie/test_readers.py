@@ -10,24 +10,39 @@ from paddle_suite.oie.readers import (OIE2016_SPLITS, Example, OieDataError, dec
 from paddle_suite.oie.saoke import MISSING, Fact, parse_facts
 
 
-@pytest.mark.parametrize("split, lines", [("dev", 4373), ("test", 4440), ("coer_test", 2000)])
-def test_spansaoke_counts_match_the_data_readme(shared_data, split, lines):
+# lines, distinct sentences, distinct facts (identical lines: 3, 2 and 254)
+@pytest.mark.parametrize("split, lines, sentences, facts", [("dev", 4373, 2360, 4370), ("test", 4440, 2384, 4438),
+                                                            ("coer_test", 2000, 1698, 1746)])
+def test_spansaoke_gathers_the_facts_of_a_sentence(shared_data, split, lines, sentences, facts):
     examples = spansaoke_split(split, shared_data / "oie" / "spansaoke")
-    assert len(examples) == lines
+    assert len(examples) == sentences and len({e.sentence for e in examples}) == sentences
+    assert sum(len(e.facts) for e in examples) == facts
     for example in examples:
-        (fact,) = example.facts
-        for arg, spans in zip((fact.subject, fact.predicate, fact.objects[0]), example.spans):
-            expected = "".join(example.sentence[a:b] for a, b in spans)
-            assert arg == (expected or MISSING)
+        assert len(example.spans) == len(example.facts) == len(set(example.facts))
+        for fact, fact_spans in zip(example.facts, example.spans):
+            for arg, spans in zip((fact.subject, fact.predicate, fact.objects[0]), fact_spans):
+                expected = "".join(example.sentence[a:b] for a, b in spans)
+                assert arg == (expected or MISSING)
+
+
+def test_spansaoke_merges_lines_of_one_sentence_in_file_order(tmp_path):
+    path = tmp_path / "spans.txt"
+    lines = [{"sentence": "abcd", "label": "B-E1 B-R B-E2 O"}, {"sentence": "xyz", "label": "B-E1 B-R B-E2"},
+             {"sentence": "abcd", "label": "O B-E1 B-R B-E2"}, {"sentence": "abcd", "label": "B-E1 B-R B-E2 O"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    first, second = read_spansaoke(path)
+    assert first.facts == [Fact("a", "b", ("c",)), Fact("b", "c", ("d",))] and first.source == f"{path}:1"
+    assert first.spans == [(((0, 1),), ((1, 2),), ((2, 3),)), (((1, 2),), ((2, 3),), ((3, 4),))]
+    assert second.sentence == "xyz" and second.facts == [Fact("x", "y", ("z",))]
 
 
 def test_spansaoke_discontinuous_and_missing_roles(shared_data):
     coer = spansaoke_split("coer_test", shared_data / "oie" / "spansaoke")
-    missing_subject = [e for e in coer if e.facts[0].subject is MISSING]
-    assert len(missing_subject) == 2
-    two_part_subject = [e for e in coer if len(e.spans[0]) == 2]
-    assert two_part_subject and all(len(e.facts[0].subject) == sum(b - a for a, b in e.spans[0])
-                                    for e in two_part_subject)
+    pairs = [(fact, spans) for e in coer for fact, spans in zip(e.facts, e.spans)]
+    assert sum(fact.subject is MISSING for fact, _ in pairs) == 2
+    two_part_subject = [(fact, spans) for fact, spans in pairs if len(spans[0]) == 2]
+    assert two_part_subject and all(len(fact.subject) == sum(b - a for a, b in spans[0])
+                                    for fact, spans in two_part_subject)
 
 
 @pytest.mark.parametrize("split, tuples, sentences", [("train", 5078, 1759), ("dev", 1673, 582),

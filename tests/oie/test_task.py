@@ -75,8 +75,8 @@ def test_config_errors_name_the_key(tmp_path):
 def test_spansaoke_validation_is_a_seeded_hold_out_of_dev(tmp_path, shared_data):
     task = OIETask(load_config(write_config(tmp_path)))
     splits = task.splits()
-    assert (len(splits["train"]), len(splits["valid"]), len(splits["test"])) == (4373 - 400, 400, 4440)
-    assert not {e.source for e in splits["train"]} & {e.source for e in splits["valid"]}
+    assert (len(splits["train"]), len(splits["valid"]), len(splits["test"])) == (2360 - 400, 400, 2384)
+    assert not {e.sentence for e in splits["train"]} & {e.sentence for e in splits["valid"]}
     assert all("dev_4373" in e.source for e in splits["valid"]) and "test_4440" in splits["test"][0].source
     other_seed = OIETask(load_config(write_config(tmp_path), ["Global.seed=7"])).splits()
     assert [e.source for e in other_seed["valid"]] == [e.source for e in splits["valid"]]
@@ -167,7 +167,9 @@ def test_eval_uses_the_vocabulary_stored_with_the_checkpoint(trained_run):
     # ... and eval still loads the run, with the stored vocabulary.
     result = changed.evaluate(ARGS)
     assert result["checkpoint"].endswith("best") and changed.vocab.itos == saved.itos
-    assert 0.0 <= result["metrics"]["f1"] <= 1.0 and result["metrics"]["gold"] == 6
+    test_sentences = changed.eval_examples("test")
+    assert len(test_sentences) == 6 and 0.0 <= result["metrics"]["f1"] <= 1.0
+    assert result["metrics"]["gold"] == sum(len(e.facts) for e in test_sentences)
 
 
 def test_predict_prints_well_formed_facts(trained_run):
@@ -216,7 +218,9 @@ def test_training_through_tools_train_lowers_the_validation_loss(tmp_path, share
     initial.eval()
     with paddle.no_grad():
         losses.insert(0, task.teacher_forced_loss(initial, task.eval_examples("valid")))
-    assert len(losses) == 4 and losses[0] > losses[1] > losses[2] > losses[3], losses
+    # lower than the initial model at every validation, and still improving after the first one (60 steps at
+    # lr 0.01 on 300 sentences may overfit by the last validation, so not strictly monotone)
+    assert len(losses) == 4 and max(losses[1:]) < losses[0] and min(losses[2:]) < losses[1], losses
     assert losses[3] < 0.75 * losses[0], losses
     assert (run_dir / "best" / "model.pdparams").is_file() and (run_dir / "best" / "vocab.json").is_file()
 
@@ -261,14 +265,13 @@ def test_eval_cli_and_predict_then_score_agree_on_the_test_sentences(trained_run
     evaluated = run_tool("eval.py", "-c", config["_source"], "--no-progress")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads(evaluated.stdout)["metrics"]
-    assert metrics["gold"] == 6 and 0.0 <= metrics["f1"] <= 1.0
     test = task.eval_examples("test")
-    gold = tmp_path / "gold.txt"  # the test sentences' own lines of test_4440.txt
-    lines = {}
-    for example in test:
-        path, line_no = example.source.rsplit(":", 1)
-        lines[example.source] = Path(path).read_text(encoding="utf-8").splitlines()[int(line_no) - 1]
-    gold.write_text("".join(lines[e.source] + "\n" for e in test), encoding="utf-8")
+    assert metrics["gold"] == sum(len(e.facts) for e in test) and 0.0 <= metrics["f1"] <= 1.0
+    gold = tmp_path / "gold.txt"  # every line of test_4440.txt that holds a fact of the test sentences
+    sentences = {e.sentence for e in test}
+    test_file = Path(test[0].source.rsplit(":", 1)[0])
+    gold.write_text("".join(line + "\n" for line in test_file.read_text(encoding="utf-8").splitlines()
+                            if json.loads(line)["sentence"] in sentences), encoding="utf-8")
     run_dir = Path(config["Global"]["output_dir"]) / config["Global"]["run_name"]
     predicted = run_tool("oie_predict.py", "--run", run_dir, "--json", stdin="".join(e.sentence + "\n" for e in test))
     assert predicted.returncode == 0, predicted.stderr[-3000:]
