@@ -483,6 +483,20 @@ STREAM_TITLES = {"stationary": "stationary stream (i.i.d. Zipf draws: the genera
 RUN_NAMES = {"hierarchical": "hierarchical", "plain_fleet_ps": "plain Fleet PS", "single_process": "single process"}
 
 
+def _table_cells(run, r):
+    """The cells that differ between the runs' table rows: run name, table keys, peak RSS MB (anon)."""
+    if run == "hierarchical":
+        return (f"hierarchical (MEM cap {r['mem_cap_mb']:.0f} MB)", f"{r['keys']:,}",
+                f"{r['peak_rss_mb']:.0f} ({r['peak_rss_anon_mb']:.0f})")
+    if run == "plain_fleet_ps":  # one peak per process of the job (servers, workers)
+        rss = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mb"].items() if k != "launcher")
+        anon = ", ".join(f"{v:.0f}" for k, v in r["peak_rss_anon_mb"].items() if k != "launcher")
+        return (f"plain Fleet PS (async, MemorySparseTable, {r.get('servers', 1)} servers x {r.get('workers', 1)} "
+                "workers)", "(all, in server RAM)", f"{rss} ({anon})")
+    return (f"single process (local, {r['table_rows']:,}-row folded table)", f"{r['table_rows']:,}",
+            f"{r['peak_rss_mb']:.0f} ({r['peak_rss_anon_mb']:.0f})")
+
+
 def stream_section(name, h):
     d = h["data"]
     g = d["generator"]
@@ -504,28 +518,13 @@ def stream_section(name, h):
         "| run | table keys | peak RSS MB (anon) | examples/s (end to end) | examples/s (training loop) | test AUC | AUC - Bayes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = []
     hier = h.get("hierarchical") or {}
-    if hier.get("auc") is not None:
-        rows.append("hierarchical")
-        lines.append(f"| hierarchical (MEM cap {hier['mem_cap_mb']:.0f} MB) | {hier['keys']:,} | {hier['peak_rss_mb']:.0f} "
-                     f"({hier['peak_rss_anon_mb']:.0f}) | {hier['examples_per_s']:,.0f} | "
-                     f"{hier['train_examples_per_s']:,.0f} | {hier['auc']:.4f} | {hier['auc'] - h['bayes_auc']:+.4f} |")
-    f = h.get("plain_fleet_ps") or {}
-    if f.get("auc") is not None:
-        rows.append("plain_fleet_ps")
-        rss = ", ".join(f"{k} {v:.0f}" for k, v in f["peak_rss_mb"].items() if k != "launcher")
-        anon = ", ".join(f"{v:.0f}" for k, v in f["peak_rss_anon_mb"].items() if k != "launcher")
-        lines.append(f"| plain Fleet PS (async, MemorySparseTable, {f.get('servers', 1)} servers x "
-                     f"{f.get('workers', 1)} workers) | (all, in server RAM) | {rss} ({anon}) | "
-                     f"{f['examples_per_s']:,.0f} | {f['train_examples_per_s']:,.0f} | {f['auc']:.4f} | "
-                     f"{f['auc'] - h['bayes_auc']:+.4f} |")
-    sp = h.get("single_process") or {}
-    if sp.get("auc") is not None:
-        rows.append("single_process")
-        lines.append(f"| single process (local, {sp['table_rows']:,}-row folded table) | {sp['table_rows']:,} | "
-                     f"{sp['peak_rss_mb']:.0f} ({sp['peak_rss_anon_mb']:.0f}) | {sp['examples_per_s']:,.0f} | "
-                     f"{sp['train_examples_per_s']:,.0f} | {sp['auc']:.4f} | {sp['auc'] - h['bayes_auc']:+.4f} |")
+    rows = [run for run in RUN_NAMES if (h.get(run) or {}).get("auc") is not None]
+    for run in rows:
+        r = h[run]
+        name, keys, rss = _table_cells(run, r)
+        lines.append(f"| {name} | {keys} | {rss} | {r['examples_per_s']:,.0f} | {r['train_examples_per_s']:,.0f} | "
+                     f"{r['auc']:.4f} | {r['auc'] - h['bayes_auc']:+.4f} |")
     lines += ["", "Provenance (the bench command that produced each row; its training command is in the JSON's "
               "`provenance.train_command`):", ""]
     for run in rows:

@@ -229,6 +229,17 @@ def unique_inverse(values):
     return ordered[first], inverse
 
 
+def _record_bytes_per_key(values):
+    """Bytes a redo record holds per key: the key, then its values (``values`` [n, ...]: a row, a
+    counter record; None for deleted keys)."""
+    return 8 + (0 if values is None else values.itemsize * int(np.prod(values.shape[1:])))
+
+
+def logged_bytes(keys, values):
+    """Size of the redo records ``_append_log`` writes for ``keys`` and their ``values``."""
+    return keys.size * _record_bytes_per_key(values)
+
+
 def _as_keys(keys):
     keys = np.asarray(keys)
     if keys.dtype.kind not in "iu":
@@ -786,7 +797,7 @@ class HierarchicalStore:
         """Write the pass's redo records of one kind (rows float32 [n, row_dim], counters COUNT_DTYPE
         [n], or deleted keys: ``rows`` None), one transaction per chunk. They take effect only when
         a later transaction sets ``last_pass`` (or the ``prepared`` marker) to ``pass_id``."""
-        per_key = 8 + (0 if rows is None else rows.itemsize * int(np.prod(rows.shape[1:])))
+        per_key = _record_bytes_per_key(rows)
         per_chunk = max(1, _LOG_CHUNK_BYTES // per_key)
         for chunk, start in enumerate(range(0, max(keys.size, 1 if kind == _ROWS_RECORD else 0), per_chunk)):
             blob = keys[start:start + per_chunk].astype("<u8").tobytes()
@@ -795,7 +806,7 @@ class HierarchicalStore:
                 blob += np.ascontiguousarray(part, dtype="<f4" if kind == _ROWS_RECORD else COUNT_DTYPE).tobytes()
             with self.env.begin(write=True, db=self.log_db) as txn:
                 txn.put(struct.pack(">qI", pass_id, kind << 30 | chunk), blob)
-        return keys.size * per_key
+        return logged_bytes(keys, rows)
 
     # ------------------------------------------------------------------ working sets
     def load_working_set(self, keys, count=True):
@@ -910,7 +921,7 @@ class HierarchicalStore:
                     self._check_finite(ws)
                     self._open_sets.discard(ws)
                     patch_open_sets(self._open_sets, ws, pass_id)
-                    self._log_pass_bytes[pass_id] = ws.keys.size * (8 + self.row_bytes)  # what it logs
+                    self._log_pass_bytes[pass_id] = logged_bytes(ws.keys, ws.rows)  # what it will log
                     self._committing = self._writer.submit(self._durable_commit, ws, pass_id)
                     # MEM's update runs beside the log writes: no read sees MEM before the commit
                     # point (every read waits for it), and the update's SSD-table writes are queued
