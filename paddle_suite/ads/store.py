@@ -359,12 +359,15 @@ class _MemCache:
         if self.size == 0:
             return np.zeros(keys.size, dtype=np.int64), np.zeros(keys.size, dtype=bool)
         pos = np.searchsorted(self.index_keys, keys)
-        pos = np.minimum(pos, self.size - 1)
+        np.minimum(pos, self.size - 1, out=pos)
         hit = self.index_keys[pos] == keys
         return self.index_slot[pos], hit
 
     def effective_score(self, slots, now):
-        return self.score[slots] * np.float32(self.decay) ** (now - self.tick[slots]).astype(np.float32)
+        age = (now - self.tick[slots]).astype(np.float32)
+        np.power(np.float32(self.decay), age, out=age)  # in place: the update's temporaries are its peak
+        age *= self.score[slots]
+        return age
 
     def touch(self, slots, now):
         self.score[slots] = self.effective_score(slots, now) + 1.0
@@ -418,9 +421,20 @@ class _MemCache:
         kept[slots[slots < old_size]] = False
         kept = kept[self.index_slot]
         kept_keys, kept_slots = self.index_keys[kept], self.index_slot[kept]
+        del kept
+        # the merged index is built in new arrays, so the old one goes first; and not by np.insert,
+        # which takes three more index-sized temporaries (argsort, arange, a copy of the positions)
+        self.index_keys = self.index_slot = None
         at = np.searchsorted(kept_keys, new_keys)
-        self.index_keys = np.insert(kept_keys, at, new_keys)
-        self.index_slot = np.insert(kept_slots, at, slots)
+        at += np.arange(new_keys.size)  # the new keys' positions in the merged index
+        from_kept = np.ones(kept_keys.size + new_keys.size, dtype=bool)
+        from_kept[at] = False
+        self.index_keys = np.empty(from_kept.size, dtype=np.uint64)
+        self.index_keys[at] = new_keys
+        self.index_keys[from_kept] = kept_keys
+        self.index_slot = np.empty(from_kept.size, dtype=np.int64)
+        self.index_slot[at] = slots
+        self.index_slot[from_kept] = kept_slots
 
     def remove(self, keys):
         """Drop the cached rows of ``keys`` (a shrink); the last used slots move into the holes, so
@@ -799,13 +813,18 @@ class HierarchicalStore:
         a later transaction sets ``last_pass`` (or the ``prepared`` marker) to ``pass_id``."""
         per_key = _record_bytes_per_key(rows)
         per_chunk = max(1, _LOG_CHUNK_BYTES // per_key)
+        # every chunk is laid out in one reused buffer (LMDB copies it at put): no bytes copies of
+        # the keys, the rows and their concatenation; this runs beside the MEM update and training
+        buffer = np.empty(min(keys.size, per_chunk) * per_key, dtype=np.uint8)
+        values_dtype = None if rows is None else np.dtype("<f4") if kind == _ROWS_RECORD else COUNT_DTYPE
         for chunk, start in enumerate(range(0, max(keys.size, 1 if kind == _ROWS_RECORD else 0), per_chunk)):
-            blob = keys[start:start + per_chunk].astype("<u8").tobytes()
+            count = keys[start:start + per_chunk].size
+            blob = buffer[:count * per_key]
+            blob[:8 * count].view("<u8")[:] = keys[start:start + count]
             if rows is not None:
-                part = rows[start:start + per_chunk]
-                blob += np.ascontiguousarray(part, dtype="<f4" if kind == _ROWS_RECORD else COUNT_DTYPE).tobytes()
+                blob[8 * count:].view(values_dtype).reshape(rows[start:start + count].shape)[:] = rows[start:start + count]
             with self.env.begin(write=True, db=self.log_db) as txn:
-                txn.put(struct.pack(">qI", pass_id, kind << 30 | chunk), blob)
+                txn.put(struct.pack(">qI", pass_id, kind << 30 | chunk), memoryview(blob))
         return logged_bytes(keys, rows)
 
     # ------------------------------------------------------------------ working sets
@@ -1110,6 +1129,14 @@ class HierarchicalStore:
                                             self.state_init)
 
     def _apply_commit(self, ws, pass_id):
+        """A commit's MEM update, then the write-ahead of the next commit's victims. (Two calls, so
+        the update's plan and temporaries are freed before the write-ahead allocates its own; then
+        the freed heap goes back to the OS: this runs beside training, after the commit's trim.)"""
+        self._update_mem(ws, pass_id)
+        self._write_ahead_victims()
+        return_freed_memory()
+
+    def _update_mem(self, ws, pass_id):
         plan = self._plan_finish(ws)
         # dirty victims: a copy (sorted by key) goes to the writer thread, so MEM can reuse their slots now
         # (in key order by the MEM index: no sort)
@@ -1124,7 +1151,6 @@ class HierarchicalStore:
         self._in_flight = [victims, (keys[take], rows, take)]
         self._writing.append(self._writer.submit(self._write_back, victims, (keys, rows, take)))
         self._apply_finish(ws, plan, pass_id)
-        self._write_ahead_victims()
 
     def _write_ahead_victims(self):
         """Write to the SSD table, now, the dirty MEM rows that the commit of the open working sets
@@ -1187,11 +1213,12 @@ class HierarchicalStore:
         slots, hit = self.mem.lookup(ws.keys)
         new = np.flatnonzero(~hit)
         free_slots, victims = self.mem.plan_room(new.size, sorted_unique(slots[hit]), self._clock)
-        target = np.concatenate([free_slots, victims]).astype(np.int64)
+        target = np.concatenate([free_slots, victims]).astype(np.int64, copy=False)
         placed = new[: target.size]
         overflow = new[target.size:]  # more new rows than MEM can hold: straight to SSD
         return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
-                "overflow": overflow, "victims": victims, "writeback": victims[self.mem.dirty_pass[victims] >= 0]}
+                "overflow": overflow, "victims": int(victims.size),
+                "writeback": victims[self.mem.dirty_pass[victims] >= 0]}
 
     def _apply_finish(self, ws, plan, pass_id):
         """Update MEM with the committed rows; drop the oldest redo records when the log is over its cap."""
@@ -1199,7 +1226,7 @@ class HierarchicalStore:
         mem.rows[plan["hit_slots"]] = ws.rows[plan["hit"]]
         mem.dirty_pass[plan["hit_slots"]] = pass_id
         mem.place(plan["target"], ws.keys, ws.rows, plan["placed"], self._clock, dirty_pass=pass_id)
-        self._counters["evictions"] += int(plan["victims"].size)
+        self._counters["evictions"] += plan["victims"]
         self._counters["writebacks"] += int(plan["writeback"].size)
         self._counters["commits"] += 1
         if self._log_bytes > self.log_cap_bytes:
