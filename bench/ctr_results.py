@@ -73,9 +73,9 @@ the next load, and a load waits for the redo records (never more than two sets w
 the MEM update's plan and index merge (99 MB at 2.245M keys, 44 bytes a key; 161 MB before that
 day's cuts) beside what the writer thread runs, one at a time: a redo-log chunk (16 MiB buffer +
 LMDB's copy) or an SSD-table transaction (at most ``store._TXN_ROWS`` dirty 4 KiB pages, 64 MiB,
-which LMDB keeps for reuse). Not itemised: the ranking of a pass's keys (``PassData._rank``, ~33
-bytes per key slot, ~85 MB) and paddle's run-time buffers; they fit in the slack of ``baseline_mb``
-being an RSS (~130 MB of it are file-backed library pages, not anonymous).
+which LMDB keeps for reuse). Not itemised: the ranking of a pass's keys (``PassData._rank``: 82 MB
+at 2.6M key slots, ``store.unique_inverse``) and paddle's run-time buffers; they fit in the slack of
+``baseline_mb`` being an RSS (~130 MB of it are file-backed library pages, not anonymous).
 ``within_cap`` = peak_rss_anon_mb <= mem_cap_mb + rss_overhead_mb.
 (The first full run, before the store's memory fixes, peaked at 2,879 MB anonymous: a dygraph
 tape chained to the HBM tensor by every in-place sparse update, LMDB transactions of 2^18 rows,

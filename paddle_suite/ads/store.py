@@ -224,9 +224,13 @@ def unique_inverse(values):
     first = np.empty(values.size, dtype=bool)
     first[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    distinct = ordered[first]
+    del ordered  # before the ranks are built: a pass's ranking runs beside training and a commit
+    ranks = np.cumsum(first)
+    ranks -= 1
     inverse = np.empty(values.size, dtype=np.int64)
-    inverse[order] = np.cumsum(first) - 1
-    return ordered[first], inverse
+    inverse[order] = ranks
+    return distinct, inverse
 
 
 def _record_bytes_per_key(values):
