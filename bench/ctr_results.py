@@ -55,15 +55,28 @@ cross-check: Linux carries the forking bench process's own peak into it across `
 the first run it can exceed the child's real peak. ``peak_rss_mb`` is the trainer's ``VmHWM`` (anonymous + file-backed);
 LMDB reads the SSD tier through a memory map, so file pages it touched are counted there although
 the kernel can drop them at will: the cap is therefore checked against ``peak_rss_anon_mb`` (the
-largest sampled anonymous RSS), and both are reported. ``rss_overhead_mb`` (stated before the run):
-the measured RSS of a process that imported paddle and built the model and optimiser
-(``baseline_mb``) + the pass working memory: two passes in flight (the one training, the one being
-prefetched) x (parsed examples: 8 + 52 + 208 bytes a row, held twice while a pass is assembled,
-+ 8 bytes per key for the local index) + three working sets' worth (8 + 4 * 2 * dim bytes per
-distinct key, a pass having at most ``pass_size * 26`` distinct keys): the training pass's rows (on a
-CPU device the HBM tensor shares them), the prefetched pass's rows, and one more for the commit's
-transients (MEM placement, LMDB write transactions of at most ``store._TXN_ROWS`` rows, the
-sorting of the pass's keys). ``within_cap`` = peak_rss_anon_mb <= mem_cap_mb + rss_overhead_mb.
+largest sampled anonymous RSS), and both are reported.
+
+``rss_overhead_mb`` (stated before the run), by what is alive at the pipeline's peak (measured
+2026-12-05: weak references to every ``WorkingSet`` and ``PassData`` and the running store steps
+sampled every 20 ms over the 1M-row stationary run; the peak falls while pass i trains, pass i-1's
+MEM update runs beside its redo-log writes and pass i+2's keys are ranked): the measured RSS of a
+process that imported paddle and built the model and optimiser (``baseline_mb``) + parsed data: two
+passes x (8 + 52 + 208 bytes a row, held twice while a pass is assembled, + 8 bytes per key for the
+local index), which holds the three ``PassData`` alive (training, next, being read: 98 MB at 1e5
+rows a pass; raw keys dropped once ranked) + three working sets' worth (8 + 4 * 2 * dim bytes per
+distinct key, at most ``pass_size * 26`` keys a pass): (1) the training set (on a CPU device the HBM
+tensor shares its rows); (2) the previous pass's committed set until its commit is done, then the
+next pass's prefetched set, never both: the store's one prefetch thread runs the MEM update before
+the next load, and a load waits for the redo records (never more than two sets were alive;
+``test_a_committed_working_set_is_released_once_its_commit_is_done``); (3) the commit's temporaries:
+the MEM update's plan and index merge (99 MB at 2.245M keys, 44 bytes a key; 161 MB before that
+day's cuts) beside what the writer thread runs, one at a time: a redo-log chunk (16 MiB buffer +
+LMDB's copy) or an SSD-table transaction (at most ``store._TXN_ROWS`` dirty 4 KiB pages, 64 MiB,
+which LMDB keeps for reuse). Not itemised: the ranking of a pass's keys (``PassData._rank``: 82 MB
+at 2.6M key slots, ``store.unique_inverse``) and paddle's run-time buffers; they fit in the slack of
+``baseline_mb`` being an RSS (~130 MB of it are file-backed library pages, not anonymous).
+``within_cap`` = peak_rss_anon_mb <= mem_cap_mb + rss_overhead_mb.
 (The first full run, before the store's memory fixes, peaked at 2,879 MB anonymous: a dygraph
 tape chained to the HBM tensor by every in-place sparse update, LMDB transactions of 2^18 rows,
 and glibc keeping freed working-set arrays resident; see ``store.return_freed_memory``.)
@@ -483,6 +496,20 @@ STREAM_TITLES = {"stationary": "stationary stream (i.i.d. Zipf draws: the genera
 RUN_NAMES = {"hierarchical": "hierarchical", "plain_fleet_ps": "plain Fleet PS", "single_process": "single process"}
 
 
+def _table_cells(run, r):
+    """The cells that differ between the runs' table rows: run name, table keys, peak RSS MB (anon)."""
+    if run == "hierarchical":
+        return (f"hierarchical (MEM cap {r['mem_cap_mb']:.0f} MB)", f"{r['keys']:,}",
+                f"{r['peak_rss_mb']:.0f} ({r['peak_rss_anon_mb']:.0f})")
+    if run == "plain_fleet_ps":  # one peak per process of the job (servers, workers)
+        rss = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mb"].items() if k != "launcher")
+        anon = ", ".join(f"{v:.0f}" for k, v in r["peak_rss_anon_mb"].items() if k != "launcher")
+        return (f"plain Fleet PS (async, MemorySparseTable, {r.get('servers', 1)} servers x {r.get('workers', 1)} "
+                "workers)", "(all, in server RAM)", f"{rss} ({anon})")
+    return (f"single process (local, {r['table_rows']:,}-row folded table)", f"{r['table_rows']:,}",
+            f"{r['peak_rss_mb']:.0f} ({r['peak_rss_anon_mb']:.0f})")
+
+
 def stream_section(name, h):
     d = h["data"]
     g = d["generator"]
@@ -504,28 +531,13 @@ def stream_section(name, h):
         "| run | table keys | peak RSS MB (anon) | examples/s (end to end) | examples/s (training loop) | test AUC | AUC - Bayes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = []
     hier = h.get("hierarchical") or {}
-    if hier.get("auc") is not None:
-        rows.append("hierarchical")
-        lines.append(f"| hierarchical (MEM cap {hier['mem_cap_mb']:.0f} MB) | {hier['keys']:,} | {hier['peak_rss_mb']:.0f} "
-                     f"({hier['peak_rss_anon_mb']:.0f}) | {hier['examples_per_s']:,.0f} | "
-                     f"{hier['train_examples_per_s']:,.0f} | {hier['auc']:.4f} | {hier['auc'] - h['bayes_auc']:+.4f} |")
-    f = h.get("plain_fleet_ps") or {}
-    if f.get("auc") is not None:
-        rows.append("plain_fleet_ps")
-        rss = ", ".join(f"{k} {v:.0f}" for k, v in f["peak_rss_mb"].items() if k != "launcher")
-        anon = ", ".join(f"{v:.0f}" for k, v in f["peak_rss_anon_mb"].items() if k != "launcher")
-        lines.append(f"| plain Fleet PS (async, MemorySparseTable, {f.get('servers', 1)} servers x "
-                     f"{f.get('workers', 1)} workers) | (all, in server RAM) | {rss} ({anon}) | "
-                     f"{f['examples_per_s']:,.0f} | {f['train_examples_per_s']:,.0f} | {f['auc']:.4f} | "
-                     f"{f['auc'] - h['bayes_auc']:+.4f} |")
-    sp = h.get("single_process") or {}
-    if sp.get("auc") is not None:
-        rows.append("single_process")
-        lines.append(f"| single process (local, {sp['table_rows']:,}-row folded table) | {sp['table_rows']:,} | "
-                     f"{sp['peak_rss_mb']:.0f} ({sp['peak_rss_anon_mb']:.0f}) | {sp['examples_per_s']:,.0f} | "
-                     f"{sp['train_examples_per_s']:,.0f} | {sp['auc']:.4f} | {sp['auc'] - h['bayes_auc']:+.4f} |")
+    rows = [run for run in RUN_NAMES if (h.get(run) or {}).get("auc") is not None]
+    for run in rows:
+        r = h[run]
+        name, keys, rss = _table_cells(run, r)
+        lines.append(f"| {name} | {keys} | {rss} | {r['examples_per_s']:,.0f} | {r['train_examples_per_s']:,.0f} | "
+                     f"{r['auc']:.4f} | {r['auc'] - h['bayes_auc']:+.4f} |")
     lines += ["", "Provenance (the bench command that produced each row; its training command is in the JSON's "
               "`provenance.train_command`):", ""]
     for run in rows:
@@ -546,7 +558,8 @@ def stream_section(name, h):
             f"(file-backed LMDB map pages, reclaimable, peak {h['peak_rss_file_mb']:.0f} MB). Allowed: MEM cap "
             f"{h['mem_cap_mb']:.0f} MB + overhead {h['rss_overhead_mb']:.0f} MB (process with paddle + model "
             f"{h['overhead']['baseline_mb']:.0f} MB, two passes of parsed data and three working sets' worth: the "
-            f"training one, the prefetched one, commit transients) = {h['mem_cap_mb'] + h['rss_overhead_mb']:.0f} MB: "
+            f"training one, the committed one until its commit is done and then the prefetched one, the commit's "
+            f"temporaries) = {h['mem_cap_mb'] + h['rss_overhead_mb']:.0f} MB: "
             f"within cap **{h['within_cap']}**.",
         ]
     lines.append("")
@@ -661,7 +674,9 @@ def run_stream(args, stream, runs, quick):
         "stream": stream, "keys": None, "mem_cap_mb": mem_cap_mb, "rss_overhead_mb": overhead,
         "overhead": {"baseline_mb": baseline, "definition": "RSS after importing paddle and building the model + "
                      "optimiser, + 2 passes of parsed examples (2 x 268 B + 208 B index per row) + 3 working sets' worth "
-                     "(training, prefetched, commit transients; pass_size x 26 keys x (8 + 72) B); checked against the anonymous peak RSS"},
+                     "(training; committed until its commit is done, then prefetched; the commit's temporaries: MEM "
+                     "update, redo-log chunk or SSD-table transaction; pass_size x 26 keys x (8 + 72) B); checked "
+                     "against the anonymous peak RSS"},
         "peak_rss_mb": None, "hit_rate": None, "examples_per_s": None, "auc": None,
         "bayes_auc": desc["bayes_auc_test"],
         "data": {**{k: desc[k] for k in ("train_rows", "test_rows", "distinct_keys_all_rows", "bayes_auc_test",

@@ -224,9 +224,24 @@ def unique_inverse(values):
     first = np.empty(values.size, dtype=bool)
     first[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    distinct = ordered[first]
+    del ordered  # before the ranks are built: a pass's ranking runs beside training and a commit
+    ranks = np.cumsum(first)
+    ranks -= 1
     inverse = np.empty(values.size, dtype=np.int64)
-    inverse[order] = np.cumsum(first) - 1
-    return ordered[first], inverse
+    inverse[order] = ranks
+    return distinct, inverse
+
+
+def _record_bytes_per_key(values):
+    """Bytes a redo record holds per key: the key, then its values (``values`` [n, ...]: a row, a
+    counter record; None for deleted keys)."""
+    return 8 + (0 if values is None else values.itemsize * int(np.prod(values.shape[1:])))
+
+
+def logged_bytes(keys, values):
+    """Size of the redo records ``_append_log`` writes for ``keys`` and their ``values``."""
+    return keys.size * _record_bytes_per_key(values)
 
 
 def _as_keys(keys):
@@ -348,12 +363,15 @@ class _MemCache:
         if self.size == 0:
             return np.zeros(keys.size, dtype=np.int64), np.zeros(keys.size, dtype=bool)
         pos = np.searchsorted(self.index_keys, keys)
-        pos = np.minimum(pos, self.size - 1)
+        np.minimum(pos, self.size - 1, out=pos)
         hit = self.index_keys[pos] == keys
         return self.index_slot[pos], hit
 
     def effective_score(self, slots, now):
-        return self.score[slots] * np.float32(self.decay) ** (now - self.tick[slots]).astype(np.float32)
+        age = (now - self.tick[slots]).astype(np.float32)
+        np.power(np.float32(self.decay), age, out=age)  # in place: the update's temporaries are its peak
+        age *= self.score[slots]
+        return age
 
     def touch(self, slots, now):
         self.score[slots] = self.effective_score(slots, now) + 1.0
@@ -407,9 +425,20 @@ class _MemCache:
         kept[slots[slots < old_size]] = False
         kept = kept[self.index_slot]
         kept_keys, kept_slots = self.index_keys[kept], self.index_slot[kept]
+        del kept
+        # the merged index is built in new arrays, so the old one goes first; and not by np.insert,
+        # which takes three more index-sized temporaries (argsort, arange, a copy of the positions)
+        self.index_keys = self.index_slot = None
         at = np.searchsorted(kept_keys, new_keys)
-        self.index_keys = np.insert(kept_keys, at, new_keys)
-        self.index_slot = np.insert(kept_slots, at, slots)
+        at += np.arange(new_keys.size)  # the new keys' positions in the merged index
+        from_kept = np.ones(kept_keys.size + new_keys.size, dtype=bool)
+        from_kept[at] = False
+        self.index_keys = np.empty(from_kept.size, dtype=np.uint64)
+        self.index_keys[at] = new_keys
+        self.index_keys[from_kept] = kept_keys
+        self.index_slot = np.empty(from_kept.size, dtype=np.int64)
+        self.index_slot[at] = slots
+        self.index_slot[from_kept] = kept_slots
 
     def remove(self, keys):
         """Drop the cached rows of ``keys`` (a shrink); the last used slots move into the holes, so
@@ -786,16 +815,21 @@ class HierarchicalStore:
         """Write the pass's redo records of one kind (rows float32 [n, row_dim], counters COUNT_DTYPE
         [n], or deleted keys: ``rows`` None), one transaction per chunk. They take effect only when
         a later transaction sets ``last_pass`` (or the ``prepared`` marker) to ``pass_id``."""
-        per_key = 8 + (0 if rows is None else rows.itemsize * int(np.prod(rows.shape[1:])))
+        per_key = _record_bytes_per_key(rows)
         per_chunk = max(1, _LOG_CHUNK_BYTES // per_key)
+        # every chunk is laid out in one reused buffer (LMDB copies it at put): no bytes copies of
+        # the keys, the rows and their concatenation; this runs beside the MEM update and training
+        buffer = np.empty(min(keys.size, per_chunk) * per_key, dtype=np.uint8)
+        values_dtype = None if rows is None else np.dtype("<f4") if kind == _ROWS_RECORD else COUNT_DTYPE
         for chunk, start in enumerate(range(0, max(keys.size, 1 if kind == _ROWS_RECORD else 0), per_chunk)):
-            blob = keys[start:start + per_chunk].astype("<u8").tobytes()
+            count = keys[start:start + per_chunk].size
+            blob = buffer[:count * per_key]
+            blob[:8 * count].view("<u8")[:] = keys[start:start + count]
             if rows is not None:
-                part = rows[start:start + per_chunk]
-                blob += np.ascontiguousarray(part, dtype="<f4" if kind == _ROWS_RECORD else COUNT_DTYPE).tobytes()
+                blob[8 * count:].view(values_dtype).reshape(rows[start:start + count].shape)[:] = rows[start:start + count]
             with self.env.begin(write=True, db=self.log_db) as txn:
-                txn.put(struct.pack(">qI", pass_id, kind << 30 | chunk), blob)
-        return keys.size * per_key
+                txn.put(struct.pack(">qI", pass_id, kind << 30 | chunk), memoryview(blob))
+        return logged_bytes(keys, rows)
 
     # ------------------------------------------------------------------ working sets
     def load_working_set(self, keys, count=True):
@@ -910,7 +944,7 @@ class HierarchicalStore:
                     self._check_finite(ws)
                     self._open_sets.discard(ws)
                     patch_open_sets(self._open_sets, ws, pass_id)
-                    self._log_pass_bytes[pass_id] = ws.keys.size * (8 + self.row_bytes)  # what it logs
+                    self._log_pass_bytes[pass_id] = logged_bytes(ws.keys, ws.rows)  # what it will log
                     self._committing = self._writer.submit(self._durable_commit, ws, pass_id)
                     # MEM's update runs beside the log writes: no read sees MEM before the commit
                     # point (every read waits for it), and the update's SSD-table writes are queued
@@ -1099,6 +1133,14 @@ class HierarchicalStore:
                                             self.state_init)
 
     def _apply_commit(self, ws, pass_id):
+        """A commit's MEM update, then the write-ahead of the next commit's victims. (Two calls, so
+        the update's plan and temporaries are freed before the write-ahead allocates its own; then
+        the freed heap goes back to the OS: this runs beside training, after the commit's trim.)"""
+        self._update_mem(ws, pass_id)
+        self._write_ahead_victims()
+        return_freed_memory()
+
+    def _update_mem(self, ws, pass_id):
         plan = self._plan_finish(ws)
         # dirty victims: a copy (sorted by key) goes to the writer thread, so MEM can reuse their slots now
         # (in key order by the MEM index: no sort)
@@ -1113,7 +1155,6 @@ class HierarchicalStore:
         self._in_flight = [victims, (keys[take], rows, take)]
         self._writing.append(self._writer.submit(self._write_back, victims, (keys, rows, take)))
         self._apply_finish(ws, plan, pass_id)
-        self._write_ahead_victims()
 
     def _write_ahead_victims(self):
         """Write to the SSD table, now, the dirty MEM rows that the commit of the open working sets
@@ -1176,11 +1217,12 @@ class HierarchicalStore:
         slots, hit = self.mem.lookup(ws.keys)
         new = np.flatnonzero(~hit)
         free_slots, victims = self.mem.plan_room(new.size, sorted_unique(slots[hit]), self._clock)
-        target = np.concatenate([free_slots, victims]).astype(np.int64)
+        target = np.concatenate([free_slots, victims]).astype(np.int64, copy=False)
         placed = new[: target.size]
         overflow = new[target.size:]  # more new rows than MEM can hold: straight to SSD
         return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
-                "overflow": overflow, "victims": victims, "writeback": victims[self.mem.dirty_pass[victims] >= 0]}
+                "overflow": overflow, "victims": int(victims.size),
+                "writeback": victims[self.mem.dirty_pass[victims] >= 0]}
 
     def _apply_finish(self, ws, plan, pass_id):
         """Update MEM with the committed rows; drop the oldest redo records when the log is over its cap."""
@@ -1188,7 +1230,7 @@ class HierarchicalStore:
         mem.rows[plan["hit_slots"]] = ws.rows[plan["hit"]]
         mem.dirty_pass[plan["hit_slots"]] = pass_id
         mem.place(plan["target"], ws.keys, ws.rows, plan["placed"], self._clock, dirty_pass=pass_id)
-        self._counters["evictions"] += int(plan["victims"].size)
+        self._counters["evictions"] += plan["victims"]
         self._counters["writebacks"] += int(plan["writeback"].size)
         self._counters["commits"] += 1
         if self._log_bytes > self.log_cap_bytes:

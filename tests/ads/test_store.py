@@ -441,3 +441,50 @@ def test_a_failed_deferred_commit_stops_the_store_and_leaves_the_previous_pass(t
     with HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1) as reopened:
         assert reopened.last_pass == 0
         np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(1))
+
+
+@pytest.mark.parametrize("rows_in_mem, wait", [(60, False), (60, True), (5, False)])
+def test_a_committed_working_set_is_released_once_its_commit_is_done(tmp_path, rows_in_mem, wait):
+    """The memory bound of the pass pipeline (bench/ctr_results.py, rss_overhead_mb) counts two
+    working sets: the one training and the committed one until its commit (redo records, MEM
+    update, SSD writes) is done. So once ``flush`` returns the store holds no reference to the
+    committed set or its rows, whether they fit in MEM or mostly overflow to the SSD table
+    (``rows_in_mem`` 5: its rows are written from ``ws.rows`` without a copy)."""
+    import weakref
+
+    store = HierarchicalStore(tmp_path / "s", DIM, STATE,
+                              mem_cap_mb=rows_in_mem * store_row_bytes(DIM + STATE) / 2 ** 20)
+    ws = store.load_working_set(pass_keys(0))
+    upcoming = store.prefetch(pass_keys(1)).result()  # open, as the trainer's prefetch
+    train(ws.rows, ws.keys, 0, DIM)
+    committed, committed_rows = weakref.ref(ws), weakref.ref(ws.rows)
+    store.commit_pass(ws, 0, wait=wait)
+    del ws
+    store.flush()
+    assert committed() is None and committed_rows() is None
+    train(upcoming.rows, upcoming.keys, 1, DIM)
+    store.commit_pass(upcoming, 1, wait=wait)
+    store.close()
+    with HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=1) as reopened:
+        np.testing.assert_array_equal(reopened.read_rows(UNIVERSE), reference_after(2))
+
+
+def test_mem_index_merge_matches_a_sorted_index():
+    """A commit's sorted keys are merged into MEM's sorted index (replacing evicted slots' keys)
+    instead of re-sorting it: the merged index must equal the sorted one."""
+    from paddle_suite.ads.store import _MemCache
+
+    rng = np.random.default_rng(3)
+    mem = _MemCache(capacity=500, row_dim=2, decay=0.5)
+    for now in range(1, 6):
+        keys = np.unique(rng.integers(1, 2 ** 63, 180, dtype=np.uint64))
+        slots, hit = mem.lookup(keys)
+        new = np.flatnonzero(~hit)
+        free, victims = mem.plan_room(new.size, slots[hit], now)
+        target = np.concatenate([free, victims])
+        mem.place(target, keys, np.ones((keys.size, 2), np.float32), new[:target.size], now, dirty_pass=now)
+        order = np.argsort(mem.keys[:mem.size])
+        np.testing.assert_array_equal(mem.index_keys, mem.keys[:mem.size][order])
+        np.testing.assert_array_equal(mem.index_slot, order)
+        slots, hit = mem.lookup(keys[new[:target.size]])
+        assert hit.all() and (mem.keys[slots] == keys[new[:target.size]]).all()
