@@ -108,15 +108,18 @@ def pack_table(table):
 
 
 @numba.njit(inline="always", **_JIT)
+def _modulus(d_re, d_im):
+    """``sqrt(d_re^2 + d_im^2 + EPS)``, each operation in the order of the numpy formulation (module doc)."""
+    mod = d_re * d_re
+    mod = mod + d_im * d_im
+    return np.sqrt(mod + EPS32)
+
+
+@numba.njit(inline="always", **_JIT)
 def _lane_element(q_re, q_im, c_re, c_im, d, k, modulus):
     """Element ``d`` of lane ``k``: ``|q - c|`` or the complex modulus (see module doc)."""
     if modulus:
-        d_re = q_re[d] - c_re[d, k]
-        d_im = q_im[d] - c_im[d, k]
-        mod = d_re * d_re
-        mod = mod + d_im * d_im
-        mod = mod + EPS32
-        return np.sqrt(mod)
+        return _modulus(q_re[d] - c_re[d, k], q_im[d] - c_im[d, k])
     return abs(q_re[d] - c_re[d, k])
 
 
@@ -264,10 +267,19 @@ def _row_sum(values, plan, stack):
     return np.float32(0.0) + stack[0]
 
 
+@numba.njit(inline="always", **_JIT)
+def _row_element(q_re, q_im, c, g, b, d, width, modulus):
+    """Element ``d`` of query ``(g, b)`` against row ``c``: ``|q - c|``, or the complex modulus with ``c``
+    as ``[re | im]`` (the imaginary half is read only then: an L1 row has no second half)."""
+    if modulus:
+        return _modulus(q_re[g, b, d] - c[d], q_im[g, b, d] - c[width + d])
+    return abs(q_re[g, b, d] - c[d])
+
+
 @numba.njit(parallel=True, **_JIT)
-def _l1_forward(q, rows, index, plan):
-    """``out[g, b, k] = sum_d |q[g, b, d] - rows[index[g, k], d]|``."""
-    groups, batch, width = q.shape
+def _distance_forward(q_re, q_im, rows, index, plan, modulus):
+    """``out[g, b, k] = sum_d element(q[g, b, d], rows[index[g, k]])`` (``_row_element``; L1: ``q_im`` unused)."""
+    groups, batch, width = q_re.shape
     num = index.shape[1]
     out = np.empty((groups, batch, num), np.float32)
     for g in numba.prange(groups):
@@ -277,14 +289,14 @@ def _l1_forward(q, rows, index, plan):
             for k in range(num):
                 c = rows[index[g, k]]
                 for d in range(width):
-                    values[d] = abs(q[g, b, d] - c[d])
+                    values[d] = _row_element(q_re, q_im, c, g, b, d, width, modulus)
                 out[g, b, k] = _row_sum(values, plan, stack)
     return out
 
 
 @numba.njit(**_JIT)
 def _l1_backward(q, rows, index, grad, grad_rows):
-    """Gradients of ``sum grad * _l1_forward``: returns ``d/dq``; ``d/drows`` is added into ``grad_rows``.
+    """Gradients of ``sum grad * l1_forward``: returns ``d/dq``; ``d/drows`` is added into ``grad_rows``.
 
     ``sign(d)`` is recomputed. Sequential: candidates repeat across groups, so the scatter into
     ``grad_rows`` must not race.
@@ -309,31 +321,9 @@ def _l1_backward(q, rows, index, grad, grad_rows):
     return grad_q
 
 
-@numba.njit(parallel=True, **_JIT)
-def _modulus_forward(q_re, q_im, rows, index, plan):
-    """``out[g, b, k] = sum_d sqrt(|q[g, b, d] - c_d|^2 + EPS)``, ``c = rows[index[g, k]]`` as ``[re | im]``."""
-    groups, batch, width = q_re.shape
-    num = index.shape[1]
-    out = np.empty((groups, batch, num), np.float32)
-    for g in numba.prange(groups):
-        values = np.empty(width, np.float32)
-        stack = np.empty(_MAX_DEPTH, np.float32)
-        for b in range(batch):
-            for k in range(num):
-                c = rows[index[g, k]]
-                for d in range(width):
-                    d_re = q_re[g, b, d] - c[d]
-                    d_im = q_im[g, b, d] - c[width + d]
-                    mod = d_re * d_re
-                    mod = mod + d_im * d_im
-                    values[d] = np.sqrt(mod + EPS32)
-                out[g, b, k] = _row_sum(values, plan, stack)
-    return out
-
-
 @numba.njit(**_JIT)
 def _modulus_backward(q_re, q_im, rows, index, grad, grad_rows):
-    """Gradients of ``sum grad * _modulus_forward``: returns ``(d/dq_re, d/dq_im)``; ``d/drows`` into ``grad_rows``."""
+    """Gradients of ``sum grad * modulus_forward``: returns ``(d/dq_re, d/dq_im)``; ``d/drows`` into ``grad_rows``."""
     groups, batch, width = q_re.shape
     num = index.shape[1]
     grad_re = np.zeros((groups, batch, width), np.float32)
@@ -349,9 +339,7 @@ def _modulus_backward(q_re, q_im, rows, index, grad, grad_rows):
                 for d in range(width):
                     d_re = q_re[g, b, d] - c[d]
                     d_im = q_im[g, b, d] - c[width + d]
-                    mod = d_re * d_re
-                    mod = mod + d_im * d_im
-                    mod = np.sqrt(mod + EPS32)
+                    mod = _modulus(d_re, d_im)
                     terms_re[d] = (d_re / mod) * weight
                     terms_im[d] = (d_im / mod) * weight
                 target = grad_rows[index[g, k]]
@@ -380,7 +368,7 @@ def _grad_rows(rows, grad_rows):
 
 
 def l1_forward(q, rows, index):
-    return _run(_l1_forward, q, rows, index, pairwise_plan(q.shape[-1]))
+    return _run(_distance_forward, q, q, rows, index, pairwise_plan(q.shape[-1]), False)
 
 
 def l1_backward(q, rows, index, grad, grad_rows=None):
@@ -390,7 +378,7 @@ def l1_backward(q, rows, index, grad, grad_rows=None):
 
 
 def modulus_forward(q_re, q_im, rows, index):
-    return _run(_modulus_forward, q_re, q_im, rows, index, pairwise_plan(q_re.shape[-1]))
+    return _run(_distance_forward, q_re, q_im, rows, index, pairwise_plan(q_re.shape[-1]), True)
 
 
 def modulus_backward(q_re, q_im, rows, index, grad, grad_rows=None):
