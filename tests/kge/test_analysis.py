@@ -126,7 +126,6 @@ def test_vocabulary_and_run_errors(tmp_path):
         analysis.find_run_config(tmp_path)
 
 
-
 @pytest.mark.parametrize("config_name, expected", [
     ("logician_saoke.yaml", "{run} is an open-IE (oie) run: use python tools/oie_predict.py --run {run} "),
     ("ctr_dnn_ps.yaml", "{run} is a 'ctr' run, not a knowledge-graph (kge) one: use python tools/eval.py -c {run}/"),
