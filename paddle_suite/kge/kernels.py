@@ -294,61 +294,49 @@ def _distance_forward(q_re, q_im, rows, index, plan, modulus):
     return out
 
 
-@numba.njit(**_JIT)
-def _l1_backward(q, rows, index, grad, grad_rows):
-    """Gradients of ``sum grad * l1_forward``: returns ``d/dq``; ``d/drows`` is added into ``grad_rows``.
+@numba.njit(inline="always", **_JIT)
+def _row_element_grad(q_re, q_im, c, g, b, d, width, weight, terms, modulus):
+    """``weight * d element / d q`` at ``d`` into ``terms[:, d]``: ``sign(q - c)`` (L1: ``terms[0]`` only)
+    or ``(d_re, d_im) / modulus`` (``_row_element``)."""
+    if modulus:
+        d_re = q_re[g, b, d] - c[d]
+        d_im = q_im[g, b, d] - c[width + d]
+        mod = _modulus(d_re, d_im)
+        terms[0, d] = (d_re / mod) * weight
+        terms[1, d] = (d_im / mod) * weight
+    else:
+        diff = q_re[g, b, d] - c[d]
+        terms[0, d] = np.float32((diff > 0) - (diff < 0)) * weight
 
-    ``sign(d)`` is recomputed. Sequential: candidates repeat across groups, so the scatter into
-    ``grad_rows`` must not race.
+
+@numba.njit(**_JIT)
+def _distance_backward(q_re, q_im, rows, index, grad, grad_rows, modulus):
+    """Gradients of ``sum grad * _distance_forward``: returns ``d/dq`` as ``[parts, G, B, D]`` (parts: re, and
+    im for the modulus); ``d/drows`` is added into ``grad_rows`` (``[re | im]`` halves).
+
+    The element's derivative is recomputed. Sequential: candidates repeat across groups, so the
+    scatter into ``grad_rows`` must not race.
     """
-    groups, batch, width = q.shape
-    num = index.shape[1]
-    grad_q = np.zeros((groups, batch, width), np.float32)
-    terms = np.empty(width, np.float32)  # one candidate's terms first: that loop vectorises
-    for g in range(groups):
-        for b in range(batch):
-            accumulate = grad_q[g, b]
-            for k in range(num):
-                weight = grad[g, b, k]
-                c = rows[index[g, k]]
-                for d in range(width):
-                    diff = q[g, b, d] - c[d]
-                    terms[d] = np.float32((diff > 0) - (diff < 0)) * weight
-                target = grad_rows[index[g, k]]
-                for d in range(width):
-                    accumulate[d] += terms[d]
-                    target[d] -= terms[d]
-    return grad_q
-
-
-@numba.njit(**_JIT)
-def _modulus_backward(q_re, q_im, rows, index, grad, grad_rows):
-    """Gradients of ``sum grad * modulus_forward``: returns ``(d/dq_re, d/dq_im)``; ``d/drows`` into ``grad_rows``."""
     groups, batch, width = q_re.shape
     num = index.shape[1]
-    grad_re = np.zeros((groups, batch, width), np.float32)
-    grad_im = np.zeros((groups, batch, width), np.float32)
-    terms_re = np.empty(width, np.float32)  # one candidate's terms first: that loop vectorises
-    terms_im = np.empty(width, np.float32)
+    parts = 2 if modulus else 1
+    grad_q = np.zeros((parts, groups, batch, width), np.float32)
+    terms = np.empty((parts, width), np.float32)  # one candidate's terms first: that loop vectorises
     for g in range(groups):
         for b in range(batch):
-            accumulate_re, accumulate_im = grad_re[g, b], grad_im[g, b]
             for k in range(num):
                 weight = grad[g, b, k]
                 c = rows[index[g, k]]
                 for d in range(width):
-                    d_re = q_re[g, b, d] - c[d]
-                    d_im = q_im[g, b, d] - c[width + d]
-                    mod = _modulus(d_re, d_im)
-                    terms_re[d] = (d_re / mod) * weight
-                    terms_im[d] = (d_im / mod) * weight
+                    _row_element_grad(q_re, q_im, c, g, b, d, width, weight, terms, modulus)
                 target = grad_rows[index[g, k]]
-                for d in range(width):
-                    accumulate_re[d] += terms_re[d]
-                    accumulate_im[d] += terms_im[d]
-                    target[d] -= terms_re[d]
-                    target[width + d] -= terms_im[d]
-    return grad_re, grad_im
+                for part in range(parts):
+                    accumulate = grad_q[part, g, b]
+                    offset = part * width
+                    for d in range(width):
+                        accumulate[d] += terms[part, d]
+                        target[offset + d] -= terms[part, d]
+    return grad_q
 
 
 def rank_counts(scores, targets):
@@ -374,7 +362,7 @@ def l1_forward(q, rows, index):
 def l1_backward(q, rows, index, grad, grad_rows=None):
     """``(d/dq, d/drows)``; ``grad_rows`` (``rows``' shape, float32) receives ``d/drows`` when given."""
     grad_rows = _grad_rows(rows, grad_rows)
-    return _run(_l1_backward, q, rows, index, grad, grad_rows), grad_rows
+    return _run(_distance_backward, q, q, rows, index, grad, grad_rows, False)[0], grad_rows
 
 
 def modulus_forward(q_re, q_im, rows, index):
@@ -384,7 +372,8 @@ def modulus_forward(q_re, q_im, rows, index):
 def modulus_backward(q_re, q_im, rows, index, grad, grad_rows=None):
     """``(d/dq_re, d/dq_im, d/drows)``; ``grad_rows`` receives ``d/drows`` when given."""
     grad_rows = _grad_rows(rows, grad_rows)
-    return (*_run(_modulus_backward, q_re, q_im, rows, index, grad, grad_rows), grad_rows)
+    grad_re, grad_im = _run(_distance_backward, q_re, q_im, rows, index, grad, grad_rows, True)
+    return grad_re, grad_im, grad_rows
 
 
 def matmul_flops_per_second(repeats=5, rows=4096, inner=512):
