@@ -39,17 +39,7 @@ def find_run_config(checkpoint):
     return Path(find_run_dir(checkpoint)) / CONFIG_FILE
 
 
-def run_directory(config, checkpoint):
-    """The run a checkpoint belongs to, else (no checkpoint, or one outside a run) the config's own."""
-    if checkpoint is not None:
-        try:
-            return find_run_dir(checkpoint)
-        except RunError:
-            pass  # a loose checkpoint directory: the config still names a run
-    return Run(config).dir
-
-
-def reject_other_task(config, config_path, checkpoint):
+def reject_other_task(config, config_path, run_dir):
     """Refuse a run of another task, naming its run directory and the tool that reads such runs.
 
     Checked before anything else is read: such a run has no entity or relation vocabulary, so the
@@ -58,12 +48,11 @@ def reject_other_task(config, config_path, checkpoint):
     task = config["Global"]["task"]
     if task == "kge":
         return
-    run = run_directory(config, checkpoint)
     if task == "oie":
-        raise RunError(f"{run} is an open-IE (oie) run: use python tools/oie_predict.py --run {run} "
+        raise RunError(f"{run_dir} is an open-IE (oie) run: use python tools/oie_predict.py --run {run_dir} "
                        "(sentences on stdin or --text) to print its SAOKE facts")
     tool = "tools/hessian.py" if task == "hessian" else "tools/eval.py"
-    raise RunError(f"{run} is a {task!r} run, not a knowledge-graph (kge) one: use python {tool} -c {config_path}")
+    raise RunError(f"{run_dir} is a {task!r} run, not a knowledge-graph (kge) one: use python {tool} -c {config_path}")
 
 
 def read_vocabulary(checkpoint, kind):
@@ -97,12 +86,13 @@ def load_run(config_path=None, checkpoint=None, overrides=()):
     from paddle_suite.engine import restore_model
     from paddle_suite.registry import TASKS
 
-    if config_path is None:
+    config_of_run = config_path is None
+    if config_of_run:
         if checkpoint is None:
             raise RunError("give a config (-c) or a checkpoint directory (--checkpoint)")
         config_path = find_run_config(checkpoint)
     config = load_config(config_path, list(overrides))
-    reject_other_task(config, config_path, checkpoint)
+    reject_other_task(config, config_path, Path(config_path).parent if config_of_run else Run(config).dir)
     if checkpoint is not None and (Path(checkpoint) / CONFIG_FILE).is_file():  # a run directory
         checkpoint = Run(config, directory=checkpoint).resolve_checkpoint()
     else:
