@@ -27,6 +27,8 @@ evaluation as ``[N / LANES, D, LANES]`` so that the innermost loop runs over ``L
 scratch), and the block loop is a ``prange`` (``num_threads`` threads). Training kernels take the
 batch's distinct candidate rows and an index (see ``l1_forward``) and vectorise over ``D``; their
 backward is sequential (the per-entity scatter must not race), the forward a ``prange``.
+Each loop skeleton is written once for both distances: a ``modulus`` flag picks the element
+(``_lane_element``, ``_row_element``, ``_row_element_grad``, inlined into the loops).
 Threads: ``set_threads(n)`` or ``with threads(n):`` (numba's pool; one thread by default, as paddle).
 """
 import contextlib
