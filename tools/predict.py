@@ -86,24 +86,9 @@ def predict(model, entities, relations, relation, head=None, tail=None, topk=10,
     return [(i + 1, entities[e], float(scores[e]), bool(known[e])) for i, e in enumerate(order)]
 
 
-def reject_oie_run(config_path, checkpoint):
-    """An open-IE run has no entities to rank: say which tool reads sentences instead."""
-    from paddle_suite.config import load_config
-    from paddle_suite.kge.analysis import find_run_config
-
-    if config_path is None and checkpoint is None:
-        return
-    config = load_config(config_path if config_path is not None else find_run_config(checkpoint))
-    if config["Global"]["task"] == "oie":
-        where = checkpoint or config_path
-        raise PredictError(f"{where} is an open-IE (oie) run: use python tools/oie_predict.py --run RUN "
-                           "(sentences on stdin or --text) to print its SAOKE facts")
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
-        reject_oie_run(args.config, args.checkpoint)
         _, task, model, checkpoint, entities, relations = load_run(args.config, args.checkpoint, args.override)
         ranked = predict(model, entities, relations, args.relation, args.head, args.tail, args.topk,
                          task.dataset.all_triples(), args.filter)

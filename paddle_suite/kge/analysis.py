@@ -13,7 +13,9 @@ the per-category median spectra), ``write_spectrum_tables`` writes the numbers a
 ``export_embeddings`` writes the entity and relation tables as ``.npy`` with their vocabularies.
 ``load_run`` rebuilds a task and its model from a config and a checkpoint directory (used by
 ``tools/kge_analysis.py`` and ``tools/predict.py``); the run directory, its saved config and the
-checkpoint choice come from the engine's ``Run`` (``engine/run.py``). All files are written atomically.
+checkpoint choice come from the engine's ``Run`` (``engine/run.py``). A run of another task is refused
+before anything else is read, with the tool that does read it (``reject_other_task``). All files are
+written atomically.
 """
 import csv
 import io
@@ -35,6 +37,22 @@ MAP_NAMES = ("head", "tail")
 def find_run_config(checkpoint):
     """``config.yaml`` of the run a checkpoint belongs to (``run/best``, ``run/checkpoints/step_N``)."""
     return Path(find_run_dir(checkpoint)) / CONFIG_FILE
+
+
+def reject_other_task(config, config_path, run_dir):
+    """Refuse a run of another task, naming its run directory and the tool that reads such runs.
+
+    Checked before anything else is read: such a run has no entity or relation vocabulary, so the
+    next error would otherwise be a missing ``entities.txt``, which does not say what to do.
+    """
+    task = config["Global"]["task"]
+    if task == "kge":
+        return
+    if task == "oie":
+        raise RunError(f"{run_dir} is an open-IE (oie) run: use python tools/oie_predict.py --run {run_dir} "
+                       "(sentences on stdin or --text) to print its SAOKE facts")
+    tool = "tools/hessian.py" if task == "hessian" else "tools/eval.py"
+    raise RunError(f"{run_dir} is a {task!r} run, not a knowledge-graph (kge) one: use python {tool} -c {config_path}")
 
 
 def read_vocabulary(checkpoint, kind):
@@ -68,11 +86,13 @@ def load_run(config_path=None, checkpoint=None, overrides=()):
     from paddle_suite.engine import restore_model
     from paddle_suite.registry import TASKS
 
-    if config_path is None:
+    config_of_run = config_path is None
+    if config_of_run:
         if checkpoint is None:
             raise RunError("give a config (-c) or a checkpoint directory (--checkpoint)")
         config_path = find_run_config(checkpoint)
     config = load_config(config_path, list(overrides))
+    reject_other_task(config, config_path, Path(config_path).parent if config_of_run else Run(config).dir)
     if checkpoint is not None and (Path(checkpoint) / CONFIG_FILE).is_file():  # a run directory
         checkpoint = Run(config, directory=checkpoint).resolve_checkpoint()
     else:
@@ -80,9 +100,7 @@ def load_run(config_path=None, checkpoint=None, overrides=()):
     entities = read_vocabulary(checkpoint, "entities")
     relations = read_vocabulary(checkpoint, "relations")
     task = TASKS.get(config["Global"]["task"])(config)
-    dataset = getattr(task, "dataset", None)
-    if dataset is None:
-        raise RunError(f"task {config['Global']['task']!r} is not a knowledge-graph task (it has no dataset)")
+    dataset = task.dataset
     if list(dataset.entities) != entities or list(dataset.relations) != relations:
         raise RunError(
             f"the vocabulary in {checkpoint} ({len(entities)} entities, {len(relations)} relations) differs from "

@@ -27,6 +27,8 @@ evaluation as ``[N / LANES, D, LANES]`` so that the innermost loop runs over ``L
 scratch), and the block loop is a ``prange`` (``num_threads`` threads). Training kernels take the
 batch's distinct candidate rows and an index (see ``l1_forward``) and vectorise over ``D``; their
 backward is sequential (the per-entity scatter must not race), the forward a ``prange``.
+Each loop skeleton is written once for both distances: a ``modulus`` flag picks the element
+(``_lane_element``, ``_row_element``, ``_row_element_grad``, inlined into the loops).
 Threads: ``set_threads(n)`` or ``with threads(n):`` (numba's pool; one thread by default, as paddle).
 """
 import contextlib
@@ -108,15 +110,18 @@ def pack_table(table):
 
 
 @numba.njit(inline="always", **_JIT)
+def _modulus(d_re, d_im):
+    """``sqrt(d_re^2 + d_im^2 + EPS)``, each operation in the order of the numpy formulation (module doc)."""
+    mod = d_re * d_re
+    mod = mod + d_im * d_im
+    return np.sqrt(mod + EPS32)
+
+
+@numba.njit(inline="always", **_JIT)
 def _lane_element(q_re, q_im, c_re, c_im, d, k, modulus):
     """Element ``d`` of lane ``k``: ``|q - c|`` or the complex modulus (see module doc)."""
     if modulus:
-        d_re = q_re[d] - c_re[d, k]
-        d_im = q_im[d] - c_im[d, k]
-        mod = d_re * d_re
-        mod = mod + d_im * d_im
-        mod = mod + EPS32
-        return np.sqrt(mod)
+        return _modulus(q_re[d] - c_re[d, k], q_im[d] - c_im[d, k])
     return abs(q_re[d] - c_re[d, k])
 
 
@@ -264,10 +269,19 @@ def _row_sum(values, plan, stack):
     return np.float32(0.0) + stack[0]
 
 
+@numba.njit(inline="always", **_JIT)
+def _row_element(q_re, q_im, c, g, b, d, width, modulus):
+    """Element ``d`` of query ``(g, b)`` against row ``c``: ``|q - c|``, or the complex modulus with ``c``
+    as ``[re | im]`` (the imaginary half is read only then: an L1 row has no second half)."""
+    if modulus:
+        return _modulus(q_re[g, b, d] - c[d], q_im[g, b, d] - c[width + d])
+    return abs(q_re[g, b, d] - c[d])
+
+
 @numba.njit(parallel=True, **_JIT)
-def _l1_forward(q, rows, index, plan):
-    """``out[g, b, k] = sum_d |q[g, b, d] - rows[index[g, k], d]|``."""
-    groups, batch, width = q.shape
+def _distance_forward(q_re, q_im, rows, index, plan, modulus):
+    """``out[g, b, k] = sum_d element(q[g, b, d], rows[index[g, k]])`` (``_row_element``; L1: ``q_im`` unused)."""
+    groups, batch, width = q_re.shape
     num = index.shape[1]
     out = np.empty((groups, batch, num), np.float32)
     for g in numba.prange(groups):
@@ -277,90 +291,54 @@ def _l1_forward(q, rows, index, plan):
             for k in range(num):
                 c = rows[index[g, k]]
                 for d in range(width):
-                    values[d] = abs(q[g, b, d] - c[d])
+                    values[d] = _row_element(q_re, q_im, c, g, b, d, width, modulus)
                 out[g, b, k] = _row_sum(values, plan, stack)
     return out
 
 
-@numba.njit(**_JIT)
-def _l1_backward(q, rows, index, grad, grad_rows):
-    """Gradients of ``sum grad * _l1_forward``: returns ``d/dq``; ``d/drows`` is added into ``grad_rows``.
+@numba.njit(inline="always", **_JIT)
+def _row_element_grad(q_re, q_im, c, g, b, d, width, weight, terms, modulus):
+    """``weight * d element / d q`` at ``d`` into ``terms[:, d]``: ``sign(q - c)`` (L1: ``terms[0]`` only)
+    or ``(d_re, d_im) / modulus`` (``_row_element``)."""
+    if modulus:
+        d_re = q_re[g, b, d] - c[d]
+        d_im = q_im[g, b, d] - c[width + d]
+        mod = _modulus(d_re, d_im)
+        terms[0, d] = (d_re / mod) * weight
+        terms[1, d] = (d_im / mod) * weight
+    else:
+        diff = q_re[g, b, d] - c[d]
+        terms[0, d] = np.float32((diff > 0) - (diff < 0)) * weight
 
-    ``sign(d)`` is recomputed. Sequential: candidates repeat across groups, so the scatter into
-    ``grad_rows`` must not race.
+
+@numba.njit(**_JIT)
+def _distance_backward(q_re, q_im, rows, index, grad, grad_rows, modulus):
+    """Gradients of ``sum grad * _distance_forward``: returns ``d/dq`` as ``[parts, G, B, D]`` (parts: re, and
+    im for the modulus); ``d/drows`` is added into ``grad_rows`` (``[re | im]`` halves).
+
+    The element's derivative is recomputed. Sequential: candidates repeat across groups, so the
+    scatter into ``grad_rows`` must not race.
     """
-    groups, batch, width = q.shape
+    groups, batch, width = q_re.shape
     num = index.shape[1]
-    grad_q = np.zeros((groups, batch, width), np.float32)
-    terms = np.empty(width, np.float32)  # one candidate's terms first: that loop vectorises
+    parts = 2 if modulus else 1
+    grad_q = np.zeros((parts, groups, batch, width), np.float32)
+    terms = np.empty((parts, width), np.float32)  # one candidate's terms first: that loop vectorises
     for g in range(groups):
         for b in range(batch):
-            accumulate = grad_q[g, b]
             for k in range(num):
                 weight = grad[g, b, k]
                 c = rows[index[g, k]]
                 for d in range(width):
-                    diff = q[g, b, d] - c[d]
-                    terms[d] = np.float32((diff > 0) - (diff < 0)) * weight
+                    _row_element_grad(q_re, q_im, c, g, b, d, width, weight, terms, modulus)
                 target = grad_rows[index[g, k]]
-                for d in range(width):
-                    accumulate[d] += terms[d]
-                    target[d] -= terms[d]
+                for part in range(parts):
+                    accumulate = grad_q[part, g, b]
+                    offset = part * width
+                    for d in range(width):
+                        accumulate[d] += terms[part, d]
+                        target[offset + d] -= terms[part, d]
     return grad_q
-
-
-@numba.njit(parallel=True, **_JIT)
-def _modulus_forward(q_re, q_im, rows, index, plan):
-    """``out[g, b, k] = sum_d sqrt(|q[g, b, d] - c_d|^2 + EPS)``, ``c = rows[index[g, k]]`` as ``[re | im]``."""
-    groups, batch, width = q_re.shape
-    num = index.shape[1]
-    out = np.empty((groups, batch, num), np.float32)
-    for g in numba.prange(groups):
-        values = np.empty(width, np.float32)
-        stack = np.empty(_MAX_DEPTH, np.float32)
-        for b in range(batch):
-            for k in range(num):
-                c = rows[index[g, k]]
-                for d in range(width):
-                    d_re = q_re[g, b, d] - c[d]
-                    d_im = q_im[g, b, d] - c[width + d]
-                    mod = d_re * d_re
-                    mod = mod + d_im * d_im
-                    values[d] = np.sqrt(mod + EPS32)
-                out[g, b, k] = _row_sum(values, plan, stack)
-    return out
-
-
-@numba.njit(**_JIT)
-def _modulus_backward(q_re, q_im, rows, index, grad, grad_rows):
-    """Gradients of ``sum grad * _modulus_forward``: returns ``(d/dq_re, d/dq_im)``; ``d/drows`` into ``grad_rows``."""
-    groups, batch, width = q_re.shape
-    num = index.shape[1]
-    grad_re = np.zeros((groups, batch, width), np.float32)
-    grad_im = np.zeros((groups, batch, width), np.float32)
-    terms_re = np.empty(width, np.float32)  # one candidate's terms first: that loop vectorises
-    terms_im = np.empty(width, np.float32)
-    for g in range(groups):
-        for b in range(batch):
-            accumulate_re, accumulate_im = grad_re[g, b], grad_im[g, b]
-            for k in range(num):
-                weight = grad[g, b, k]
-                c = rows[index[g, k]]
-                for d in range(width):
-                    d_re = q_re[g, b, d] - c[d]
-                    d_im = q_im[g, b, d] - c[width + d]
-                    mod = d_re * d_re
-                    mod = mod + d_im * d_im
-                    mod = np.sqrt(mod + EPS32)
-                    terms_re[d] = (d_re / mod) * weight
-                    terms_im[d] = (d_im / mod) * weight
-                target = grad_rows[index[g, k]]
-                for d in range(width):
-                    accumulate_re[d] += terms_re[d]
-                    accumulate_im[d] += terms_im[d]
-                    target[d] -= terms_re[d]
-                    target[width + d] -= terms_im[d]
-    return grad_re, grad_im
 
 
 def rank_counts(scores, targets):
@@ -380,23 +358,24 @@ def _grad_rows(rows, grad_rows):
 
 
 def l1_forward(q, rows, index):
-    return _run(_l1_forward, q, rows, index, pairwise_plan(q.shape[-1]))
+    return _run(_distance_forward, q, q, rows, index, pairwise_plan(q.shape[-1]), False)
 
 
 def l1_backward(q, rows, index, grad, grad_rows=None):
     """``(d/dq, d/drows)``; ``grad_rows`` (``rows``' shape, float32) receives ``d/drows`` when given."""
     grad_rows = _grad_rows(rows, grad_rows)
-    return _run(_l1_backward, q, rows, index, grad, grad_rows), grad_rows
+    return _run(_distance_backward, q, q, rows, index, grad, grad_rows, False)[0], grad_rows
 
 
 def modulus_forward(q_re, q_im, rows, index):
-    return _run(_modulus_forward, q_re, q_im, rows, index, pairwise_plan(q_re.shape[-1]))
+    return _run(_distance_forward, q_re, q_im, rows, index, pairwise_plan(q_re.shape[-1]), True)
 
 
 def modulus_backward(q_re, q_im, rows, index, grad, grad_rows=None):
     """``(d/dq_re, d/dq_im, d/drows)``; ``grad_rows`` receives ``d/drows`` when given."""
     grad_rows = _grad_rows(rows, grad_rows)
-    return (*_run(_modulus_backward, q_re, q_im, rows, index, grad, grad_rows), grad_rows)
+    grad_re, grad_im = _run(_distance_backward, q_re, q_im, rows, index, grad, grad_rows, True)
+    return grad_re, grad_im, grad_rows
 
 
 def matmul_flops_per_second(repeats=5, rows=4096, inner=512):

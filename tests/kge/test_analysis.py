@@ -126,6 +126,20 @@ def test_vocabulary_and_run_errors(tmp_path):
         analysis.find_run_config(tmp_path)
 
 
+@pytest.mark.parametrize("config_name, expected", [
+    ("logician_saoke.yaml", "{run} is an open-IE (oie) run: use python tools/oie_predict.py --run {run} "),
+    ("ctr_dnn_ps.yaml", "{run} is a 'ctr' run, not a knowledge-graph (kge) one: use python tools/eval.py -c {run}/"),
+])
+def test_runs_of_other_tasks_are_refused_before_any_vocabulary_is_read(tmp_path, config_name, expected):
+    from paddle_suite.config import load_config, save_config
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)  # no entities.txt: the task check must come first
+    save_config(load_config(REPO / "configs" / config_name), run / "config.yaml")
+    with pytest.raises(analysis.RunError) as refused:
+        analysis.load_run(checkpoint=run / "best")
+    assert expected.format(run=run) in str(refused.value)
+
 # ---------------------------------------------------------------------------- CLI on a real checkpoint
 @pytest.fixture(scope="module")
 def umls_checkpoint(tiny_umls_checkpoint):
