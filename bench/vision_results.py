@@ -152,16 +152,19 @@ def committed_rows(path):
             if not r.get("quick") and r.get("test_top1") is not None}
 
 
+def run_dir_of(config, args):
+    return Path(args.output_dir).resolve() / config
+
+
 def collect(args, train, earlier=None):
     """Train the unfinished configs of ``train``, then tabulate every finished one. Tabulating after all
     training lets two invocations on the same output dir (one per core) each see the other's finished run."""
     for config in train:
-        result_path = Path(args.output_dir).resolve() / config / RESULT_FILE
-        if not result_path.exists():
+        if not (run_dir_of(config, args) / RESULT_FILE).exists():
             train_config(config, args)
     rows, earlier = [], earlier or {}
     for config in CONFIGS:
-        result_path = Path(args.output_dir).resolve() / config / RESULT_FILE
+        result_path = run_dir_of(config, args) / RESULT_FILE
         if result_path.exists():
             rows.append(json.loads(result_path.read_text()))
             print(f"{config}: finished, {result_path}", flush=True)
@@ -173,12 +176,11 @@ def collect(args, train, earlier=None):
 
 
 def train_config(config, args):
-    run_dir = Path(args.output_dir).resolve() / config
-    result_path = run_dir / RESULT_FILE
+    run_dir = run_dir_of(config, args)
     row = summarise(config, run_training(config, args), run_dir, args.quick)
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     row["command"] = " ".join(["python", "bench/vision_results.py"] + sys.argv[1:])
-    with atomic_write(result_path) as handle:
+    with atomic_write(run_dir / RESULT_FILE) as handle:
         json.dump(row, handle, indent=1)
 
 
