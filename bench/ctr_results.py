@@ -57,9 +57,9 @@ LMDB reads the SSD tier through a memory map, so file pages it touched are count
 the kernel can drop them at will: the cap is therefore checked against ``peak_rss_anon_mb`` (the
 largest sampled anonymous RSS), and both are reported.
 
-``rss_overhead_mb`` (stated before the run), by what is alive at the pipeline's peak (measured
-2026-12-05: weak references to every ``WorkingSet`` and ``PassData`` and the running store steps
-sampled every 20 ms over the 1M-row stationary run; the peak falls while pass i trains, pass i-1's
+``rss_overhead_mb`` (stated before the run), by what is alive at the pipeline's peak (found by
+sampling weak references to every ``WorkingSet`` and ``PassData`` and the running store steps
+every 20 ms over the 1M-row stationary run; the peak falls while pass i trains, pass i-1's
 MEM update runs beside its redo-log writes and pass i+2's keys are ranked): the measured RSS of a
 process that imported paddle and built the model and optimiser (``baseline_mb``) + parsed data: two
 passes x (8 + 52 + 208 bytes a row, held twice while a pass is assembled, + 8 bytes per key for the
@@ -70,11 +70,10 @@ tensor shares its rows); (2) the previous pass's committed set until its commit 
 next pass's prefetched set, never both: the store's one prefetch thread runs the MEM update before
 the next load, and a load waits for the redo records (never more than two sets were alive;
 ``test_a_committed_working_set_is_released_once_its_commit_is_done``); (3) the commit's temporaries:
-the MEM update's plan and index merge (99 MB at 2.245M keys, 44 bytes a key; 161 MB before that
-day's cuts) beside what the writer thread runs, one at a time: a redo-log chunk (16 MiB buffer +
-LMDB's copy) or an SSD-table transaction (at most ``store._TXN_ROWS`` dirty 4 KiB pages, 64 MiB,
-which LMDB keeps for reuse). Not itemised: the ranking of a pass's keys (``PassData._rank``: 82 MB
-at 2.6M key slots, ``store.unique_inverse``) and paddle's run-time buffers; they fit in the slack of
+the MEM update's plan and index merge (about 44 bytes a key of the working set) beside what the
+writer thread runs, one at a time: a redo-log chunk (16 MiB buffer + LMDB's copy) or an SSD-table transaction (at most ``store._TXN_ROWS`` dirty 4 KiB pages, 64 MiB,
+which LMDB keeps for reuse). Not itemised: the ranking of a pass's keys (``PassData._rank``, about
+32 bytes a key slot, ``store.unique_inverse``) and paddle's run-time buffers; they fit in the slack of
 ``baseline_mb`` being an RSS (~130 MB of it are file-backed library pages, not anonymous).
 ``within_cap`` = peak_rss_anon_mb <= mem_cap_mb + rss_overhead_mb.
 (The first full run, before the store's memory fixes, peaked at 2,879 MB anonymous: a dygraph
