@@ -3,6 +3,8 @@
     python bench/oie_results.py                 # 10 runs, two at a time: bench/results/oie_results.json, bench/oie_results.md
     python bench/oie_results.py --jobs 1        # one at a time
     python bench/oie_results.py --quick         # a few steps on subsets (< 5 minutes); writes nothing under bench/
+    python bench/oie_results.py --datasets spansaoke --variants logician no_coverage no_gate --seeds 7 13
+                                                # more seeds for some rows; the other rows are kept
 
 Each (data set, variant) trains ``configs/logician_<data>[_<variant>].yaml`` through
 ``tools/train.py`` (a subprocess; ``Global.test_split: test``), keeps the best checkpoint by
@@ -16,6 +18,13 @@ configs' ``Global.max_steps``. Chosen from measured training speed so that the 1
 about two hours on a 2-core machine two at a time (the measurement and the arithmetic are in the
 markdown this script writes, from ``SPEED_NOTE``).
 
+Seeds (``--seeds``; default: the configs' ``Global.seed``): each row is the mean over the seeds it
+has been trained with, and shows them. The results file accumulates: a run of this script replaces
+the (data set, variant, seed) runs it trains and keeps the others from ``--results`` (each keeps the
+command and date that produced it), unless their settings differ from today's budget, in which case
+they are dropped as stale. So ``--datasets`` / ``--variants`` / ``--seeds`` add rows or seeds
+without retraining the rest.
+
 Runs live in ``output/bench_oie/<run name>`` and resume from their checkpoints; a finished run
 leaves ``bench_result.json`` there and is not trained again with the same settings, so an
 interrupted benchmark continues where it stopped when rerun. Results and the table are written
@@ -24,6 +33,7 @@ atomically once every run is done.
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import json
 import os
 import platform
@@ -35,6 +45,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from paddle_suite.config import load_config  # noqa: E402
 from paddle_suite.engine.run import read_json, write_json  # noqa: E402
 from paddle_suite.io import atomic_write  # noqa: E402
 
@@ -64,45 +75,58 @@ actions a sentence instead of 18.7), a step costs about 1.8 times as much, so it
 (about 24 epochs of its 1,960 training sentences; about 20 min a run at the rate above divided by 1.8)."""
 
 
+METRICS = ("precision", "recall", "f1", "exact_f1", "exact_match",
+           "lexical/precision", "lexical/recall", "lexical/f1")
+
+
 def config_path(dataset, variant):
     suffix = "" if variant == "logician" else f"_{variant}"
     return os.path.join(ROOT, "configs", f"logician_{DATASETS[dataset]}{suffix}.yaml")
 
 
-def run_name(dataset, variant):
-    return f"oie_{dataset}_{variant}"
+@functools.lru_cache(maxsize=None)
+def config_seed(dataset, variant):
+    return load_config(config_path(dataset, variant))["Global"]["seed"]
 
 
-def settings_of(dataset, args):
+def run_name(dataset, variant, seed):
+    base = f"oie_{dataset}_{variant}"
+    return base if seed == config_seed(dataset, variant) else f"{base}_seed{seed}"
+
+
+def settings_of(dataset, variant, seed, args):
     budget = QUICK if args.quick else BUDGET[dataset]
     overrides = [f"Global.max_steps={budget['max_steps']}", f"Global.eval_every={budget['eval_every']}",
                  f"Global.save_every={budget['eval_every']}", "Global.test_split=test"]
+    # the configs' own seed is not spelled out, so runs made before --seeds existed still count
+    overrides += [] if seed == config_seed(dataset, variant) else [f"Global.seed={seed}"]
     return overrides + (QUICK_OVERRIDES if args.quick else [])
 
 
-def command(dataset, variant, args):
+def command(dataset, variant, seed, args):
     return [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", config_path(dataset, variant),
             "--no-progress", "-o", f"Global.output_dir={args.output}", "-o",
-            f"Global.run_name={run_name(dataset, variant)}"] + [
-        item for override in settings_of(dataset, args) for item in ("-o", override)]
+            f"Global.run_name={run_name(dataset, variant, seed)}"] + [
+        item for override in settings_of(dataset, variant, seed, args) for item in ("-o", override)]
 
 
-def train_one(dataset, variant, args):
+def train_one(dataset, variant, seed, args):
     """Train (or resume) one run and decode test; returns its result, kept in ``bench_result.json``."""
-    directory = os.path.join(args.output, run_name(dataset, variant))
+    name = run_name(dataset, variant, seed)
+    directory = os.path.join(args.output, name)
     done_file = os.path.join(directory, "bench_result.json")
-    settings = settings_of(dataset, args)
+    settings = settings_of(dataset, variant, seed, args)
     done = read_json(done_file)
     if done is not None and done.get("settings") == settings:
         return done
     os.makedirs(args.output, exist_ok=True)
-    log_path = os.path.join(args.output, run_name(dataset, variant) + ".log")
+    log_path = os.path.join(args.output, name + ".log")
     started = time.perf_counter()
     with open(log_path, "a") as log:
-        process = subprocess.run(command(dataset, variant, args), stdout=subprocess.PIPE, stderr=log, text=True,
-                                 env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+        process = subprocess.run(command(dataset, variant, seed, args), stdout=subprocess.PIPE, stderr=log,
+                                 text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
     if process.returncode != 0:
-        raise RuntimeError(f"{dataset}/{variant} failed (exit {process.returncode}); see {log_path}")
+        raise RuntimeError(f"{dataset}/{variant}/seed {seed} failed (exit {process.returncode}); see {log_path}")
     trained = json.loads(process.stdout.strip().splitlines()[-1])
     test = trained["test"]
     result = {
@@ -119,9 +143,33 @@ def train_one(dataset, variant, args):
     return result
 
 
+def previous_runs(path, dataset, variant):
+    """{seed: run} of an existing results file's row; a file written before seeds were kept is its configs' seed."""
+    old = read_json(path) or {}
+    row = (old.get(dataset) or {}).get(variant)
+    if row is None:
+        return {}
+    if "seeds" in row:
+        return {int(seed): run for seed, run in row["seeds"].items()}
+    return {config_seed(dataset, variant): dict(row, command=old.get("command"), date=old.get("date"))}
+
+
+def row_of(runs):
+    """The mean of each metric over the seeds, their spread, and the runs themselves."""
+    row = {k: sum(r[k] for r in runs.values()) / len(runs) for k in METRICS if all(k in r for r in runs.values())}
+    f1s = [r["f1"] for r in runs.values()]
+    hours = [r["train_hours"] for r in runs.values() if r.get("train_hours")]
+    row.update({"f1_min": min(f1s), "f1_max": max(f1s), "steps": max(r["steps"] for r in runs.values()),
+                "train_hours": sum(hours) / len(hours) if hours else None,
+                "seeds": {str(seed): runs[seed] for seed in sorted(runs)}})
+    return row
+
+
 def markdown(results, args):
     lines = ["# Logician vs its ablations and a plain attention seq2seq", "",
-             f"Written by `{results['command']}` on {results['date']} ({results['machine']}).", "",
+             f"Written by `bench/oie_results.py`; last invocation `{results['command']}` on {results['date']} "
+             f"({results['machine']}). Each row is the mean over the seeds in its `seeds` column; the command "
+             "and date of each seed's run are in `bench/results/oie_results.json`.", "",
              "Each run trains through `tools/train.py` with the config named in the row, keeps the best checkpoint "
              "by validation fact F1, and decodes the whole test split with it (beam 4, grammar-constrained). "
              "Scores: a predicted fact matches a gold fact when their SAOKE serialisations have similarity >= 0.85 "
@@ -136,7 +184,7 @@ def markdown(results, args):
         budget = QUICK if args.quick else BUDGET[dataset]
         lines += [f"## {dataset} ({budget['max_steps']} steps per run)", ""]
         lexical = dataset == "oie2016"
-        header = "| variant | what | precision | recall | F1 | F1 vs logician | exact F1 | exact match |"
+        header = "| variant | what | seeds | precision | recall | F1 | F1 per seed | F1 vs logician | exact F1 | exact match |"
         header += " lexical P | lexical R | lexical F1 |" if lexical else ""
         header += " steps | train h | steps/s |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -144,7 +192,8 @@ def markdown(results, args):
         for variant in VARIANTS:
             r = rows[variant]
             cells = [f"`{os.path.basename(config_path(dataset, variant))}`", DESCRIPTION[variant],
-                     f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                     ", ".join(r["seeds"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                     " / ".join(f"{run['f1']:.3f}" for run in r["seeds"].values()),
                      "" if variant == "logician" else f"{r['f1'] - base:+.3f}", f"{r['exact_f1']:.3f}",
                      f"{r['exact_match']:.3f}"]
             if lexical:
@@ -162,36 +211,51 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="12 steps on subsets (< 5 minutes); writes nothing under bench/")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the configs' Global.seed")
     parser.add_argument("--output", default=None, help="run directories (default output/bench_oie[_quick])")
     parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "oie_results.json"))
     parser.add_argument("--markdown", default=os.path.join(ROOT, "bench", "oie_results.md"))
     args = parser.parse_args(argv)
     args.output = os.path.abspath(args.output or os.path.join(ROOT, "output", "bench_oie_quick" if args.quick else "bench_oie"))
-    pairs = [(d, v) for d in DATASETS for v in VARIANTS]
-    results = {d: {} for d in DATASETS}
+    jobs = [(d, v, seed) for d in args.datasets for v in args.variants
+            for seed in (args.seeds or [config_seed(d, v)])]
+    invocation = "python " + " ".join(shlex.quote(a) for a in ["bench/oie_results.py", *(argv or sys.argv[1:])])
+    today = datetime.date.today().isoformat()
+    trained = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(train_one, d, v, args): (d, v) for d, v in pairs}
+        futures = {pool.submit(train_one, d, v, seed, args): (d, v, seed) for d, v, seed in jobs}
         for future in concurrent.futures.as_completed(futures):
-            d, v = futures[future]
-            results[d][v] = future.result()
-            print(f"{d}/{v}: F1 {results[d][v]['f1']:.3f}", file=sys.stderr, flush=True)
-    train_hours = sum(r["train_hours"] or 0.0 for rows in results.values() for r in rows.values())
+            d, v, seed = futures[future]
+            trained[d, v, seed] = dict(future.result(), command=invocation, date=today)
+            print(f"{d}/{v}/seed {seed}: F1 {trained[d, v, seed]['f1']:.3f}", file=sys.stderr, flush=True)
+    results = {d: {} for d in DATASETS}
+    for d in DATASETS:
+        for v in VARIANTS:
+            runs = {} if args.quick else previous_runs(args.results, d, v)
+            # a kept run must have been trained with today's budget
+            runs = {seed: run for seed, run in runs.items() if run.get("settings") == settings_of(d, v, seed, args)}
+            runs.update({seed: run for (dd, vv, seed), run in trained.items() if (dd, vv) == (d, v)})
+            if not runs and args.quick:
+                continue
+            if not runs:
+                raise SystemExit(f"no up-to-date run for {d}/{v}: run bench/oie_results.py --datasets {d} --variants {v}")
+            results[d][v] = row_of(runs)
+    train_hours = sum(run["train_hours"] or 0.0 for run in trained.values())
     results.update({
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        "date": datetime.date.today().isoformat(),
-        "command": "python " + " ".join(shlex.quote(a) for a in ["bench/oie_results.py", *(argv or sys.argv[1:])]),
+        "date": today, "command": invocation,
         "budget": {d: (QUICK if args.quick else BUDGET[d]) for d in DATASETS},
-        "budget_note": SPEED_NOTE + f"\n\nThis benchmark: {train_hours:.2f} h of training (validations "
-                       f"included) over the 10 runs, {args.jobs} at a time.",
-        "total_train_hours": train_hours,
+        "budget_note": SPEED_NOTE + f"\n\nLast invocation: {train_hours:.2f} h of training (validations "
+                       f"included) over its {len(jobs)} runs, {args.jobs} at a time.",
     })
-    summary = {d: {v: {k: results[d][v][k] for k in ("precision", "recall", "f1")} for v in VARIANTS} for d in DATASETS}
-    if args.quick:
-        print("RESULT " + json.dumps(summary))
-        return 0
-    write_json(args.results, results)
-    with atomic_write(args.markdown) as handle:
-        handle.write(markdown(results, args))
+    summary = {d: {v: {k: row[k] for k in ("precision", "recall", "f1")} for v, row in results[d].items()}
+               for d in DATASETS}
+    if not args.quick:
+        write_json(args.results, results)
+        with atomic_write(args.markdown) as handle:
+            handle.write(markdown(results, args))
     print("RESULT " + json.dumps(summary))
     return 0
 

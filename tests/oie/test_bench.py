@@ -2,6 +2,8 @@
 the real runs are the benchmark's, `python bench/oie_results.py --quick` exercises them end to end)."""
 import importlib.util
 import json
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,14 +16,75 @@ def load_bench():
     return module
 
 
+def args_of(bench, quick=False):
+    return type("Args", (), {"quick": quick})()
+
+
+def stub_run(bench, scale=1.0):
+    """A train_one stand-in: distinct numbers per (data set, variant), times ``scale`` per seed."""
+    def stub(dataset, variant, seed, args):
+        value = scale * (seed % 10 + 1) * (list(bench.DATASETS).index(dataset) * 10 + bench.VARIANTS.index(variant) + 1) / 1000
+        result = {"precision": value, "recall": value, "f1": value, "exact_f1": 0.0, "exact_match": 0.0,
+                  "predicted": 1, "gold": 1, "matched": 0, "valid_f1": 0.0, "steps": 5, "train_hours": 0.01,
+                  "settings": bench.settings_of(dataset, variant, seed, args)}
+        if dataset == "oie2016":
+            result.update({"lexical/precision": value, "lexical/recall": value, "lexical/f1": value})
+        return result
+    return stub
+
+
+def test_more_seeds_for_some_rows_keep_the_others_and_average(tmp_path, monkeypatch):
+    bench = load_bench()
+    monkeypatch.setattr(bench, "train_one", stub_run(bench))
+    paths = ["--output", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
+    assert bench.main(["--jobs", "1", *paths]) == 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    assert bench.main(["--jobs", "1", "--datasets", "spansaoke", "--variants", "no_gate", "--seeds", "7", *paths]) == 0
+    second = json.loads((tmp_path / "r.json").read_text())
+    row = second["spansaoke"]["no_gate"]
+    assert sorted(row["seeds"]) == ["42", "7"]
+    assert row["f1"] == pytest.approx((row["seeds"]["42"]["f1"] + row["seeds"]["7"]["f1"]) / 2)
+    assert row["f1"] != pytest.approx(first["spansaoke"]["no_gate"]["f1"])
+    assert row["seeds"]["7"]["command"].endswith("--seeds 7 " + " ".join(paths))
+    assert row["seeds"]["42"]["command"] == first["command"]  # each seed keeps its own provenance
+    assert second["oie2016"] == first["oie2016"]
+    assert "7, 42" in (tmp_path / "r.md").read_text()
+
+
+def test_runs_with_another_budget_are_dropped_as_stale(tmp_path, monkeypatch):
+    bench = load_bench()
+    monkeypatch.setattr(bench, "train_one", stub_run(bench))
+    paths = ["--output", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
+    assert bench.main(["--jobs", "1", *paths]) == 0
+    monkeypatch.setitem(bench.BUDGET, "spansaoke", {"max_steps": 99, "eval_every": 33})
+    with pytest.raises(SystemExit, match="no up-to-date run for spansaoke/logician"):
+        bench.main(["--jobs", "1", "--datasets", "oie2016", *paths])
+    monkeypatch.setattr(bench, "train_one", stub_run(bench, scale=2.0))
+    assert bench.main(["--jobs", "1", "--datasets", "spansaoke", *paths]) == 0
+    row = json.loads((tmp_path / "r.json").read_text())["spansaoke"]["logician"]
+    assert list(row["seeds"]) == ["42"] and row["f1"] == pytest.approx(2 * 3 / 1000)
+
+
+def test_a_results_file_from_before_seeds_counts_as_the_configs_seed(tmp_path, monkeypatch):
+    bench = load_bench()
+    monkeypatch.setattr(bench, "train_one", stub_run(bench))
+    old = {d: {v: dict(stub_run(bench)(d, v, 42, args_of(bench)), f1=0.5) for v in bench.VARIANTS} for d in bench.DATASETS}
+    old.update(command="python bench/oie_results.py --jobs 2", date="2026-12-04")
+    (tmp_path / "r.json").write_text(json.dumps(old))
+    paths = ["--output", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
+    assert bench.main(["--jobs", "1", "--datasets", "spansaoke", *paths]) == 0
+    kept = json.loads((tmp_path / "r.json").read_text())["oie2016"]["no_copy"]
+    assert kept["f1"] == 0.5 and kept["seeds"]["42"]["command"] == "python bench/oie_results.py --jobs 2"
+
+
 def test_results_file_follows_the_contract_and_result_is_printed_last(tmp_path, monkeypatch, capsys):
     bench = load_bench()
 
-    def stub(dataset, variant, args):  # distinct numbers per run, so a mixed-up row would show
+    def stub(dataset, variant, seed, args):  # distinct numbers per run, so a mixed-up row would show
         value = (list(bench.DATASETS).index(dataset) * 10 + bench.VARIANTS.index(variant) + 1) / 100
         result = {"precision": value, "recall": value / 2, "f1": value / 3, "exact_f1": 0.0, "exact_match": 0.0,
                   "predicted": 1, "gold": 1, "matched": 0, "valid_f1": 0.0, "steps": 5, "train_hours": 0.01,
-                  "wall_hours_this_session": 0.01, "settings": []}
+                  "wall_hours_this_session": 0.01, "settings": bench.settings_of(dataset, variant, seed, args)}
         if dataset == "oie2016":
             result.update({"lexical/precision": value, "lexical/recall": value, "lexical/f1": value})
         return result
@@ -35,7 +98,7 @@ def test_results_file_follows_the_contract_and_result_is_printed_last(tmp_path, 
     for dataset in ("spansaoke", "oie2016"):
         assert set(results[dataset]) == {"logician", "seq2seq", "no_copy", "no_coverage", "no_gate"}
         for variant, row in results[dataset].items():
-            assert row["precision"] == stub(dataset, variant, None)["precision"]
+            assert row["precision"] == pytest.approx(stub(dataset, variant, 42, args_of(bench))["precision"])
             assert {"precision", "recall", "f1"} <= set(row)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("RESULT ")
