@@ -365,7 +365,9 @@ class _MemCache:
         pos = np.searchsorted(self.index_keys, keys)
         np.minimum(pos, self.size - 1, out=pos)
         hit = self.index_keys[pos] == keys
-        return self.index_slot[pos], hit
+        # the slots overwrite the positions (element by element: safe in place; mode="clip" takes
+        # no buffer): no second array of the keys' size beside the callers' working sets
+        return np.take(self.index_slot, pos, out=pos, mode="clip"), hit
 
     def effective_score(self, slots, now):
         age = (now - self.tick[slots]).astype(np.float32)
@@ -849,19 +851,23 @@ class HierarchicalStore:
             slots, hit = self.mem.lookup(unique)
             rows[hit] = self.mem.rows[slots[hit]]
             self.mem.touch(slots[hit], self._clock)
-            miss = np.flatnonzero(~hit)
+            del slots  # index arrays of the working set's size go as soon as they are used: this load
+            miss = np.flatnonzero(~hit)  # runs beside training, a commit and the next pass's ranking
             found = self._read_in_flight(unique[miss], rows, miss)
             if self._ssd_has_rows:
-                found[~found] = self._get_rows(unique[miss[~found]], rows, miss[~found])
+                unread = miss[~found]
+                found[~found] = self._get_rows(unique[unread], rows, unread)
+                del unread
+            ssd = np.zeros(unique.size, dtype=bool)
+            ssd[miss[found]] = True
             fresh = miss[~found]
+            del miss, found
             counts = self._get_counts(unique) if self.counting else None
             admitted = self._fill_fresh(unique, rows, fresh, counts)
             if not count:
                 return self._open(unique, rows, started, admitted, counts)
             self._counts["hbm"] += int(in_previous.sum())
             self._counts["mem"] += int((hit & ~in_previous).sum())
-            ssd = np.zeros(unique.size, dtype=bool)
-            ssd[miss[found]] = True
             self._counts["ssd"] += int((ssd & ~in_previous).sum())
             new = np.zeros(unique.size, dtype=bool)
             new[fresh] = True
@@ -1185,7 +1191,9 @@ class HierarchicalStore:
             return
         keys = open_sets[0].keys if len(open_sets) == 1 else sorted_unique(np.concatenate([w.keys for w in open_sets]))
         slots, hit = self.mem.lookup(keys)
-        _, victims = self.mem.plan_room(int(keys.size - hit.sum()), sorted_unique(slots[hit]), self._clock)
+        protected = sorted_unique(slots[hit])
+        del slots  # before plan_room's own temporaries
+        _, victims = self.mem.plan_room(int(keys.size - hit.sum()), protected, self._clock)
         dirty = victims[self.mem.dirty_pass[victims] >= 0]
         if not dirty.size:
             return
@@ -1226,12 +1234,14 @@ class HierarchicalStore:
     def _plan_finish(self, ws):
         """Decide MEM placement and victims (before MEM or the disk changes)."""
         slots, hit = self.mem.lookup(ws.keys)
+        hit_slots = slots[hit]
+        del slots  # before plan_room's own temporaries
         new = np.flatnonzero(~hit)
-        free_slots, victims = self.mem.plan_room(new.size, sorted_unique(slots[hit]), self._clock)
+        free_slots, victims = self.mem.plan_room(new.size, sorted_unique(hit_slots), self._clock)
         target = np.concatenate([free_slots, victims]).astype(np.int64, copy=False)
         placed = new[: target.size]
         overflow = new[target.size:]  # more new rows than MEM can hold: straight to SSD
-        return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
+        return {"hit_slots": hit_slots, "hit": np.flatnonzero(hit), "target": target, "placed": placed,
                 "overflow": overflow, "victims": int(victims.size),
                 "writeback": victims[self.mem.dirty_pass[victims] >= 0]}
 
