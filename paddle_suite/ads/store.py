@@ -215,11 +215,13 @@ def sorted_member(keys, sorted_keys):
 def unique_inverse(values):
     """``(distinct, inverse)`` of a 1-D array: sorted distinct values and, for every value, its
     position among them (``distinct[inverse] == values``). Sort-based, like ``sorted_unique``: one
-    argsort, no hashing."""
+    argsort, no hashing. The stable argsort (radix/merge) is ~2x cheaper in CPU than the default
+    introsort on a pass's keys, which repeat (0.25 vs 0.51 s for 2.6M keys, 620k distinct, of
+    ``bench/ctr_speed.py``'s data; equal on 2.6M keys with 1.5M distinct)."""
     values = np.asarray(values).ravel()
     if values.size == 0:
         return values.copy(), np.zeros(0, dtype=np.int64)
-    order = np.argsort(values)
+    order = np.argsort(values, kind="stable")
     ordered = values[order]
     first = np.empty(values.size, dtype=bool)
     first[0] = True
