@@ -149,7 +149,7 @@ from paddle_suite.ads.data import splitmix64
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LOG_CHUNK_BYTES = 16 << 20
 _IO_BATCH = 1 << 16  # keys per LMDB getmulti/putmulti call: bounds the per-key Python objects alive at once
-_TXN_ROWS = 1 << 14  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
+_TXN_ROWS = 1 << 13  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
 _FORMAT_VERSION = 2  # 2: float32 Box-Muller init (values differ from 1)
 # per-key admission counters (the ``counts`` table): decayed show and click as of pass ``seen``
 COUNT_DTYPE = np.dtype([("show", "<f4"), ("click", "<f4"), ("seen", "<i8"), ("admitted", "u1")])
@@ -212,15 +212,19 @@ def sorted_member(keys, sorted_keys):
     return sorted_keys[at] == keys
 
 
-def unique_inverse(values):
+def unique_inverse(values, dtype=np.int64):
     """``(distinct, inverse)`` of a 1-D array: sorted distinct values and, for every value, its
-    position among them (``distinct[inverse] == values``). Sort-based, like ``sorted_unique``: one
+    position among them (``distinct[inverse] == values``; ``dtype``: the positions' integer type,
+    np.int32 halves the ranks and positions, the ranking's peak beside a pass's training, when
+    there are fewer than 2^31 values). Sort-based, like ``sorted_unique``: one
     argsort, no hashing. The stable argsort (radix/merge) is ~2x cheaper in CPU than the default
     introsort on a pass's keys, which repeat (0.25 vs 0.51 s for 2.6M keys, 620k distinct, of
     ``bench/ctr_speed.py``'s data; equal on 2.6M keys with 1.5M distinct)."""
     values = np.asarray(values).ravel()
     if values.size == 0:
-        return values.copy(), np.zeros(0, dtype=np.int64)
+        return values.copy(), np.zeros(0, dtype=dtype)
+    if values.size >= np.iinfo(dtype).max:
+        raise ValueError(f"{values.size} values do not fit positions of type {np.dtype(dtype).name}")
     order = np.argsort(values, kind="stable")
     ordered = values[order]
     first = np.empty(values.size, dtype=bool)
@@ -228,9 +232,10 @@ def unique_inverse(values):
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
     distinct = ordered[first]
     del ordered  # before the ranks are built: a pass's ranking runs beside training and a commit
-    ranks = np.cumsum(first)
+    ranks = np.cumsum(first, dtype=dtype)
+    del first
     ranks -= 1
-    inverse = np.empty(values.size, dtype=np.int64)
+    inverse = np.empty(values.size, dtype=dtype)
     inverse[order] = ranks
     return distinct, inverse
 
@@ -674,8 +679,11 @@ class HierarchicalStore:
         """Write ``rows[take]`` under ``keys[take]`` (all when ``take`` is None) to the SSD table, in
         transactions of ``_TXN_ROWS`` rows. Sorted keys spread over a large table touch about one
         4 KiB leaf page each, and LMDB keeps a transaction's dirty pages in RAM until it commits,
-        so this bounds that memory (~64 MiB; these writes run beside training). ``take`` avoids
-        copying the rows to write.
+        so this bounds that memory (~32 MiB; these writes run beside training). LMDB also keeps
+        freed single pages for reuse until the environment closes, so the largest transaction's
+        pages stay resident: 2^14 rows a transaction held ~64 MiB for the whole run, the 1M-row
+        bench then peaked ~15 MB over its allowance at 20 ms sampling; twice the transactions cost
+        one more fsync per 2^13 rows, on the writer thread. ``take`` avoids copying the rows to write.
 
         Only values that are already durable (committed, or in the redo log) are written here, so
         a crash between these transactions leaves a state that recovery completes."""

@@ -67,6 +67,9 @@ def test_unique_inverse_matches_numpy():
     expected, expected_inverse = np.unique(values, return_inverse=True)
     assert np.array_equal(distinct, expected) and np.array_equal(inverse, expected_inverse.ravel())
     assert unique_inverse(np.zeros(0, np.uint64))[1].size == 0
+    distinct32, inverse32 = unique_inverse(values, dtype=np.int32)  # a pass's ranking: half the bytes
+    assert inverse32.dtype == np.int32 and np.array_equal(distinct32, expected)
+    assert np.array_equal(inverse32, expected_inverse.ravel())
 
 
 def test_working_set_index_matches_searchsorted():
