@@ -71,9 +71,9 @@ next pass's prefetched set, never both: the store's one prefetch thread runs the
 the next load, and a load waits for the redo records (never more than two sets were alive;
 ``test_a_committed_working_set_is_released_once_its_commit_is_done``); (3) the commit's temporaries:
 the MEM update's plan and index merge (about 44 bytes a key of the working set) beside what the
-writer thread runs, one at a time: a redo-log chunk (16 MiB buffer + LMDB's copy) or an SSD-table transaction (at most ``store._TXN_ROWS`` dirty 4 KiB pages, 64 MiB,
+writer thread runs, one at a time: a redo-log chunk (16 MiB buffer + LMDB's copy) or an SSD-table transaction (at most ``store._TXN_ROWS`` dirty 4 KiB pages, 32 MiB,
 which LMDB keeps for reuse). Not itemised: the ranking of a pass's keys (``PassData._rank``, about
-32 bytes a key slot, ``store.unique_inverse``) and paddle's run-time buffers; they fit in the slack of
+20 bytes a key slot: int64 order, int32 ranks and positions, ``store.unique_inverse``) and paddle's run-time buffers; they fit in the slack of
 ``baseline_mb`` being an RSS (~130 MB of it are file-backed library pages, not anonymous).
 ``within_cap`` = peak_rss_anon_mb <= mem_cap_mb + rss_overhead_mb.
 (The first full run, before the store's memory fixes, peaked at 2,879 MB anonymous: a dygraph

@@ -175,9 +175,9 @@ class PassData:
         self._local = pool.submit(self._rank) if pool is not None else self._rank()
 
     def _rank(self):
-        distinct, local = unique_inverse(self._keys)
-        assert distinct.size == self.distinct.size < 2 ** 31
-        local = local.astype(np.int32).reshape(self._keys.shape)
+        distinct, local = unique_inverse(self._keys, dtype=np.int32)
+        assert distinct.size == self.distinct.size
+        local = local.reshape(self._keys.shape)
         self._keys = None
         return local
 

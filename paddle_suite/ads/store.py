@@ -149,7 +149,7 @@ from paddle_suite.ads.data import splitmix64
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LOG_CHUNK_BYTES = 16 << 20
 _IO_BATCH = 1 << 16  # keys per LMDB getmulti/putmulti call: bounds the per-key Python objects alive at once
-_TXN_ROWS = 1 << 14  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
+_TXN_ROWS = 1 << 13  # rows per write transaction: bounds LMDB's in-memory dirty pages (see _put_rows)
 _FORMAT_VERSION = 2  # 2: float32 Box-Muller init (values differ from 1)
 # per-key admission counters (the ``counts`` table): decayed show and click as of pass ``seen``
 COUNT_DTYPE = np.dtype([("show", "<f4"), ("click", "<f4"), ("seen", "<i8"), ("admitted", "u1")])
@@ -212,23 +212,30 @@ def sorted_member(keys, sorted_keys):
     return sorted_keys[at] == keys
 
 
-def unique_inverse(values):
+def unique_inverse(values, dtype=np.int64):
     """``(distinct, inverse)`` of a 1-D array: sorted distinct values and, for every value, its
-    position among them (``distinct[inverse] == values``). Sort-based, like ``sorted_unique``: one
-    argsort, no hashing."""
+    position among them (``distinct[inverse] == values``; ``dtype``: the positions' integer type,
+    np.int32 halves the ranks and positions, the ranking's peak beside a pass's training, when
+    there are fewer than 2^31 values). Sort-based, like ``sorted_unique``: one
+    argsort, no hashing. The stable argsort (numpy: timsort for 64-bit keys) is ~2x cheaper in CPU than the default
+    introsort on a pass's keys, which repeat (0.25 vs 0.51 s for 2.6M keys, 620k distinct, of
+    ``bench/ctr_speed.py``'s data; equal on 2.6M keys with 1.5M distinct)."""
     values = np.asarray(values).ravel()
     if values.size == 0:
-        return values.copy(), np.zeros(0, dtype=np.int64)
-    order = np.argsort(values)
+        return values.copy(), np.zeros(0, dtype=dtype)
+    if values.size >= np.iinfo(dtype).max:
+        raise ValueError(f"{values.size} values do not fit positions of type {np.dtype(dtype).name}")
+    order = np.argsort(values, kind="stable")
     ordered = values[order]
     first = np.empty(values.size, dtype=bool)
     first[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
     distinct = ordered[first]
     del ordered  # before the ranks are built: a pass's ranking runs beside training and a commit
-    ranks = np.cumsum(first)
+    ranks = np.cumsum(first, dtype=dtype)
+    del first
     ranks -= 1
-    inverse = np.empty(values.size, dtype=np.int64)
+    inverse = np.empty(values.size, dtype=dtype)
     inverse[order] = ranks
     return distinct, inverse
 
@@ -365,7 +372,9 @@ class _MemCache:
         pos = np.searchsorted(self.index_keys, keys)
         np.minimum(pos, self.size - 1, out=pos)
         hit = self.index_keys[pos] == keys
-        return self.index_slot[pos], hit
+        # the slots overwrite the positions (element by element: safe in place; mode="clip" takes
+        # no buffer): no second array of the keys' size beside the callers' working sets
+        return np.take(self.index_slot, pos, out=pos, mode="clip"), hit
 
     def effective_score(self, slots, now):
         age = (now - self.tick[slots]).astype(np.float32)
@@ -502,6 +511,9 @@ class HierarchicalStore:
         self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
         self._in_flight = None  # [(sorted keys, rows, take)] being written by it: read before the SSD table
         self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
+        # the last MEM update found no open working set to write its victims ahead for: the next
+        # load does it for its own set (see _write_ahead_victims)
+        self._write_ahead_due = False
         self._committing = None  # a wait=False commit's redo records and commit point being written
         self._failure = None  # an error of a background step: the store refuses further work
         self._open_sets = weakref.WeakSet()
@@ -667,8 +679,11 @@ class HierarchicalStore:
         """Write ``rows[take]`` under ``keys[take]`` (all when ``take`` is None) to the SSD table, in
         transactions of ``_TXN_ROWS`` rows. Sorted keys spread over a large table touch about one
         4 KiB leaf page each, and LMDB keeps a transaction's dirty pages in RAM until it commits,
-        so this bounds that memory (~64 MiB; these writes run beside training). ``take`` avoids
-        copying the rows to write.
+        so this bounds that memory (~32 MiB; these writes run beside training). LMDB also keeps
+        freed single pages for reuse until the environment closes, so the largest transaction's
+        pages stay resident: 2^14 rows a transaction held ~64 MiB for the whole run, the 1M-row
+        bench then peaked ~15 MB over its allowance at 20 ms sampling; twice the transactions cost
+        one more fsync per 2^13 rows, on the writer thread. ``take`` avoids copying the rows to write.
 
         Only values that are already durable (committed, or in the redo log) are written here, so
         a crash between these transactions leaves a state that recovery completes."""
@@ -846,19 +861,23 @@ class HierarchicalStore:
             slots, hit = self.mem.lookup(unique)
             rows[hit] = self.mem.rows[slots[hit]]
             self.mem.touch(slots[hit], self._clock)
-            miss = np.flatnonzero(~hit)
+            del slots  # index arrays of the working set's size go as soon as they are used: this load
+            miss = np.flatnonzero(~hit)  # runs beside training, a commit and the next pass's ranking
             found = self._read_in_flight(unique[miss], rows, miss)
             if self._ssd_has_rows:
-                found[~found] = self._get_rows(unique[miss[~found]], rows, miss[~found])
+                unread = miss[~found]
+                found[~found] = self._get_rows(unique[unread], rows, unread)
+                del unread
+            ssd = np.zeros(unique.size, dtype=bool)
+            ssd[miss[found]] = True
             fresh = miss[~found]
+            del miss, found
             counts = self._get_counts(unique) if self.counting else None
             admitted = self._fill_fresh(unique, rows, fresh, counts)
             if not count:
                 return self._open(unique, rows, started, admitted, counts)
             self._counts["hbm"] += int(in_previous.sum())
             self._counts["mem"] += int((hit & ~in_previous).sum())
-            ssd = np.zeros(unique.size, dtype=bool)
-            ssd[miss[found]] = True
             self._counts["ssd"] += int((ssd & ~in_previous).sum())
             new = np.zeros(unique.size, dtype=bool)
             new[fresh] = True
@@ -902,6 +921,8 @@ class HierarchicalStore:
         if self.counting:
             ws._start_counting(admitted, counts)
         self._open_sets.add(ws)
+        if self._write_ahead_due:  # the last MEM update ran with no open set (e.g. this load ran it)
+            self._write_ahead_victims()
         self._counters["load_s"] += time.perf_counter() - started
         self._counters["loads"] += 1
         return ws
@@ -1168,13 +1189,21 @@ class HierarchicalStore:
         arrays without a copy (nothing changes MEM rows before the next commit, which waits for
         these writes, ``_settle``). A prediction that misses (a later load raised a row's score)
         only leaves some victims dirty for that commit to write, as before. On the bench's passes
-        this takes the previous pass's rows' writes (~0.3 s a pass) out of the commit's tail."""
+        this takes the previous pass's rows' writes (~0.3 s a pass) out of the commit's tail.
+
+        When the update finds no open set (a load held up behind the commit runs the update itself,
+        before its own set exists; or loads and commits alternate), the next load that opens a set
+        does this for it (``_write_ahead_due``). Without that, the next commit copied every dirty
+        victim for the writer thread: ~2M rows, 163 MB at the peak of the 1M-row bench run."""
         open_sets = [ws for ws in self._open_sets if len(ws)]
+        self._write_ahead_due = not open_sets
         if not open_sets:
             return
         keys = open_sets[0].keys if len(open_sets) == 1 else sorted_unique(np.concatenate([w.keys for w in open_sets]))
         slots, hit = self.mem.lookup(keys)
-        _, victims = self.mem.plan_room(int(keys.size - hit.sum()), sorted_unique(slots[hit]), self._clock)
+        protected = sorted_unique(slots[hit])
+        del slots  # before plan_room's own temporaries
+        _, victims = self.mem.plan_room(int(keys.size - hit.sum()), protected, self._clock)
         dirty = victims[self.mem.dirty_pass[victims] >= 0]
         if not dirty.size:
             return
@@ -1215,12 +1244,14 @@ class HierarchicalStore:
     def _plan_finish(self, ws):
         """Decide MEM placement and victims (before MEM or the disk changes)."""
         slots, hit = self.mem.lookup(ws.keys)
+        hit_slots = slots[hit]
+        del slots  # before plan_room's own temporaries
         new = np.flatnonzero(~hit)
-        free_slots, victims = self.mem.plan_room(new.size, sorted_unique(slots[hit]), self._clock)
+        free_slots, victims = self.mem.plan_room(new.size, sorted_unique(hit_slots), self._clock)
         target = np.concatenate([free_slots, victims]).astype(np.int64, copy=False)
         placed = new[: target.size]
         overflow = new[target.size:]  # more new rows than MEM can hold: straight to SSD
-        return {"hit_slots": slots[hit], "hit": np.flatnonzero(hit), "target": target, "placed": placed,
+        return {"hit_slots": hit_slots, "hit": np.flatnonzero(hit), "target": target, "placed": placed,
                 "overflow": overflow, "victims": int(victims.size),
                 "writeback": victims[self.mem.dirty_pass[victims] >= 0]}
 

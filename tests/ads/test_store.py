@@ -67,6 +67,9 @@ def test_unique_inverse_matches_numpy():
     expected, expected_inverse = np.unique(values, return_inverse=True)
     assert np.array_equal(distinct, expected) and np.array_equal(inverse, expected_inverse.ravel())
     assert unique_inverse(np.zeros(0, np.uint64))[1].size == 0
+    distinct32, inverse32 = unique_inverse(values, dtype=np.int32)  # a pass's ranking: half the bytes
+    assert inverse32.dtype == np.int32 and np.array_equal(distinct32, expected)
+    assert np.array_equal(inverse32, expected_inverse.ravel())
 
 
 def test_working_set_index_matches_searchsorted():
@@ -93,18 +96,25 @@ def test_eviction_and_writeback_lose_no_update(tmp_path, monkeypatch):
     assert store.mem.capacity == 60
     table = reference_after(0)
     order = np.argsort(UNIVERSE)
+    ws = store.load_working_set(pass_keys(0))
     for p in range(25):
-        ws = store.load_working_set(pass_keys(p))
         at = order[np.searchsorted(UNIVERSE[order], ws.keys)]
         np.testing.assert_array_equal(ws.rows, table[at])  # every tier served the latest value
         train(ws.rows, ws.keys, p, DIM)
         table[at] = ws.rows
+        # the trainer's order: the next pass's set is loaded before this pass commits. Its load
+        # raises its rows' scores after this commit's victims were written ahead (planned before
+        # it), so the commit evicts some other dirty rows and writes them back itself
+        upcoming = store.load_working_set(pass_keys(p + 1))
         store.commit_pass(ws, p)
         assert store.last_pass == p
         assert store.mem.size <= store.mem.capacity
         np.testing.assert_array_equal(store.read_rows(UNIVERSE), table)  # key by key, all keys
+        ws = upcoming
+    store.discard(ws)
     stats = store.stats()
-    assert stats["evictions"] > 0 and stats["writebacks"] > 0 and stats["checkpoints"] > 0
+    assert stats["evictions"] > 0 and stats["checkpoints"] > 0
+    assert stats["writebacks"] > 0 and stats["written_ahead"] > 0  # both ways a dirty victim reaches the SSD table
     assert stats["mem_bytes"] <= 60 * store.mem_bytes_per_row
     assert stats["hit_rate"]["mem"] > 0 and stats["hit_rate"]["ssd"] > 0 and stats["hit_rate"]["hbm"] > 0
     assert abs(sum(stats["hit_rate"].values()) - 1) < 1e-9
@@ -117,7 +127,9 @@ def test_eviction_and_writeback_lose_no_update(tmp_path, monkeypatch):
 
 def test_loads_read_rows_whose_ssd_write_is_still_in_flight(tmp_path):
     """A commit returns before its evicted (dirty MEM victims) and overflowing rows reach the SSD
-    table: the next load must still see them (held back here until the load is checked)."""
+    table: the next load must still see them (held back here until the load is checked). Loads
+    come in the trainer's order (the next pass's set before this pass commits), which leaves
+    the commits dirty victims that were not written ahead (see the test above)."""
     import threading
 
     store = HierarchicalStore(tmp_path / "s", DIM, STATE, mem_cap_mb=60 * store_row_bytes(DIM + STATE) / 2 ** 20)
@@ -132,17 +144,25 @@ def test_loads_read_rows_whose_ssd_write_is_still_in_flight(tmp_path):
     table = reference_after(0)
     order = np.argsort(UNIVERSE)
     pending_rows = pending_victims = 0
+    ws = store.load_working_set(pass_keys(0))
     for p in range(12):
-        ws = store.load_working_set(pass_keys(p))
         at = order[np.searchsorted(UNIVERSE[order], ws.keys)]
-        np.testing.assert_array_equal(ws.rows, table[at])
+        np.testing.assert_array_equal(ws.rows, table[at])  # read while the previous commit's writes were held
+        train(ws.rows, ws.keys, p, DIM)
+        upcoming = store.load_working_set(pass_keys(p + 1))  # after the last commit's MEM update
         pending_rows += sum(part[0].size for part in store._in_flight or ())
-        pending_victims += store._in_flight[0][0].size if store._in_flight is not None else 0
+        victims = store._in_flight[0][0] if store._in_flight is not None else UNIVERSE[:0]
+        pending_victims += victims.size
+        if victims.size:  # an evaluation's load of exactly the rows MEM gave up, still on their way
+            probe = store.load_working_set(victims, count=False)
+            np.testing.assert_array_equal(probe.rows, table[order[np.searchsorted(UNIVERSE[order], probe.keys)]])
+            store.discard(probe)
+        table[at] = ws.rows
         if p:
             release.release()  # lets the previous commit's writes land; the commit below waits for them
-        train(ws.rows, ws.keys, p, DIM)
-        table[at] = ws.rows
         store.commit_pass(ws, p)
+        ws = upcoming
+    store.discard(ws)
     assert pending_rows > 1000  # the loads above really read rows the SSD table did not have yet
     assert pending_victims > 0  # among them rows that MEM had already given up
     release.release()
