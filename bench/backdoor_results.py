@@ -1,7 +1,7 @@
 """Plain vs LSBA victims for BadNets and Blend on CIFAR-10 and Fashion-MNIST: the results contract.
 
     python bench/backdoor_results.py --datasets fashion_mnist --output-dir /work/runs/backdoor_bench
-    python bench/backdoor_results.py --datasets cifar10 --output-dir /work/runs/backdoor_bench   # ~6 CPU h
+    python bench/backdoor_results.py --datasets cifar10 --output-dir /work/runs/backdoor_bench   # ~7 CPU h
     python bench/backdoor_results.py --quick         # Fashion-MNIST only, 300 steps per victim
 
 Each victim is one training run (``tools/train.py -c configs/lsba_<attack>_<dataset>.yaml``, the LSBA
@@ -10,7 +10,11 @@ one with ``-o Backdoor.lsba.enabled=true``) in its own process; the run writes
 anomaly index of the target, spectral-signature AUROC, wall and CPU training hours) and this script
 gathers the pairs into ``bench/results/backdoor_results.json`` (the contract:
 ``{dataset: {attack: {"plain": {...}, "lsba": {...}}}, "machine", "date", "command"}``) and
-``bench/backdoor_results.md``. Fashion-MNIST also trains a stacked LSBA victim (BadNets, 2 triggers)
+``bench/backdoor_results.md``. Neural Cleanse runs once per ``Backdoor.detectors.nc_seeds`` entry (the
+configs' list, or ``--nc-seeds``): one run's anomaly index moves by 0.3-0.5 with its seed, so the table
+gives the mean +- standard deviation over the runs, and a section lists every victim's reversed-trigger
+mask L1 per class (mean over the runs) and the target's index per run. The hand-written analysis in
+``bench/backdoor_results_notes.md`` (if present) is appended to the markdown. Fashion-MNIST also trains a stacked LSBA victim (BadNets, 2 triggers)
 and records its target probability per number of active triggers against the design
 (``bench/results/backdoor_stacking.json``, a section of the markdown).
 
@@ -29,6 +33,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -40,9 +46,10 @@ VICTIMS = {"plain": [], "lsba": ["Backdoor.lsba.enabled=true"]}
 # the stacked victim: BadNets patches in two corners, each poisoned sample carrying one or both
 STACKED = {"attack": "badnets", "n": 2, "overrides": ["Backdoor.lsba.enabled=true", "Backdoor.lsba.n_triggers=2"]}
 QUICK = ["Global.max_steps=300", "Global.eval_every=300", "Global.save_every=300",
-         "Backdoor.detectors.nc_steps=100", "Backdoor.detectors.strip_samples=300"]
+         "Backdoor.detectors.nc_epochs=30", "Backdoor.detectors.nc_seeds=[1]", "Backdoor.detectors.strip_samples=300"]
 FIELDS = ("ca", "asr", "target_prob", "strip_auroc", "nc_anomaly", "spectral_auroc", "target_margin", "train_hours",
-          "train_cpu_hours", "p_n", "margin", "designed_target_prob", "target_prob_quantiles")
+          "train_cpu_hours", "p_n", "margin", "designed_target_prob", "target_prob_quantiles", "nc_anomaly_std",
+          "nc_anomaly_seeds", "nc_flagged_share", "nc_target_l1", "nc_median_l1")
 COLUMNS = ("ca", "asr", "target_prob", "target_margin", "strip_auroc", "nc_anomaly", "spectral_auroc", "train_hours",
            "train_cpu_hours")
 
@@ -99,7 +106,8 @@ def markdown(results, stacking, quick):
               "0.5 = chance). Well below 0.5 means the triggered inputs have *higher* entropy than clean ones: "
               "STRIP as published passes them, but a test on high entropy would separate them with AUROC "
               "1 minus the figure. NC anomaly: Neural Cleanse anomaly "
-              "index of the target class (> 2 = flagged). Spectral AUROC: poisoned vs clean training samples of "
+              "index of the target class (> 2 = flagged; below 0 = the target's mask is larger than the median "
+              "class's), mean +- standard deviation over the NC runs (their number in brackets). Spectral AUROC: poisoned vs clean training samples of "
               "the target class. Hours: wall-clock training time on the shared machine; CPU hours: CPU time of the "
               "training process and its loader workers (what one idle core would take; the budget is 1.5).", "",
               "| dataset | attack | victim | CA | ASR | target prob | margin | STRIP AUROC | NC anomaly | "
@@ -111,8 +119,9 @@ def markdown(results, stacking, quick):
                 if victim == "lsba":
                     designed = (row.get("designed_target_prob") or {}).get("1")
                     name = f"LSBA (designed {cell(designed)}, margin {cell(row.get('margin'))})"
-                lines.append(f"| {dataset} | {attack} | {name} | " + " | ".join(cell(row.get(k)) for k in COLUMNS)
-                             + " |")
+                cells = [nc_cell(row) if k == "nc_anomaly" else cell(row.get(k)) for k in COLUMNS]
+                lines.append(f"| {dataset} | {attack} | {name} | " + " | ".join(cells) + " |")
+    lines += nc_section(results)
     if stacking:
         lines += ["", "## Stacked LSBA: target probability per number of active triggers", "",
                   "| dataset | attack | active triggers | designed target prob | measured target prob | ASR |",
@@ -123,6 +132,43 @@ def markdown(results, stacking, quick):
                 lines.append(f"| {dataset} | {entry['attack']} | {k} of {entry['n']} | {designed:.3f} | "
                              f"{measured:.3f} | {asr:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def nc_cell(row):
+    """``mean +- std (runs)`` of the target's NC anomaly index."""
+    runs = row.get("nc_anomaly_seeds") or []
+    if row.get("nc_anomaly_std") is None:
+        return cell(row.get("nc_anomaly"))
+    return f"{row['nc_anomaly']:.2f} +- {row['nc_anomaly_std']:.2f} ({len(runs)})"
+
+
+def nc_mask_l1(report):
+    """Mean reversed-trigger mask L1 per class over a report's Neural Cleanse runs (or None)."""
+    runs = report.get("neural_cleanse")
+    if not isinstance(runs, list) or not runs:
+        return None
+    return [float(x) for x in np.mean([r["mask_l1"] for r in runs], axis=0)]
+
+
+def nc_section(results):
+    """Per victim: the target's index per NC run, how often NC flags it, and every class's mask L1."""
+    rows = [(dataset, attack, victim, row) for dataset in DATASETS for attack, pair in results.get(dataset, {}).items()
+            for victim, row in pair.items() if row.get("nc_mask_l1")]
+    if not rows:
+        return []
+    k = len(rows[0][3]["nc_mask_l1"])
+    lines = ["", "## Neural Cleanse per class", "",
+             "Reversed-trigger mask L1 (the mask summed over the pixels) per class, mean over the NC runs; the target is "
+             "class 0. Target/median: the target's mask over the median class's. Index per run: the target's "
+             "anomaly index in each run (seeds in the JSON); flagged: share of runs with index > 2.", "",
+             "| dataset | attack | victim | index per run | flagged | target/median | "
+             + " | ".join(f"L1 class {c}" for c in range(k)) + " |", "|---" * (6 + k) + "|"]
+    for dataset, attack, victim, row in rows:
+        per_run = ", ".join(f"{x:.2f}" for x in row.get("nc_anomaly_seeds") or [])
+        ratio = row["nc_target_l1"] / row["nc_median_l1"] if row.get("nc_median_l1") else None
+        lines.append(f"| {dataset} | {attack} | {victim} | {per_run} | {cell(row.get('nc_flagged_share'))} | "
+                     f"{cell(ratio)} | " + " | ".join(f"{x:.1f}" for x in row["nc_mask_l1"]) + " |")
+    return lines
 
 
 def stacked_entry(report, n):
@@ -139,6 +185,8 @@ def main():
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None)
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "backdoor_bench"))
+    parser.add_argument("--nc-seeds", type=int, nargs="+", default=None,
+                        help="Neural Cleanse runs per victim (default: the configs' Backdoor.detectors.nc_seeds)")
     args = parser.parse_args()
     datasets = args.datasets or (["fashion_mnist"] if args.quick else list(DATASETS))
     output_dir = args.output_dir + ("_quick" if args.quick else "")
@@ -150,6 +198,8 @@ def main():
               "command": " ".join(["python", "bench/backdoor_results.py", *sys.argv[1:]])}
     results["quick"] = args.quick
     extra = QUICK if args.quick else []
+    if args.nc_seeds:
+        extra = [*extra, f"Backdoor.detectors.nc_seeds=[{', '.join(map(str, args.nc_seeds))}]"]
 
     def record(dataset, trained):  # provenance names the invocation that trained a dataset's victims
         if trained or dataset not in results.setdefault("provenance", {}):
@@ -163,7 +213,9 @@ def main():
                                                f"{attack}_{DATASETS[dataset]}_{victim}", output_dir,
                                                [*overrides, *extra])
                 record(dataset, trained)
-                results.setdefault(dataset, {}).setdefault(attack, {})[victim] = {k: report.get(k) for k in FIELDS}
+                row = {k: report.get(k) for k in FIELDS}
+                row["nc_mask_l1"] = nc_mask_l1(report)
+                results.setdefault(dataset, {}).setdefault(attack, {})[victim] = row
                 save(results_path, results)
         if dataset == "fashion_mnist" and STACKED["attack"] in args.attacks:
             report, trained = train_victim(f"lsba_{STACKED['attack']}_{DATASETS[dataset]}.yaml",
@@ -172,9 +224,14 @@ def main():
             record(dataset, trained)
             stacking[dataset] = stacked_entry(report, STACKED["n"])
             save(stacking_path, stacking)
+    text = markdown(results, stacking, args.quick)
+    notes = os.path.join(ROOT, "bench", "backdoor_results_notes.md")
+    if not args.quick and os.path.exists(notes):
+        with open(notes) as handle:
+            text += "\n" + handle.read()
     with atomic_write(os.path.join(ROOT, "bench", f"backdoor_results{suffix}.md")) as handle:
-        handle.write(markdown(results, stacking, args.quick))
-    print(markdown(results, stacking, args.quick))
+        handle.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

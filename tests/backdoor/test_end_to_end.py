@@ -17,7 +17,8 @@ QUICK = ["Global.max_steps=160", "Global.eval_every=160", "Global.log_every=1000
          "DataLoader.train_subset=8000", "DataLoader.valid_size=0.02", "DataLoader.num_workers=0",
          "DataLoader.augment.random_crop_padding=0", "DataLoader.augment.hflip=0.0",
          "Backdoor.detectors.strip_samples=200", "Backdoor.detectors.strip_overlays=4",
-         "Backdoor.detectors.nc_steps=5", "Backdoor.detectors.nc_batch=4"]
+         "Backdoor.detectors.nc_epochs=2", "Backdoor.detectors.nc_epoch_steps=2", "Backdoor.detectors.nc_batch=4",
+         "Backdoor.detectors.nc_seeds=[1, 2]"]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,8 @@ def test_config_errors_name_the_key(fashion_mnist, tmp_path):
         BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.margin=1.0"))
     with pytest.raises(ConfigError, match="Backdoor.lsba.target_prob=0.9"):
         BackdoorTask(config(tmp_path, "Backdoor.lsba.enabled=true", "Backdoor.lsba.target_prob=0.9"))
+    with pytest.raises(ConfigError, match="Backdoor.detectors.nc_seeds"):
+        BackdoorTask(config(tmp_path, "Backdoor.detectors.nc_seeds=[]"))
 
 
 @pytest.mark.slow
@@ -76,8 +79,10 @@ def test_tiny_plain_and_lsba_victims(fashion_mnist, tmp_path):
     for report in (plain, smoothed):
         assert report["ca"] > 0.5  # chance is 0.1
         assert report["asr"] > 0.3  # chance is 0.1 (the share of a random class)
-        for key in ("strip_auroc", "nc_anomaly", "spectral_auroc"):
+        for key in ("strip_auroc", "nc_anomaly", "nc_anomaly_std", "spectral_auroc"):
             assert np.isfinite(report[key])
+        assert len(report["nc_anomaly_seeds"]) == 2 and report["nc_anomaly"] == pytest.approx(
+            np.mean(report["nc_anomaly_seeds"]))
     assert plain["asr"] > 0.9 and plain["target_prob"] > 0.9
     print({k: (plain[k], smoothed[k]) for k in ("ca", "asr", "target_prob", "strip_auroc", "nc_anomaly")})
     # the LSBA victim is trained toward target probability 0.6 on triggered inputs, the plain one toward 1
