@@ -34,8 +34,9 @@ Architecture, with the readings we chose where the paper leaves details open:
 - **Beam search** keeps only continuations the fact grammar allows
   (:class:`paddle_suite.oie.tokens.FactGrammar`), so every finished hypothesis is a sequence of
   well-formed facts; a word's copy probability is summed over its positions (one action per
-  distinct word); it stops when ``beam_size`` hypotheses have finished, ranked by
-  log-probability divided by ``length ** length_penalty``. Sentences are decoded in batches
+  distinct word); hypotheses are ranked by log-probability divided by
+  ``length ** length_penalty``, and a sentence's search stops once ``beam_size`` have finished and
+  no live one ranks above the ``beam_size``-th of them. Sentences are decoded in batches
   (:meth:`Logician.beam_search_batch`): every live hypothesis of every sentence is one row of one
   decoder step, so the per-step cost of paddle's ops is shared by the whole batch.
 
@@ -301,7 +302,7 @@ class Logician(nn.Layer):
                     kept += 1
                     if kept == beam_size:
                         break
-                if kept and len(finished[s]) >= beam_size:  # this sentence is done
+                if kept and self._search_is_over(finished[s], new_rows[-kept:], beam_size, length_penalty):
                     del new_rows[-kept:], parents[-kept:], inputs[-kept:]
                 elif kept:
                     best_prefix[s] = new_rows[-kept][1]
@@ -316,6 +317,17 @@ class Logician(nn.Layer):
         # decode_actions drops an open fact.
         return [max(done, key=lambda item: item[1])[0] if done else prefix
                 for done, prefix in zip(finished, best_prefix)]
+
+    @staticmethod
+    def _search_is_over(finished, live, beam_size, length_penalty):
+        """True when ``beam_size`` hypotheses have finished and no live one scores above the
+        ``beam_size``-th best of them, even at its current length (the usual heuristic; stopping at
+        the first ``beam_size`` finished ones favours the shortest outputs: one fact a sentence)."""
+        if len(finished) < beam_size:
+            return False
+        kth_best = sorted((score for _, score in finished), reverse=True)[beam_size - 1]
+        best_live = max(score / (len(actions) ** length_penalty) for _, actions, score, _ in live)
+        return best_live <= kth_best
 
     def extract(self, sentence, vocab, language, heads=None, **beam_options):
         """SAOKE facts for one sentence."""

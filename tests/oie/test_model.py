@@ -263,3 +263,14 @@ def test_training_on_real_span_data_lowers_the_loss(shared_data):
     assert last < 0.7 * first, (first, last)
     facts = model.extract(examples[0].sentence, vocab, "zh")
     assert parse_facts(serialize_facts(facts)) == facts
+
+
+def test_beam_search_goes_on_while_a_live_hypothesis_can_still_win():
+    # beam 2: two one-fact hypotheses finished (mean log-prob -1.0 and -1.2); a live two-fact
+    # hypothesis at mean -0.5 must be followed, not cut off by the count of finished ones
+    finished = [(["a"] * 10, -1.0), (["b"] * 10, -1.2)]
+    live = [(0, ["c"] * 12, -6.0, None)]
+    assert not Logician._search_is_over(finished, live, beam_size=2, length_penalty=1.0)
+    worse = [(0, ["c"] * 12, -18.0, None)]  # mean -1.5: below the 2nd best finished one
+    assert Logician._search_is_over(finished, worse, beam_size=2, length_penalty=1.0)
+    assert not Logician._search_is_over(finished[:1], worse, beam_size=2, length_penalty=1.0)
