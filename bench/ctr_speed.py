@@ -15,13 +15,7 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   ~7,400 distinct ones, and paddle's sparse-gradient merge and lazy Adam cost per row. The MLP's
   matmul / relu ops run on oneDNN kernels (``PS.cpu_onednn``), the dense parameters share one
   ``merged_adam`` op, and the unused duplicate batch-AUC op of ``paddle.static.auc`` is dropped.
-  Where a batch's time went before those three (idle machine, paddle profiler / op removal,
-  ~9.5 ms): the table's lazy Adam ~3 ms (random rows of three 38 MB arrays: cache misses; torch's
-  SparseAdam takes ~3.3 ms for the same), MLP matmuls ~4 ms, 8 dense Adam ops ~1 ms, 2 AUC ops
-  ~0.5 ms, feed (np.unique) ~0.4 ms. ``--quick`` on the idle machine: 2026-11-27, before: 0.94x
-  (57,022 vs 60,911 examples/s); 2026-11-28, after: 1.19x (67,776 vs 57,138; each of the 5 rounds
-  1.15-1.34x; an earlier run the same day: 70,747 vs 59,327; a later one, on a faster-running
-  machine: 1.29x, 91,215 vs 70,796).
+  (Measurements that led here: ``bench/ctr_speed_history.md``.)
 * ``ours_hierarchical``: ``hierarchical_train``'s own pass pipeline (``train_passes``): pass data
   built one pass ahead in a background thread, working sets loaded (store on local disk, MEM tier
   capped at ``--mem-cap-mb``) and prefetched, one static-program run per batch (``PassStep``:
@@ -29,26 +23,8 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   relu), dense checkpoint + ``commit_pass`` per pass. No key folding: full 64-bit keys. The clock
   runs from building pass 0's data until the last commit's background work (MEM update, SSD-table
   writes) has finished (``store.read_rows([])`` waits for it), i.e. everything the run wrote is
-  done. (History: 2026-11-28, ``--quick``, idle AMD machine: 0.81x torch before this pipeline,
-  1.15x after, but against the ``torch`` side below, which folds keys and uses SparseAdam: not the
-  same work. 2026-12-04, against the equal-work ``torch_pass``: 0.59x default / 0.68x ``--quick``;
-  then, without changing the work: the step's buffers kept between batches, rows read by
-  ``lookup_table_v2``, the rsqrt form of the rule (``PassStep``: CPU per batch 8.5 -> 7.6 ms, the
-  torch peer's 7.1-7.5 ms); the store's mmap threshold 16 MiB, previous-pass membership by
-  searchsorted (``store.return_freed_memory``, ``sorted_member``: ~20% of the store's CPU), and
-  dirty MEM victims written by the writer thread instead of ahead of the next prefetch.
-  2026-12-05, same work and durability, load ~4: the log cap drops only the oldest passes' redo
-  records (no rewrite of every dirty MEM row), a commit's redo log and commit point written while
-  the next pass trains (``commit_pass(wait=False)``; everything still inside the clock: the
-  trainer's final ``store.flush``), the victims of the next commit written while the pass trains,
-  the MEM update beside the log writes, one fsync per LMDB write transaction (commit points synced
-  explicitly), pass 0 no longer waiting for pass 1's data. (This machine is now an AMD EPYC, the
-  2026-12-04 runs were on an Intel Xeon: the unchanged code measured here, the two pass sides only,
-  two rounds at load ~2: 0.78x and 0.83x, ours 2.4-2.7 s outside the batch loop.) ``--quick``
-  0.66x (2026-12-04, Intel, load 4-5) -> 0.93x at load ~4 and 0.96x at load ~2-3 (per round 0.90-1.04; ours outside the batch
-  loop 2.2-3.5 s -> 0.6-0.9 s, torch's 0.6-1.2 s; ours in the batch loop 4.9 s, torch's 4.3-4.7 s),
-  default 0.62x -> 0.86x (outside the batch loop ~21 s -> ~4.5 s of ~64 s; the batch loop itself
-  slower, 47 -> 60 s, torch's 44-49 s: the background store work competes for the 2 cores).)
+  done.
+  (Measurements that led here: ``bench/ctr_speed_history.md``.)
 * ``torch``: ``nn.EmbeddingBag(local_vocab, emb_dim, mode="sum", sparse=True)`` with one bag per
   (example, slot), the same MLP, ``SparseAdam`` for the table and ``Adam`` for the dense part
   (the same lazy-Adam semantics as ``ours_static``), keys modulo the same ``local_vocab``: the
@@ -61,8 +37,8 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
   (``G += g*g; w -= lr * g * sqrt(g0 / (g0 + G))`` per element, ``g`` = gradient of the summed
   batch loss, lr ``HIER_SPARSE_LR`` = 0.05 as ``configs/ctr_hierarchical.yaml``, ``g0 =
   PS.initial_g2sum``), the same dense ``Adam``, the same pass metrics (every batch's loss and
-  logits fetched; the pass's mean loss and progressive AUC, as ``train_pass`` computes them:
-  added 2026-12-04, before it skipped them), the working set written back after each pass.
+  logits fetched; the pass's mean loss and progressive AUC, as ``train_pass`` computes them),
+  the working set written back after each pass.
   It keeps the table in RAM (no MEM cap, no disk, no durability), so it does less than ours.
 
 Threads: paddle sets ``OMP_NUM_THREADS=1`` on import and ``torch.set_num_threads(1)`` matches it

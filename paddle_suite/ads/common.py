@@ -39,8 +39,8 @@ def build_body(config):
     return factory(num_slots=NUM_SLOTS, num_dense=NUM_DENSE, **arch)
 
 
-#: ops of the MLP that run faster on oneDNN kernels on CPU (bench/ctr_speed.py, 2026-11-28: matmul
-#: and relu ~1 ms of ~9.5 ms a batch). Not all ops: FLAGS_use_mkldnn=1 fails in paddle 2.6.2 ("could not
+#: ops of the MLP that run faster on oneDNN kernels on CPU (matmul and relu: ~1 ms of
+#: ~9.5 ms a batch; bench/ctr_speed_history.md). Not all ops: FLAGS_use_mkldnn=1 fails in paddle 2.6.2 ("could not
 #: reshape a memory descriptor"), elementwise_add on oneDNN is slower, concat / gather crash. Local
 #: and hierarchical modes only: that is where it was measured; Fleet's worker programs keep the defaults.
 ONEDNN_OPS = ("matmul_v2", "matmul_v2_grad", "relu", "relu_grad")

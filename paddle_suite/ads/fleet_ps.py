@@ -116,8 +116,6 @@ def sparse_table_config(ps_cfg):
     return cfg
 
 
-#: ops of the MLP that run faster on oneDNN kernels on CPU (bench/ctr_speed.py, 2026-11-28: matmul
-#: and relu ~1 ms of ~9.5 ms a batch). Not all ops: FLAGS_use_mkldnn=1 fails in paddle 2.6.2 ("could not
 def _minimize_local(opt_cfg, optimizer, loss):
     """``optimizer.minimize(loss)``, except that with Adam (and no clipping) the dense parameters get
     one ``merged_adam`` op (``use_multi_tensor``) instead of one op each (~0.5 ms a batch of 8

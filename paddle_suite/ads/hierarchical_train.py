@@ -227,14 +227,16 @@ def _lookup_rows(weights, positions):
 
 class _keep_buffers:
     """Within the block the executor keeps intermediate tensors after a run (eager deletion off),
-    so the next batch reuses their memory (see ``PassStep``). Scoped, not global: other programs
-    of the process keep paddle's default."""
+    so the next batch reuses their memory, and runs the ops in the calling thread (serial run: no
+    hand-off to the executor's worker thread, whose wake-ups cost CPU the store's background
+    threads need; see ``PassStep``). Scoped, not global: other programs of the process keep
+    paddle's defaults."""
 
-    FLAG = "FLAGS_eager_delete_tensor_gb"
+    FLAGS = {"FLAGS_eager_delete_tensor_gb": -1.0, "FLAGS_new_executor_serial_run": True}
 
     def __enter__(self):
-        self.saved = paddle.get_flags([self.FLAG])
-        paddle.set_flags({self.FLAG: -1.0})
+        self.saved = paddle.get_flags(list(self.FLAGS))
+        paddle.set_flags(self.FLAGS)
 
     def __exit__(self, *exc):
         paddle.set_flags(self.saved)
@@ -267,14 +269,12 @@ class PassStep:
     the table in place. On the CPU the MLP's matmul / relu can run on oneDNN kernels
     (``PS.cpu_onednn``).
 
-    Per-batch costs removed (``bench/ctr_speed.py``; CPU time per batch of 512, 2026-12-04, Intel
-    AVX-512, measured in one process against the previous step, same losses): each (example,
-    slot) reads its row with ``lookup_table_v2`` rather than ``gather``, whose gradient adds each
-    9-float row through an MKL vector call (-0.2 ms); the rsqrt form of the rule (-0.2 ms); and
-    runs keep their intermediate tensors between batches (the executor's eager deletion is off
-    during ``run``, ``_keep_buffers``): otherwise every batch frees and re-allocates ~30 buffers
-    of up to 0.5 MB, which the C library returns to the OS and the kernel zeroes again on first
-    touch (-0.9 ms, from 8.5 to 7.6 ms; the torch peer's step: 7.1-7.5 ms in the same process)."""
+    Per-batch costs avoided (measured in ``bench/ctr_speed_history.md``): each (example, slot)
+    reads its row with ``lookup_table_v2`` rather than ``gather``, whose gradient adds each 9-float
+    row through an MKL vector call; the rsqrt form of the rule; and, during ``run``
+    (``_keep_buffers``), the executor keeps intermediate tensors between batches (otherwise every
+    batch frees and re-allocates ~30 buffers of up to 0.5 MB, which the C library returns to the
+    OS and the kernel zeroes again on first touch) and runs the ops in the calling thread."""
 
     TABLE = "hbm_table"
 

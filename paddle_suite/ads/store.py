@@ -1041,9 +1041,9 @@ class HierarchicalStore:
         (committed values of earlier passes) out of MEM, updates MEM, and queues the victims and the
         rows that did not fit in MEM on the writer thread for the SSD table. Every one of those rows
         is in a committed redo record, so they may land after the commit point (a crash before they
-        land replays the log); until they land, loads read them from ``_in_flight``. (The victims
-        were written synchronously before MEM reused their slots until 2026-12-04: the next pass's
-        prefetch, queued behind, waited for those SSD writes.) When the overflow rows are most of
+        land replays the log); until they land, loads read them from ``_in_flight``. (Victims are not
+        written synchronously before MEM reuses their slots: the next pass's prefetch, queued
+        behind, would wait for those SSD writes.) When the overflow rows are most of
         the working set its rows are used without a copy: they must not change after the commit."""
         self._delete_records([], meta={**meta, b"last_pass": pass_id})  # the commit point
         if b"prepared" in meta:

@@ -183,7 +183,10 @@ def test_pass_step_updates_rows_by_the_adagrad_rule(tmp_path):
     predicted = step.predict(table[distinct[inverse], :dim].reshape(n, ht.NUM_SLOTS, dim), dense)
     shared = table.copy()
     step.set_table(shared)
+    flags = list(ht._keep_buffers.FLAGS)
+    before = paddle.get_flags(flags)
     loss, logit = step.run(distinct, inverse, dense, label)
+    assert paddle.get_flags(flags) == before  # the executor settings of a run are scoped to it
     np.testing.assert_allclose(predicted, logit, rtol=1e-5, atol=1e-6)  # same body, no update
     after = step.table()
     np.testing.assert_array_equal(shared, after)  # on the CPU the table is the working set's memory
