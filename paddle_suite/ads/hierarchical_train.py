@@ -41,6 +41,23 @@ store's rows. So the sparse and dense halves always come from the same pass. ``L
 fresh start. Training is deterministic (fixed data order, seeded init, no dropout), so a
 resumed run reproduces the uninterrupted run (the crash test checks this row by row).
 
+Metrics lines (exactly one line per pass in ``metrics.jsonl``, whatever the crash point): pass
+``i``'s line is written atomically to ``<run_dir>/pass_metrics/pass-i.json`` (its *record*)
+*before* ``commit_pass`` is called, so before its commit point can become durable; it is
+appended to ``metrics.jsonl`` only once the store has pass ``i`` durably, in pass order, and the
+record is removed after that. So at every instant each durable pass is in ``metrics.jsonl`` or
+has a record, and each logged pass is durable (a logged pass is never redone). On restart
+(``_recover_pass_lines``) the records of passes ``<= L`` missing from ``metrics.jsonl`` are
+logged, in order (they follow the logged passes: logging is in pass order), and every other
+record is removed (``> L``: its commit never happened, the pass is redone and logged then).
+``metrics.jsonl`` is the reference: the stdout line and the VisualDL scalars are written in the
+same ``log_pass`` call, a crash inside that call can leave them without the pass. One field
+group is not covered: a counting store's admission counters (``pass_admitted``, ...) come out of
+the commit itself; they are added to the record when ``commit_pass`` returns, and a crash between
+its commit point and that rewrite logs the pass without them. A distributed job's record is
+worker 0's file plus every worker's scores (``DistributedTrainer``), all written before the pushes
+that its commit needs.
+
 Across machines (how the tiers ride on Fleet): started by ``fleetrun --server_num=S --worker_num=W``
 or ``python -m paddle_suite.ads.launcher`` (the ``PADDLE_*`` role variables are set), the same
 config runs the multi-process mode (``run``). Each **server** runs a shard server
@@ -62,8 +79,10 @@ the single-process workflow above runs (``Store.num_shards`` > 1: the same shard
 commit in one process, ``store.ShardedStore``). A distributed run's store is read offline (eval,
 ``store_lookup``) as a ``ShardedStore`` (``<Store.path>/layout.json`` records S).
 """
+import contextlib
 import itertools
 import glob
+import json
 import logging
 import os
 import re
@@ -76,7 +95,7 @@ import paddle_suite  # noqa: F401  (MKL flag before paddle)
 import paddle
 
 from paddle_suite.config import ConfigError
-from paddle_suite.engine.run import Run, RunError, read_json
+from paddle_suite.engine.run import METRICS_FILE, Run, RunError, read_json, read_metrics
 from paddle_suite.io import atomic_write
 from paddle_suite.ads.common import (INFERENCE_DIR, NUM_DENSE, NUM_SLOTS, ONEDNN_OPS, SkippedLines, build_body,
                                      export_from_arrays, log_pass, pass_batches, roc_auc, training_files,
@@ -85,6 +104,15 @@ from paddle_suite.ads.store import sorted_unique, unique_inverse
 
 log = logging.getLogger(__name__)
 _DENSE_FILE = re.compile(r"pass-(\d+)\.npz$")
+PASS_METRICS = "pass_metrics"  # <run_dir>/pass_metrics/pass-NNNNN.json: a pass's line until it is logged
+_RECORD_FILE = re.compile(r"pass-(\d+)\.json$")
+
+
+def _plain_number(value):
+    """json.dump's fallback for a numpy scalar in a metrics record."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a pass metrics value must be a number, not {type(value).__name__}: {value!r}")
 
 
 def store_path(config):
@@ -145,17 +173,25 @@ def run(config):
                               endpoints.split(",")).train()
 
 
-def with_store_stats(metrics, store, ws):
-    """Add the store's per-tier hit rates, MEM size and the working-set size to a pass's metrics
-    (MEM as the pass's commit found it: the commit's own MEM update runs in the background)."""
+def tier_stats(store, ws):
+    """The store's per-tier hit rates, MEM size and the working-set size, for a pass's metrics line.
+    Taken before the pass's commit, once the previous commit settled (``store.flush``, which
+    ``commit_pass`` waits for first anyway): MEM as the pass's commit finds it."""
     stats = store.stats()
-    metrics.update({f"hit_{k}": float(v) for k, v in stats["hit_rate"].items()})
-    metrics["mem_mb"] = stats["mem_bytes"] / 2 ** 20
+    metrics = {f"hit_{k}": float(v) for k, v in stats["hit_rate"].items()}
+    metrics["mem_mb"] = float(stats["mem_bytes"] / 2 ** 20)
     metrics["working_set_rows"] = int(len(ws))
-    if stats.get("counter_rows"):  # admission / shrink on (Store.admit_threshold, Store.shrink_every_passes)
-        metrics.update({name: int(stats[name]) for name in ("pass_admitted", "pass_pending", "pass_evicted",
-                                                             "pass_dropped", "counter_rows")})
     return metrics
+
+
+def commit_counters(store):
+    """A counting store's admission / shrink counters of the commit that just returned
+    (``Store.admit_threshold``, ``Store.shrink_every_passes``); {} when the store counts nothing."""
+    stats = store.stats()
+    if not stats.get("counter_rows"):
+        return {}
+    return {name: int(stats[name]) for name in ("pass_admitted", "pass_pending", "pass_evicted", "pass_dropped",
+                                                 "counter_rows")}
 
 
 class PassData:
@@ -449,6 +485,86 @@ class HierarchicalTrainer:
             )
         self.step.set_state(read_dense(files[last_pass]))
 
+    # -- pass metrics lines (see "Metrics lines" in the module docstring)
+    def _record_path(self, pass_id):
+        return self.out.path(PASS_METRICS, f"pass-{pass_id:05d}.json")
+
+    def _record_files(self):
+        found = {}
+        for path in glob.glob(self.out.path(PASS_METRICS, "pass-*.json")):
+            match = _RECORD_FILE.search(path)
+            if match:
+                found[int(match.group(1))] = path
+        return found
+
+    def _save_record(self, pass_id, record):
+        with atomic_write(self._record_path(pass_id)) as handle:
+            json.dump(record, handle, default=_plain_number)
+
+    @staticmethod
+    def _read_record(path):
+        try:
+            with open(path) as handle:
+                return json.load(handle)
+        except ValueError as err:  # written atomically, so only a foreign or hand-edited file gets here
+            raise RunError(f"{path}: not a pass metrics record ({err}); move it away to resume") from err
+
+    def _record_pass(self, store, ws, pass_id, metrics):
+        """Pass ``pass_id``'s line as far as it is known before its commit (this process's
+        metrics, skipped lines, tier stats), saved as its record; call it before ``commit_pass``."""
+        store.flush()  # the previous commit settled, as commit_pass would do first: same waiting
+        record = dict(metrics)
+        if self.skipped is not None and self.config["DataLoader"]["skip_malformed"]:
+            record["skipped_lines"] = self.skipped.through_pass[pass_id]
+        record.update(tier_stats(store, ws))
+        self._save_record(pass_id, record)
+        return record
+
+    def _add_commit_counters(self, store, pass_id, record):
+        """After ``commit_pass`` returned: a counting store's counters of that commit join the
+        record (rewritten; a crash before this logs the pass without them)."""
+        counters = commit_counters(store)
+        if counters:
+            record = {**record, **counters}
+            self._save_record(pass_id, record)
+        return record
+
+    def _log_record(self, sink, pass_id, record):
+        """Log durable pass ``pass_id`` from its record, then remove the record (a crash in between:
+        the pass is in metrics.jsonl, so the restart removes it unlogged). Returns the line."""
+        line = self.job_metrics(pass_id, record)
+        log_pass(sink, pass_id, line)
+        self._drop_records(pass_id)
+        return {"pass": pass_id, **line}
+
+    def _drop_records(self, pass_id):
+        """Remove what the line of logged pass ``pass_id`` was built from."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._record_path(pass_id))
+
+    def _recover_pass_lines(self, sink, last_pass):
+        """At start, before training: log the durable passes (``<= last_pass``) whose line a crash
+        lost, from their records, in pass order; remove every other record (passes already logged,
+        or ``> last_pass``: written before a crash that came before their commit point). A durable
+        pass with neither a line nor a record is reported, not hidden."""
+        logged = {record["pass"] for record in read_metrics(self.run_dir, "pass")}
+        for pass_id, path in sorted(self._record_files().items()):
+            if pass_id > last_pass:
+                log.info("dropping %s: written before a crash, its store commit never happened", path)
+                os.remove(path)  # only this file: other workers may be redoing the pass's scores already
+            elif pass_id in logged:
+                self._drop_records(pass_id)
+            else:
+                log.warning("pass %d was committed but a crash came before its metrics line: logged now from %s",
+                            pass_id, path)
+                self._log_record(sink, pass_id, self._read_record(path))
+                logged.add(pass_id)
+        lost = sorted(set(range(last_pass + 1)) - logged)
+        if lost:
+            log.warning("%d committed passes (%s%s) have no line in %s and no record in %s to log them from",
+                        len(lost), ", ".join(map(str, lost[:10])), ", ..." if len(lost) > 10 else "",
+                        self.out.path(METRICS_FILE), self.out.path(PASS_METRICS))
+
     # -- training
     def train(self):
         self.build_model()
@@ -460,6 +576,7 @@ class HierarchicalTrainer:
         try:
             start = store.last_pass + 1
             self._restore_dense(store.last_pass)
+            self._recover_pass_lines(sink, store.last_pass)
             if start:
                 print(f"resuming after pass {store.last_pass} (store and dense/pass-{store.last_pass:05d})", flush=True)
             self.skipped = SkippedLines()
@@ -479,13 +596,16 @@ class HierarchicalTrainer:
     def train_passes(self, store, pass_batches, sink=None):
         """Train ``(pass_id, batches)`` passes (``PassData`` built in a background thread one pass
         ahead) on ``store``; the last pass's metrics. ``sink``: the run's ``MetricsSink``, or None."""
-        def commit(ws, pass_id):
+        def commit(ws, pass_id, metrics):
             self._save_dense(pass_id)  # before the commit point: see the protocol
+            record = self._record_pass(store, ws, pass_id, metrics) if sink is not None else None  # also before
             # the redo records and the commit point are written while the next pass trains
             # (``commit_pass(wait=False)``); the next commit, loads and close wait for them
             store.commit_pass(ws, pass_id, wait=False)
+            if record is not None:
+                record = self._add_commit_counters(store, pass_id, record)
             self._prune_dense(store.last_pass)  # the durable pass: pass_id or the one before
-            return sink is not None
+            return record
 
         last = self._run_passes(store, (p for p in read_ahead(pass_batches) if len(p)), commit, sink)
         self._prune_dense(store.last_pass)  # _run_passes flushed: the last pass is durable
@@ -493,7 +613,8 @@ class HierarchicalTrainer:
 
     def _run_passes(self, store, passes, commit, sink):
         """The pass loop: pass i+1's working set is prefetched while pass i trains; ``commit(ws,
-        pass_id)`` writes pass i back and says whether this process logs its metrics.
+        pass_id, metrics)`` writes pass i back and returns its record (None: this process logs no
+        metrics). Returns the last pass's logged line, else this process's metrics of it.
 
         Pass i+1's data is taken from ``passes`` (and its prefetch requested) in a helper thread
         beside pass i's training, and waited for before pass i commits (so the prefetch is patched
@@ -503,8 +624,9 @@ class HierarchicalTrainer:
 
         A pass's metrics are logged once the store has it durably (``store.last_pass``; a
         deferred commit becomes durable during the next pass, the last one at ``store.flush``), so
-        a logged pass is never redone after a crash."""
-        last, unlogged = None, []
+        a logged pass is never redone after a crash; its record, saved by ``commit`` before the
+        commit point, keeps the line across a crash until then (module docstring)."""
+        last, unlogged, lines = None, [], []
         current = next(passes, None)
         pending = store.prefetch(current.distinct) if current is not None else None
         prefetch = bool(self.config["Store"]["prefetch"])
@@ -514,28 +636,24 @@ class HierarchicalTrainer:
                 ahead = helper.submit(self._next_pass, store, passes, prefetch)
                 metrics = self.train_pass(current, ws)
                 upcoming, pending = ahead.result()
-                if commit(ws, current.pass_id):
-                    metrics = self.job_metrics(current.pass_id, metrics)
-                    if self.skipped is not None and self.config["DataLoader"]["skip_malformed"]:
-                        metrics["skipped_lines"] = self.skipped.through_pass[current.pass_id]
-                    unlogged.append((current.pass_id, with_store_stats(metrics, store, ws)))
-                unlogged = self._log_durable(sink, store, unlogged)
+                record = commit(ws, current.pass_id, metrics)
+                if record is not None:
+                    unlogged.append((current.pass_id, record))
+                unlogged = self._log_durable(sink, store, unlogged, lines)
                 last = {"pass": current.pass_id, **metrics}
                 if upcoming is not None and pending is None:
                     pending = store.prefetch(upcoming.distinct)
                 current = upcoming
         if unlogged:
             store.flush()
-            self._log_durable(sink, store, unlogged)
-        return last
+            self._log_durable(sink, store, unlogged, lines)
+        return lines[-1] if lines and last is not None and lines[-1]["pass"] == last["pass"] else last
 
-    @staticmethod
-    def _log_durable(sink, store, unlogged):
-        """Log the ``(pass_id, metrics)`` of passes the store has durably; the others are returned."""
+    def _log_durable(self, sink, store, unlogged, lines):
+        """Log the ``(pass_id, record)`` of passes the store has durably (their lines appended to
+        ``lines``); the others are returned."""
         durable = store.last_pass
-        for pass_id, metrics in unlogged:
-            if pass_id <= durable:
-                log_pass(sink, pass_id, metrics)
+        lines.extend(self._log_record(sink, pass_id, record) for pass_id, record in unlogged if pass_id <= durable)
         return [item for item in unlogged if item[0] > durable]
 
     @staticmethod
@@ -545,9 +663,9 @@ class HierarchicalTrainer:
         upcoming = next(passes, None)
         return upcoming, (store.prefetch(upcoming.distinct) if prefetch and upcoming is not None else None)
 
-    def job_metrics(self, pass_id, metrics):
-        """The metrics to log for a pass: this process trained all of it."""
-        return metrics
+    def job_metrics(self, pass_id, record):
+        """The line to log for a pass from its record: this process trained all of it."""
+        return record
 
     def train_pass(self, data, ws):
         """Train one pass; its metrics. ``self.pass_scores`` keeps what metrics over several workers
@@ -602,7 +720,10 @@ class DistributedTrainer(HierarchicalTrainer):
     ``workers_in_metrics``; a missing file (a run directory not shared by the workers) is logged
     as a warning and shows in that count. Scores travel as files, not RPCs, so the store protocol
     stays as it is; this needs the run directory on a filesystem all workers see (one machine or
-    a shared mount)."""
+    a shared mount). The score files and worker 0's record (its skipped lines and tier stats,
+    written before its push) are the pass's record of "Metrics lines" in the module docstring:
+    removed only once the line is logged, so a restarted worker 0 logs a committed pass whose
+    line a crash lost from them."""
 
     def __init__(self, config, worker_id, num_workers, endpoints):
         super().__init__(config)
@@ -623,14 +744,22 @@ class DistributedTrainer(HierarchicalTrainer):
             np.savez(handle, labels=scores["labels"], logits=scores["logits"],
                      loss_sum=np.float64(scores["loss_sum"]), seconds=np.float64(scores["seconds"]))
 
+    def _drop_records(self, pass_id):
+        for worker in range(self.num_workers):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._scores_path(pass_id, worker))
+        super()._drop_records(pass_id)
+
     def _drop_scores(self, last_pass):
-        """Remove score files of committed passes (left when worker 0 crashed before merging them)."""
+        """Remove score files of committed passes (left by a crash after the line was logged, or
+        by workers outside ``num_workers`` of an earlier job)."""
         for path in glob.glob(self.out.path(PASS_SCORES, "pass-*.w*.npz")):
             if int(re.match(r"pass-(\d+)\.", os.path.basename(path)).group(1)) <= last_pass:
                 os.remove(path)
 
-    def job_metrics(self, pass_id, metrics):
-        """Worker 0: the pass's metrics over every worker's scores (see the class docstring)."""
+    def job_metrics(self, pass_id, record):
+        """Worker 0: the pass's line, its training metrics over every worker's scores (see the class
+        docstring) and the rest of worker 0's record. The score files stay (``_drop_records``)."""
         parts, missing = [], []
         for worker in range(self.num_workers):
             path = self._scores_path(pass_id, worker)
@@ -639,20 +768,20 @@ class DistributedTrainer(HierarchicalTrainer):
                 continue
             with np.load(path, allow_pickle=False) as arrays:
                 parts.append({name: arrays[name] for name in arrays.files})
-            os.remove(path)
         if missing:
             log.warning("pass %d: no scores from %s (is the run directory shared by all workers?); the pass "
                         "metrics cover %d of %d workers", pass_id, missing, len(parts), self.num_workers)
-        labels = np.concatenate([p["labels"] for p in parts])
-        logits = np.concatenate([p["logits"] for p in parts])
-        seconds = max(float(p["seconds"]) for p in parts)
-        return {
+        labels = np.concatenate([p["labels"] for p in parts] or [np.zeros(0, np.int8)])
+        logits = np.concatenate([p["logits"] for p in parts] or [np.zeros(0, np.float32)])
+        seconds = max([float(p["seconds"]) for p in parts], default=0.0)
+        merged = {
             "loss": sum(float(p["loss_sum"]) for p in parts) / max(len(labels), 1),
             "auc": roc_auc(labels, logits) if len(labels) else float("nan"),
             "examples": int(len(labels)),
             "examples_per_s": len(labels) / max(seconds, 1e-9),
             "workers_in_metrics": len(parts),
         }
+        return {**merged, **{name: value for name, value in record.items() if name not in merged}}
 
     def train(self):
         from paddle_suite.ads.store_service import RemoteStore
@@ -663,11 +792,13 @@ class DistributedTrainer(HierarchicalTrainer):
         chief = self.worker_id == 0
         if chief:
             self.out.create()
-            self._drop_scores(store.last_pass)
         sink = self.out.metrics(chief)
         last, finished = None, False
         try:
             start = store.last_pass + 1
+            if chief:
+                self._recover_pass_lines(sink, store.last_pass)
+                self._drop_scores(store.last_pass)
             if start:
                 self.set_dense_state(store.pull_dense(store.last_pass))
                 print(f"worker {self.worker_id}: resuming after pass {store.last_pass} "
@@ -676,10 +807,11 @@ class DistributedTrainer(HierarchicalTrainer):
             batches = self._pass_batches(pass_batches(self.config, training_files(self.config),
                                                       self.worker_id, self.num_workers, start, self.skipped))
 
-            def commit(ws, pass_id):
+            def commit(ws, pass_id, metrics):
                 self._write_scores(pass_id)  # before the push: see the class docstring
+                record = self._record_pass(store, ws, pass_id, metrics) if chief else None  # before it too
                 self.set_dense_state(store.commit_pass(ws, pass_id, dense=self.dense_state()))
-                return chief
+                return self._add_commit_counters(store, pass_id, record) if chief else None
 
             # every worker joins every commit, even with no batch in a pass
             last = self._run_passes(store, read_ahead(batches), commit, sink)
