@@ -94,10 +94,15 @@ def run_name(dataset, variant, seed):
     return base if seed == config_seed(dataset, variant) else f"{base}_seed{seed}"
 
 
+# Spelled out so that runs trained before targets listed a sentence's facts in sentence order
+# (2026-12-05; they had the data file's order) do not count as done and their rows are dropped as stale.
+FACT_ORDER_SETTING = "DataLoader.fact_order=sentence"
+
+
 def settings_of(dataset, variant, seed, args):
     budget = QUICK if args.quick else BUDGET[dataset]
     overrides = [f"Global.max_steps={budget['max_steps']}", f"Global.eval_every={budget['eval_every']}",
-                 f"Global.save_every={budget['eval_every']}", "Global.test_split=test"]
+                 f"Global.save_every={budget['eval_every']}", "Global.test_split=test", FACT_ORDER_SETTING]
     # the configs' own seed is not spelled out, so runs made before --seeds existed still count
     overrides += [] if seed == config_seed(dataset, variant) else [f"Global.seed={seed}"]
     return overrides + (QUICK_OVERRIDES if args.quick else [])
@@ -119,6 +124,10 @@ def train_one(dataset, variant, seed, args):
     done = read_json(done_file)
     if done is not None and done.get("settings") == settings:
         return done
+    if done is not None and FACT_ORDER_SETTING not in done.get("settings", []):
+        # resuming would continue (or, at max_steps, just re-test) a model trained on other targets
+        raise RuntimeError(f"{directory} was trained on targets in the data file's fact order; use another "
+                           "--output (or remove the run) to train it again")
     os.makedirs(args.output, exist_ok=True)
     log_path = os.path.join(args.output, name + ".log")
     started = time.perf_counter()

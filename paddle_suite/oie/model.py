@@ -48,8 +48,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from paddle_suite.oie.tokens import (BOS, KEYWORD_ID, NUM_KEYWORDS, PAD, FactGrammar, GrammarState,
-                                     decode_actions, encode_target, tokenize)
+from paddle_suite.oie.tokens import (BOS, FACT_ORDERS, KEYWORD_ID, NUM_KEYWORDS, PAD, FactGrammar, GrammarState,
+                                     decode_actions, encode_target, sentence_order, tokenize)
 from paddle_suite.registry import ARCHS
 
 GRAPHS = ("auto", "dependency", "adjacency", "none")
@@ -363,22 +363,27 @@ class Logician(nn.Layer):
         return sentence_graph(length, heads)
 
 
-def make_batch(examples, vocab, language, graph_mode="auto", max_source=None):
+def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fact_order="sentence"):
     """Padded tensors for teacher forcing from :class:`paddle_suite.oie.readers.Example` objects.
 
     ``tgt_gold[b, t]`` marks every action spelling the gold token at step t: its keyword, or
     every source position holding the copied word; ``tgt_index[b, t]`` is the one action of a model
     without copy (the keyword, or ``len(KEYWORDS) + word id``). ``graph_mode`` must be the model's
-    ``graph``. Returns (batch dict, unreachable token count).
+    ``graph``. ``fact_order``: ``sentence`` spells a sentence's facts in the order they are said
+    (:func:`paddle_suite.oie.tokens.sentence_order`), ``as_read`` in the order of the data file.
+    Returns (batch dict, unreachable token count).
     """
     if graph_mode not in GRAPHS:
         raise ValueError(f"graph_mode must be one of {GRAPHS}, got {graph_mode!r}")
+    if fact_order not in FACT_ORDERS:
+        raise ValueError(f"fact_order must be one of {FACT_ORDERS}, got {fact_order!r}")
     sources, targets, graphs, unreachable = [], [], [], 0
     for example in examples:
         tokens = tokenize(example.sentence, language)[:max_source]
         if not tokens:
             raise ValueError(f"{example.source or 'example'}: empty sentence")
-        encoded = encode_target(example.facts, tokens, language)
+        facts = sentence_order(example.facts, tokens, language) if fact_order == "sentence" else example.facts
+        encoded = encode_target(facts, tokens, language)
         unreachable += encoded.unreachable
         heads = getattr(example, "heads", None)
         if graph_mode == "dependency" and heads is None:

@@ -17,7 +17,12 @@ seeds see the same split) gives the first ``test_holdout`` examples to test, the
 
 Training examples whose sentence is longer than ``max_source_len`` tokens or whose target is
 longer than ``max_target_len`` actions are left out of training (their count is logged);
-evaluation always decodes every sentence of its split whole. The source vocabulary is built from
+evaluation always decodes every sentence of its split whole. A target spells a sentence's facts
+in the order the sentence says them (``fact_order: sentence``, :func:`paddle_suite.oie.tokens.sentence_order`):
+the released files list them in no particular order, and trained on that order Logician could
+not tell whether a fact was the last one and decoded about one fact a sentence (``as_read`` keeps
+the files' order, to reproduce runs made before 2026-12-05).
+The source vocabulary is built from
 the training sentences and stored as the artifact ``vocab.json`` in every checkpoint and in
 ``best/``; evaluation, prediction and a resumed run read it from there.
 
@@ -53,7 +58,7 @@ from paddle_suite.engine.run import Run, RunError
 from paddle_suite.oie.metrics import fact_scores, lexical_scores
 from paddle_suite.oie.model import make_batch
 from paddle_suite.oie.readers import OIE_LAYOUTS, read_oie_benchmark, read_saoke_jsonl, read_spansaoke
-from paddle_suite.oie.tokens import Vocab, encode_target, tokenize
+from paddle_suite.oie.tokens import FACT_ORDERS, Vocab, encode_target, tokenize
 from paddle_suite.registry import LOSSES, METRICS, TASKS
 from paddle_suite.task import DenseTask, EvalResult
 
@@ -133,6 +138,9 @@ class OIETask(DenseTask):
             "valid_subset": Field(200, int, help="decode this many fixed random valid sentences in training; 0 = all"),
             "test_subset": Field(0, int, help="decode this many fixed random test sentences (quick runs); 0 = all"),
             "vocab_min_freq": Field(1, int, help="words seen fewer times in training become <unk>"),
+            "fact_order": Field("sentence", str, choices=FACT_ORDERS,
+                                help="order of a sentence's facts in the target: sentence (as said) or as_read "
+                                     "(the file's order, which the released data does not keep)"),
             "batch_size": 32,
             "eval_batch_size": Field(64, int, help="sentences decoded together"),
         },
@@ -264,6 +272,13 @@ class OIETask(DenseTask):
     def graph_mode(self):
         return self.config["Arch"].get("graph", "auto")
 
+    def make_batch(self, examples):
+        """Teacher-forcing tensors of ``examples`` (:func:`paddle_suite.oie.model.make_batch`), and the count
+        of target words the sentences lack."""
+        # .get: the saved config of a run from before fact_order existed lacks the key
+        return make_batch(examples, self.vocab, self.language, self.graph_mode,
+                          fact_order=self.config["DataLoader"].get("fact_order", "sentence"))
+
     def _num_batches(self):
         return -(-len(self.train_examples()[0]) // self.config["DataLoader"]["batch_size"])
 
@@ -289,7 +304,7 @@ class OIETask(DenseTask):
         batches = self.epoch_batches(epoch)
         for position in range(start, self.steps_per_epoch(world_size)):
             rows = batches[(rank + position * world_size) % len(batches)]
-            yield make_batch([examples[i] for i in rows], self.vocab, self.language, self.graph_mode)[0]
+            yield self.make_batch([examples[i] for i in rows])[0]
 
     def train_step(self, model, batch):
         _, terms = model(batch)
@@ -312,7 +327,7 @@ class OIETask(DenseTask):
         size = self.config["DataLoader"]["eval_batch_size"]
         total = tokens = 0.0
         for start in range(0, len(examples), size):
-            batch, _ = make_batch(examples[start:start + size], self.vocab, self.language, self.graph_mode)
+            batch, _ = self.make_batch(examples[start:start + size])
             count = float(batch["tgt_mask"].sum())
             total += float(model(batch)[1]["nll"]) * count
             tokens += count

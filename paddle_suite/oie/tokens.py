@@ -13,6 +13,7 @@ SAOKE symbols and the fact punctuation) or a copy of a source position. A text t
 not occur in the sentence cannot be copied and becomes ``<unk>`` (counted by
 :func:`encode_target`, so data preparation can report how much of the target is unreachable).
 Decoder input ids: keyword ``k`` -> ``k``; a copied word -> ``len(KEYWORDS) + word id``.
+Training targets list a sentence's facts left to right by default (:func:`sentence_order`).
 
 Target grammar (one token a step, :class:`FactGrammar`), mirroring :mod:`paddle_suite.oie.saoke`::
 
@@ -85,6 +86,48 @@ class Vocab:
         if itos[:2] != [PAD, UNK]:
             raise ValueError("not a saved Vocab: it must start with <pad>, <unk>")
         return cls(itos[2:])
+
+
+FACT_ORDERS = ("sentence", "as_read")
+
+
+def _first_index(tokens, part):
+    """First position where the token list ``part`` starts in ``tokens`` (its first token alone if
+    it never occurs whole), or ``len(tokens)`` when not even that occurs."""
+    if not part:
+        return len(tokens)
+    starts = [i for i, token in enumerate(tokens) if token == part[0]]
+    whole = [i for i in starts if tokens[i:i + len(part)] == part]
+    return (whole or starts or [len(tokens)])[0]
+
+
+def _text_positions(arg, src_tokens, language):
+    """Sentence positions of the texts in an argument (none for ``_``, placeholders and symbols)."""
+    if isinstance(arg, Collection):
+        return [p for item in arg.items for p in _text_positions(item, src_tokens, language)]
+    if isinstance(arg, str) and arg not in SYMBOL_PREDICATES:
+        return [_first_index(src_tokens, tokenize(arg, language))]
+    return []
+
+
+def sentence_order(facts, src_tokens, language):
+    """``facts`` in the order they are said in the sentence: by the leftmost position of any of their
+    texts, then the predicate's position, then the arguments' (a stable sort: exact ties keep their order).
+
+    Why: the released files list a sentence's facts in no particular order (the spansaoke release
+    has them on scattered lines), so a decoder trained on that order cannot tell which fact comes
+    next nor whether one is left: its P(<eos>) after a fact came out nearly the same whether more
+    followed or not, and it decoded one fact a sentence. Left to right, the next fact is the one its
+    attention reaches next. Modifiers (time, place, qualifier) do not take part in the order.
+    """
+    end = len(src_tokens)
+
+    def key(fact):
+        per_arg = [min(_text_positions(arg, src_tokens, language), default=end)
+                   for arg in (fact.predicate, fact.subject, *fact.objects)]
+        return (min(per_arg), *per_arg)
+
+    return sorted(facts, key=key)
 
 
 # Actions: ("kw", keyword id) or ("copy", source position).

@@ -105,3 +105,15 @@ def test_results_file_follows_the_contract_and_result_is_printed_last(tmp_path, 
     assert json.loads(last[len("RESULT "):])["oie2016"]["no_gate"]["f1"] == results["oie2016"]["no_gate"]["f1"]
     table = markdown_path.read_text()
     assert "## spansaoke" in table and "## oie2016" in table and "`logician_oie2016_seq2seq.yaml`" in table
+
+
+def test_a_run_trained_on_file_ordered_facts_is_not_resumed(tmp_path):
+    """Its checkpoints learnt other targets: resuming (at max_steps: only re-testing) would report them."""
+    bench = load_bench()
+    args = type("Args", (), {"quick": False, "output": str(tmp_path)})()
+    run = tmp_path / bench.run_name("spansaoke", "logician", 42)
+    run.mkdir()
+    old_settings = [s for s in bench.settings_of("spansaoke", "logician", 42, args) if s != bench.FACT_ORDER_SETTING]
+    (run / "bench_result.json").write_text(json.dumps({"f1": 0.2, "settings": old_settings}))
+    with pytest.raises(RuntimeError, match="fact order"):
+        bench.train_one("spansaoke", "logician", 42, args)

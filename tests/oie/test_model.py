@@ -9,7 +9,7 @@ from paddle_suite.oie.model import Logician, coverage_loss, make_batch, sentence
 from paddle_suite.oie.readers import Example
 from paddle_suite.oie.saoke import Fact, parse_facts, serialize_facts
 from paddle_suite.oie.tokens import (KEYWORD_ID, KEYWORDS, NUM_KEYWORDS, FactGrammar, GrammarState, Vocab,
-                                     decode_actions, encode_target, tokenize)
+                                     decode_actions, encode_target, sentence_order, tokenize)
 
 SENTENCES = [
     Example("李白出生于碎叶城，是唐代诗人。", parse_facts("(李白, 出生于, 碎叶城) (李白, ISA, [唐代|诗人])")),
@@ -274,3 +274,52 @@ def test_beam_search_goes_on_while_a_live_hypothesis_can_still_win():
     worse = [(0, ["c"] * 12, -18.0, None)]  # mean -1.5: below the 2nd best finished one
     assert Logician._search_is_over(finished, worse, beam_size=2, length_penalty=1.0)
     assert not Logician._search_is_over(finished[:1], worse, beam_size=2, length_penalty=1.0)
+
+
+def test_sentence_order_sorts_facts_as_the_sentence_says_them():
+    tokens = list("十八营设元帅，元帅指挥作战。")
+    read = parse_facts("(元帅, 指挥, 作战) (十八营, 设, 元帅)")  # the order of the data file's lines
+    assert sentence_order(read, tokens, "zh") == read[::-1]
+    # a shared subject: the predicates' positions decide; exact ties keep the file's order
+    shared = parse_facts("(湖, 接, 江) (湖, 临, 海) (湖, 临, 海)")
+    assert sentence_order(shared, list("湖临海，接江。"), "zh") == [shared[1], shared[2], shared[0]]
+    # texts the sentence lacks, placeholders and symbols go after what it has
+    words = "Paris is a city".split()
+    odd = parse_facts("(X, ISA, Paris) (Paris, is, city) (Rome, was, _)")
+    assert sentence_order(odd, words, "en") == [odd[1], odd[0], odd[2]]
+
+
+def test_targets_spell_a_sentences_facts_in_sentence_order_unless_asked_otherwise():
+    # the released span data lists a sentence's facts on scattered lines in no order; the
+    # decoder must see them left to right or it cannot learn which fact comes next (nor whether one does)
+    example = Example("十八营设元帅，元帅指挥作战。", parse_facts("(元帅, 指挥, 作战) (十八营, 设, 元帅)"))
+    vocab = Vocab.build([tokenize(example.sentence, "zh")])
+    tokens = tokenize(example.sentence, "zh")
+
+    def spelled(fact_order):
+        batch, _ = make_batch([example], vocab, "zh", fact_order=fact_order)
+        gold = batch["tgt_gold"].numpy()[0][batch["tgt_mask"].numpy()[0] > 0]
+        actions = [("kw", int(np.argmax(g[:NUM_KEYWORDS]))) if g[:NUM_KEYWORDS].any()
+                   else ("copy", int(np.argmax(g[NUM_KEYWORDS:]))) for g in gold]
+        return decode_actions(actions, tokens, "zh")
+
+    assert spelled("sentence") == example.facts[::-1]
+    assert spelled("as_read") == example.facts
+    with pytest.raises(ValueError, match="fact_order"):
+        make_batch([example], vocab, "zh", fact_order="random")
+
+
+def test_real_span_data_targets_follow_the_sentence(shared_data):
+    from paddle_suite.oie.readers import spansaoke_split
+
+    examples = [e for e in spansaoke_split("dev", shared_data / "oie" / "spansaoke") if len(e.facts) > 1][:300]
+    in_span_order = reordered = 0
+    for example in examples:
+        ordered = sentence_order(example.facts, tokenize(example.sentence, "zh"), "zh")
+        assert sorted(map(repr, ordered)) == sorted(map(repr, example.facts))  # the same facts
+        # the tagged spans say where each fact really is (a text may also occur earlier)
+        starts = [min(start for role in example.spans[example.facts.index(f)] for start, _ in role) for f in ordered]
+        in_span_order += starts == sorted(starts)
+        reordered += ordered != example.facts
+    assert in_span_order >= 0.9 * len(examples)  # 276 of 300
+    assert reordered >= 150  # the file's order is not the sentence's: 225 of 300 change
