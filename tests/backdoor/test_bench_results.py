@@ -110,6 +110,9 @@ def test_seeds_accumulate_across_invocations_and_rows_are_their_means(bench, tmp
     # each victim keeps the invocation that trained it
     assert row["victims"]["42"]["command"] == first["provenance"]["fashion_mnist"]["command"]
     assert row["victims"]["1"]["command"].endswith("--seeds 1 2 " + " ".join(map(shlex.quote, paths(tmp_path))))
+    # read again by a later invocation (nothing trained): the recorded command stays
+    bench.main(["--datasets", "fashion_mnist", "--attacks", "blend", "--seeds", "42", "1", *paths(tmp_path)])
+    assert read(tmp_path)["fashion_mnist"]["blend"]["lsba"]["victims"] == row["victims"]
     assert (tmp_path / "runs" / "blend_fmnist_lsba_seed2" / "report").is_dir()
     assert not (tmp_path / "runs" / "badnets_fmnist_lsba_n2_seed1").exists()  # stacked: configs' seed only
     text = (tmp_path / "r.md").read_text()
