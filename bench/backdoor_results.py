@@ -13,8 +13,8 @@ anomaly index of the target, spectral-signature AUROC, wall and CPU training hou
 gathers the pairs into ``bench/results/backdoor_results.json`` (the contract:
 ``{dataset: {attack: {"plain": {...}, "lsba": {...}}}, "machine", "date", "command"}``) and
 ``bench/backdoor_results.md``. Neural Cleanse runs once per ``Backdoor.detectors.nc_seeds`` entry (the
-configs' list, or ``--nc-seeds``): one run's anomaly index moves by 0.3-0.5 with its seed, so the table
-gives the mean +- standard deviation over the runs, and a section lists every victim's reversed-trigger
+configs' list, or ``--nc-seeds``): one run's anomaly index moves by 0.3-0.5 with its seed, so a victim's
+index is the mean +- standard deviation over its runs, and a section lists every arm's reversed-trigger
 mask L1 per class (mean over the runs) and the target's index per run.
 
 Victims (``--seeds``, training seeds as ``Global.seed``; default: the configs' seed): one victim's NC index
