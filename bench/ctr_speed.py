@@ -43,7 +43,8 @@ Sides (``configs/ctr_dnn_ps.yaml``'s network: 26 slots x ``emb_dim`` + 13 dense 
 
 Threads: paddle sets ``OMP_NUM_THREADS=1`` on import and ``torch.set_num_threads(1)`` matches it
 (one compute thread each; recorded in the results). Both pass sides also run one pass-reader
-thread; ours additionally the store's prefetch / MEM-apply / SSD-write threads (its disk tier).
+thread; ours additionally the store's prefetch / MEM-apply / SSD-write threads (its disk tier), which run
+``Store.background_nice`` (10) nice steps below the training thread.
 MKL: this bench does not set ``MKL_DEBUG_CPU_TYPE``; ``paddle_suite`` sets it to 5 only on AMD
 CPUs (on an AVX-512 Intel CPU it would force AVX2 code); the value in force is recorded.
 Examples/s = training examples / wall time of the epoch (the first ``--warmup`` batches excluded
@@ -393,7 +394,7 @@ def thread_settings():
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
             "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
             "background_threads": "both pass sides: one pass-reader thread (read_ahead); ours also the store's "
-                                   "prefetch / MEM-apply / SSD-write threads"}
+                                   "prefetch / MEM-apply / SSD-write threads, at Store.background_nice below the training thread"}
 
 
 def cpu_model():

@@ -145,7 +145,7 @@ def store_settings(config, sparse_dim):
                 click_coeff=float(s["click_coeff"]), show_click_decay_rate=float(s["show_click_decay_rate"]),
                 delete_threshold=float(s["delete_threshold"]),
                 delete_after_unseen_passes=s["delete_after_unseen_passes"],
-                shrink_every_passes=int(s["shrink_every_passes"]),
+                shrink_every_passes=int(s["shrink_every_passes"]), background_nice=int(s["background_nice"]),
                 pending_state=float("inf"))  # our Adagrad step lr*g*sqrt(g0/(g0+G)) is 0: pending rows stay 0
 
 

@@ -137,6 +137,7 @@ import itertools
 import json
 import os
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -189,6 +190,27 @@ def _init_chunk(keys, dim, init_std, seed, out):
     np.multiply(radius, np.cos(angle), out=normals[:, 0::2])
     np.multiply(radius, np.sin(angle), out=normals[:, 1::2])
     out[:, :dim] = normals[:, :dim]
+
+
+def background_pool(name, nice):
+    """A one-thread pool for the store's background work (prefetch, SSD writes, MEM updates), its
+    thread ``nice`` steps below the caller's priority (Linux). With as many cores as busy threads,
+    training then keeps its core and this work takes the idle time: it only waits when a load or a
+    commit is late (pass bench: bench/ctr_speed_history.md)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=_lower_priority,
+                              initargs=(check_background_nice(nice),))
+
+
+def check_background_nice(nice):
+    if not 0 <= int(nice) <= 19:
+        raise ValueError(f"background_nice must be in [0, 19] (steps below the training thread), got {nice}")
+    return int(nice)
+
+
+def _lower_priority(nice):
+    if nice and sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS would renice a process, not a thread
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
 def sorted_unique(values):
@@ -478,11 +500,12 @@ class HierarchicalStore:
     def __init__(self, path, dim, state_dim=0, mem_cap_mb=256, init_std=0.01, seed=0, state_init=0.0,
                  lfu_decay=0.5, log_cap_mb=None, map_size_gb=1024, defer_prepared=False, admit_threshold=0.0,
                  nonclk_coeff=1.0, click_coeff=1.0, show_click_decay_rate=0.98, delete_threshold=0.0,
-                 delete_after_unseen_passes=None, shrink_every_passes=0, pending_state=None):
+                 delete_after_unseen_passes=None, shrink_every_passes=0, pending_state=None, background_nice=10):
         import lmdb
 
         if dim <= 0 or state_dim < 0:
             raise ValueError(f"dim must be > 0 and state_dim >= 0, got dim={dim}, state_dim={state_dim}")
+        check_background_nice(background_nice)
         self.path = os.fspath(path)
         self.dim, self.state_dim = int(dim), int(state_dim)
         self.row_dim = self.dim + self.state_dim
@@ -506,8 +529,8 @@ class HierarchicalStore:
         self.mem = _MemCache(capacity, self.row_dim, lfu_decay)
         return_freed_memory()  # fixes glibc's mmap threshold before the first working set
         self._lock = threading.RLock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch")
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writeback")
+        self._executor = background_pool("store-prefetch", background_nice)
+        self._writer = background_pool("store-writeback", background_nice)
         self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
         self._in_flight = None  # [(sorted keys, rows, take)] being written by it: read before the SSD table
         self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
@@ -1485,7 +1508,7 @@ class ShardedStore:
         ]
         self._resolve_prepared()
         self._lock = threading.RLock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharded-prefetch")
+        self._executor = background_pool("sharded-prefetch", kwargs.get("background_nice", 10))
         self._open_sets = weakref.WeakSet()
 
     def _resolve_prepared(self):

@@ -79,6 +79,8 @@ class CtrTask(Task):
             "delete_threshold": Field(0.0, float, help="shrink: remove keys whose decayed score is below this"),
             "delete_after_unseen_passes": Field(None, int, help="shrink: remove keys unseen for more than this "
                                                 "many passes (null: no such rule)"),
+            "background_nice": Field(10, int, help="nice steps (0-19) of the store's prefetch / write threads below "
+                                     "the training thread, so training keeps its core"),
         },
     }
 

@@ -508,3 +508,26 @@ def test_mem_index_merge_matches_a_sorted_index():
         np.testing.assert_array_equal(mem.index_slot, order)
         slots, hit = mem.lookup(keys[new[:target.size]])
         assert hit.all() and (mem.keys[slots] == keys[new[:target.size]]).all()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+def test_background_threads_run_below_the_training_thread(tmp_path):
+    def thread_nice():
+        import threading
+
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    store = HierarchicalStore(tmp_path / "a", dim=4, background_nice=3)
+    sharded = ShardedStore(tmp_path / "b", 2, dim=4, background_nice=5)
+    try:
+        assert store._executor.submit(thread_nice).result() == min(19, base + 3)
+        assert store._writer.submit(thread_nice).result() == min(19, base + 3)
+        assert sharded._executor.submit(thread_nice).result() == min(19, base + 5)
+        assert sharded.shards[1]._writer.submit(thread_nice).result() == min(19, base + 5)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the caller's thread is left alone
+    finally:
+        store.close()
+        sharded.close()
+    with pytest.raises(ValueError, match="background_nice must be in"):
+        HierarchicalStore(tmp_path / "c", dim=4, background_nice=25)
