@@ -135,10 +135,15 @@ CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "config
 
 
 def test_configs_hold_settings_not_history():
-    """Probe tables and dated results live in bench/kge_config_notes.md, not in config comments."""
+    """Probe tables and dated results live in bench/*_config_notes.md, not in config comments."""
+    import re
+
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        comments = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#")]
+        text = path.read_text()
+        comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
         assert len(comments) <= 15, f"{path.name}: {len(comments)} comment lines"
+        dated = re.search(r"\b20\d\d-\d\d-\d\d\b", text)
+        assert dated is None, f"{path.name}: dated measurement {dated.group()!r}: move it to bench/*_config_notes.md"
 
 
 def test_spacee_fb15k_is_the_fb15k237_recipe_on_fb15k():
