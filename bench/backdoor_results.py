@@ -264,8 +264,8 @@ def markdown(results, stacking, quick):
               "training samples of the target class. Hours: wall-clock training time on the shared machine; CPU "
               "hours: CPU time of the training process and its loader workers (what one idle core would take; the "
               "budget is 1.5).", "",
-              "| dataset | attack | victim | victims (training seeds) | CA | ASR | target prob | margin | STRIP AUROC "
-              "| NC anomaly | spectral AUROC | hours | CPU hours |", "|---" * 13 + "|"]
+              *table_head("dataset", "attack", "victim", "victims (training seeds)", "CA", "ASR", "target prob",
+                          "margin", "STRIP AUROC", "NC anomaly", "spectral AUROC", "hours", "CPU hours")]
     for dataset, attack, arm, row in arm_rows(results):
         name = "plain"
         if arm == "lsba":
@@ -288,6 +288,11 @@ def markdown(results, stacking, quick):
     return "\n".join(lines) + "\n"
 
 
+def table_head(*columns):
+    """A markdown table's header and separator lines."""
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def nc_cell(row):
     """``mean +- std (over what)`` of the target's NC anomaly index, for an arm's row or one victim."""
     victims = len(row.get("victim_seeds") or [])
@@ -303,8 +308,8 @@ def victims_section(results):
     lines = ["", "## Per victim (training seed)", "",
              "NC anomaly: mean +- standard deviation over that victim's NC runs. Recorded: the date of the "
              "invocation that trained (or first recorded) the victim; its command is in the JSON.", "",
-             "| dataset | attack | victim | training seed | CA | ASR | target prob | STRIP AUROC | NC anomaly | "
-             "spectral AUROC | CPU hours | recorded |", "|---" * 12 + "|"]
+             *table_head("dataset", "attack", "victim", "training seed", "CA", "ASR", "target prob", "STRIP AUROC",
+                         "NC anomaly", "spectral AUROC", "CPU hours", "recorded")]
     for dataset, attack, arm, row in arm_rows(results):
         for seed, victim in row.get("victims", {}).items():
             cells = [cell(victim.get(k)) for k in ("ca", "asr", "target_prob", "strip_auroc")]
@@ -319,8 +324,8 @@ def paired_section(results):
     lines = ["", "## LSBA minus plain, victim by victim", "",
              "The plain and LSBA victims of one training seed share initialisation, batch order and poisoned "
              "samples; negative = LSBA lower (the issue's goal for both detectors). Lower: in how many seeds.", "",
-             "| dataset | attack | training seeds | NC anomaly per seed | mean | lower | STRIP AUROC per seed | mean "
-             "| lower |", "|---" * 9 + "|"]
+             *table_head("dataset", "attack", "training seeds", "NC anomaly per seed", "mean", "lower",
+                         "STRIP AUROC per seed", "mean", "lower")]
     rows = 0
     for dataset in DATASETS:
         for attack, pair in results.get(dataset, {}).items():
@@ -358,8 +363,8 @@ def nc_section(results):
              "NC runs; the target is class 0. Target/median: the target's mask over the median class's. Index per "
              "run: the target's anomaly index in each NC run (NC seeds in the JSON), victims separated by \" / \" "
              "in training-seed order; flagged: share of all runs with index > 2.", "",
-             "| dataset | attack | victim | index per run | flagged | target/median | "
-             + " | ".join(f"L1 class {c}" for c in range(k)) + " |", "|---" * (6 + k) + "|"]
+             *table_head("dataset", "attack", "victim", "index per run", "flagged", "target/median",
+                         *(f"L1 class {c}" for c in range(k)))]
     for dataset, attack, arm, row in rows:
         per_run = " / ".join(", ".join(f"{x:.2f}" for x in victim.get("nc_anomaly_seeds") or [])
                              for victim in row.get("victims", {}).values())
