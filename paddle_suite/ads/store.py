@@ -505,7 +505,7 @@ class HierarchicalStore:
 
         if dim <= 0 or state_dim < 0:
             raise ValueError(f"dim must be > 0 and state_dim >= 0, got dim={dim}, state_dim={state_dim}")
-        check_background_nice(background_nice)
+        self.background_nice = check_background_nice(background_nice)
         self.path = os.fspath(path)
         self.dim, self.state_dim = int(dim), int(state_dim)
         self.row_dim = self.dim + self.state_dim
@@ -529,8 +529,8 @@ class HierarchicalStore:
         self.mem = _MemCache(capacity, self.row_dim, lfu_decay)
         return_freed_memory()  # fixes glibc's mmap threshold before the first working set
         self._lock = threading.RLock()
-        self._executor = background_pool("store-prefetch", background_nice)
-        self._writer = background_pool("store-writeback", background_nice)
+        self._executor = background_pool("store-prefetch", self.background_nice)
+        self._writer = background_pool("store-writeback", self.background_nice)
         self._writing = []  # futures of the last commit's SSD-table writes (see _finish)
         self._in_flight = None  # [(sorted keys, rows, take)] being written by it: read before the SSD table
         self._pending_apply = None  # the last commit's MEM update, until someone runs it (see _finish)
@@ -1508,7 +1508,7 @@ class ShardedStore:
         ]
         self._resolve_prepared()
         self._lock = threading.RLock()
-        self._executor = background_pool("sharded-prefetch", kwargs.get("background_nice", 10))
+        self._executor = background_pool("sharded-prefetch", self.shards[0].background_nice)
         self._open_sets = weakref.WeakSet()
 
     def _resolve_prepared(self):
