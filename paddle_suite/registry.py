@@ -8,6 +8,7 @@ another capability. Models of another capability are reached by name through ``A
 """
 import difflib
 import importlib
+import threading
 
 # Capability packages whose import registers their tasks/archs/datasets.
 CAPABILITIES = (
@@ -66,17 +67,29 @@ LOSSES = Registry("loss")
 METRICS = Registry("metric")
 
 _loaded = False
+_loading = False
+# Held while the capabilities import: another thread asking a registry waits for every name instead of
+# finding a half-filled one (seen with bench/oie_results.py's worker threads). Re-entrant, because a
+# capability's import may itself look a name up.
+_load_lock = threading.RLock()
 
 
 def load_capabilities():
     """Import every capability package that is present (each registers itself on import)."""
-    global _loaded
+    global _loaded, _loading
     if _loaded:
         return
-    _loaded = True
-    for module in CAPABILITIES:
+    with _load_lock:
+        if _loaded or _loading:  # _loading: called again from inside a capability's import
+            return
+        _loading = True
         try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # a real missing dependency inside the capability
-                raise
+            for module in CAPABILITIES:
+                try:
+                    importlib.import_module(module)
+                except ModuleNotFoundError as err:
+                    if err.name != module:  # a real missing dependency inside the capability
+                        raise
+            _loaded = True
+        finally:
+            _loading = False

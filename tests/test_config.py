@@ -131,6 +131,39 @@ def test_field_and_registry_basics():
         reg.register("a")(int)
 
 
+# A fresh interpreter whose capability imports are slow: the second thread asks for a task while the
+# first is still importing, so a half-filled registry would answer "unknown task".
+CONCURRENT_LOOKUP = """
+import importlib, threading, time
+real_import = importlib.import_module
+def slow_import(name, *args, **kwargs):
+    if name.startswith("paddle_suite."):
+        time.sleep(0.2)
+    return real_import(name, *args, **kwargs)
+importlib.import_module = slow_import
+from paddle_suite.registry import TASKS
+errors = []
+def look_up():
+    try:
+        TASKS.get("oie")
+    except KeyError as err:
+        errors.append(str(err))
+threads = [threading.Thread(target=look_up) for _ in range(2)]
+threads[0].start(); time.sleep(0.05); threads[1].start()
+for thread in threads:
+    thread.join()
+assert not errors, errors
+"""
+
+
+def test_registry_lookups_from_two_threads_wait_for_every_capability():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", CONCURRENT_LOOKUP], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
 
