@@ -4,6 +4,7 @@
     python bench/vision_results.py --quick         # a few steps each (< 5 min), marked quick
     python bench/vision_results.py --report-only   # tabulate the finished runs, train nothing
     python bench/vision_results.py --configs s2mlpv2_cifar10 ccsmlp_cifar10   # a subset (two shells: two cores)
+    python bench/vision_results.py --configs s2mlpv2_cifar10 --nproc 2         # one run on both cores (Fleet)
 
 Each config trains through ``tools/train.py`` in a subprocess, in ``<output-dir>/<config name>``.
 Rerunning continues an interrupted run from its newest checkpoint (``Global.resume: auto``) and
@@ -19,6 +20,14 @@ and ``command``): a later session, on a machine without the run directories, tab
 own runs, so the four configs can be trained in different sessions and committed one by one.
 
 Budget: each headline run must fit ``BUDGET_HOURS`` of training; ``within_budget`` says whether it did.
+The hours are CPU time of rank 0 and its loader worker: the wall time on an idle machine where each
+rank has a core of its own, and unchanged when the run shared the cores or was paused.
+
+``--nproc N`` trains a run data-parallel through ``python -m paddle.distributed.launch`` (Fleet
+collective, gloo on CPU): N ranks of ``DataLoader.batch_size / N`` images, so the global batch and
+the recipe stay the config's. Its run folder is ``<config>_<N>ranks`` (a run never resumes with
+another batch split). The launcher exits 0 when a rank crashed, so a run counts as finished only
+when rank 0 printed its result.
 """
 import argparse
 import json
@@ -78,8 +87,25 @@ what such models reach on CIFAR-10; the table below says what happened.
 """
 
 
-def train_overrides(args):
-    overrides = [f"Global.output_dir={args.output_dir}"]
+def config_batch_size(config):
+    from paddle_suite.config import load_config
+
+    return load_config(str(ROOT / "configs" / f"{config}.yaml"))["DataLoader"]["batch_size"]
+
+
+def rank_batch_size(config, nproc):
+    """Each rank's batch: the config's (global) batch split over ``nproc`` ranks."""
+    batch = config_batch_size(config)
+    if batch % nproc:
+        raise SystemExit(f"--nproc {nproc}: configs/{config}.yaml has DataLoader.batch_size {batch}, which does not "
+                         f"split evenly over {nproc} ranks; choose a divisor of {batch}")
+    return batch // nproc
+
+
+def train_overrides(config, args):
+    overrides = [f"Global.output_dir={args.output_dir}", f"Global.run_name={run_dir_of(config, args).name}"]
+    if args.nproc > 1:
+        overrides.append(f"DataLoader.batch_size={rank_batch_size(config, args.nproc)}")
     if args.quick:
         overrides += [f"Global.max_steps={QUICK_STEPS}", f"DataLoader.train_subset={QUICK_SUBSET}",
                       f"DataLoader.valid_size={QUICK_VALID}",
@@ -89,17 +115,21 @@ def train_overrides(args):
 
 def run_training(config, args):
     """Train (or resume, or only test) one config; the last JSON line of tools/train.py's stdout."""
-    command = [sys.executable, str(ROOT / "tools" / "train.py"), "-c", str(ROOT / "configs" / f"{config}.yaml"),
-               "--no-progress"]
-    for override in train_overrides(args):
+    launcher = [] if args.nproc == 1 else [
+        "-m", "paddle.distributed.launch", "--nproc_per_node", str(args.nproc),
+        "--log_dir", str(run_dir_of(config, args) / "launch_logs")]
+    command = [sys.executable, *launcher, str(ROOT / "tools" / "train.py"),
+               "-c", str(ROOT / "configs" / f"{config}.yaml"), "--no-progress"]
+    for override in train_overrides(config, args):
         command += ["-o", override]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     print(f"[{time.strftime('%H:%M:%S')}] {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise SystemExit(f"{config}: tools/train.py exited with status {done.returncode}; its log is above. "
-                         f"Rerun this script to resume from the run's newest checkpoint.")
+        logs = "" if args.nproc == 1 else f" (each rank's log: {run_dir_of(config, args) / 'launch_logs'}/workerlog.N)"
+        raise SystemExit(f"{config}: tools/train.py exited with status {done.returncode} without its result; its "
+                         f"log is above{logs}. Rerun this script to resume from the run's newest checkpoint.")
     return json.loads(lines[-1])
 
 
@@ -111,7 +141,7 @@ def parameter_count(arch):
     return int(sum(p.size for p in model.parameters()))
 
 
-def summarise(config, train_result, run_dir, quick):
+def summarise(config, train_result, run_dir, quick, ranks=1):
     """The table row of a finished run, from tools/train.py's result and the run directory."""
     from paddle_suite.engine.run import read_metrics
 
@@ -120,10 +150,12 @@ def summarise(config, train_result, run_dir, quick):
     train_images = CIFAR10_TRAIN_IMAGES - int(round(loader["valid_size"] * CIFAR10_TRAIN_IMAGES))
     if loader["train_subset"]:
         train_images = min(train_images, loader["train_subset"])
-    steps_per_epoch = train_images // loader["batch_size"]
-    rates = sorted(r["samples_per_s"] for r in read_metrics(str(run_dir), "train") if "samples_per_s" in r)
-    # the budget is counted in CPU time (the run and its loader worker): a one-core run's wall time on
-    # an idle machine, and unchanged when the run shared the cores with other work or was paused
+    batch = loader["batch_size"] * ranks  # the global batch; the saved config holds one rank's
+    steps_per_epoch = train_images // batch
+    # rank 0 logs its own images/s; the ranks run in step, so the run's rate is that times the ranks
+    rates = sorted(r["samples_per_s"] * ranks for r in read_metrics(str(run_dir), "train") if "samples_per_s" in r)
+    # the budget is counted in CPU time of rank 0 and its loader worker: the run's wall time on an idle
+    # machine with a core per rank, unchanged when the run shared the cores with other work or was paused
     seconds, wall = train_result.get("train_cpu_seconds"), train_result["train_seconds"]
     hours = None if seconds is None else seconds / 3600
     arch = {k: v for k, v in saved["Arch"].items() if k not in ("num_classes", "in_channels", "image_size")}
@@ -132,7 +164,7 @@ def summarise(config, train_result, run_dir, quick):
         "test_top1": train_result["test"]["top1"], "test_top5": train_result["test"].get("top5"),
         "valid_top1": train_result["best"], "params": parameter_count(arch),
         "steps": train_result["step"], "epochs": round(train_result["step"] / steps_per_epoch, 2),
-        "batch_size": loader["batch_size"], "hours": None if hours is None else round(hours, 4),
+        "batch_size": batch, "ranks": ranks, "hours": None if hours is None else round(hours, 4),
         "wall_hours": None if wall is None else round(wall / 3600, 4),
         "images_per_s": round(rates[len(rates) // 2], 1) if rates else None,
         "within_budget": None if hours is None else hours <= BUDGET_HOURS,
@@ -153,7 +185,8 @@ def committed_rows(path):
 
 
 def run_dir_of(config, args):
-    return Path(args.output_dir).resolve() / config
+    ranks = getattr(args, "nproc", 1)
+    return Path(args.output_dir).resolve() / (config if ranks == 1 else f"{config}_{ranks}ranks")
 
 
 def collect(args, train, earlier=None):
@@ -177,7 +210,7 @@ def collect(args, train, earlier=None):
 
 def train_config(config, args):
     run_dir = run_dir_of(config, args)
-    row = summarise(config, run_training(config, args), run_dir, args.quick)
+    row = summarise(config, run_training(config, args), run_dir, args.quick, args.nproc)
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     row["command"] = " ".join(["python", "bench/vision_results.py"] + sys.argv[1:])
     with atomic_write(run_dir / RESULT_FILE) as handle:
@@ -208,19 +241,20 @@ def markdown(summary):
         PLAN,
         "## Results",
         "",
-        f"Budget per run: {BUDGET_HOURS:g} hours of training, counted as CPU time of the run and its loader "
-        "worker (`train_cpu_seconds`, with the per-epoch validations): the wall time of a one-core run on an idle "
-        "machine. Wall hours are longer when runs shared the cores.",
+        f"Budget per run: {BUDGET_HOURS:g} hours of training, counted as CPU time of the run (rank 0 when it ran on "
+        "several ranks) and its loader worker (`train_cpu_seconds`, with the per-epoch validations): the wall time "
+        "of the run on an idle machine with a core per rank. Wall hours are longer when runs shared the cores. "
+        "Batch is the global batch, split over the ranks; img/s counts all ranks.",
         "",
-        "| config | arch | params | epochs | batch | CPU hours | wall hours | train img/s | test top-1 | test top-5 | in budget |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | arch | params | epochs | batch | ranks | CPU hours | wall hours | train img/s | test top-1 | test top-5 | in budget |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["table"]:
         hours = "unknown" if r["hours"] is None else f"{r['hours']:.2f}"
         wall = "unknown" if r.get("wall_hours") is None else f"{r['wall_hours']:.2f}"
         top5 = "" if r["test_top5"] is None else f"{r['test_top5']:.4f}"
         lines.append(f"| {r['config']} | {r['arch']} | {r['params'] / 1e6:.2f}M | {r['epochs']:g} | {r['batch_size']} "
-                     f"| {hours} | {wall} | {r['images_per_s']} | {r['test_top1']:.4f} | {top5} | {r['within_budget']} |")
+                     f"| {r.get('ranks', 1)} | {hours} | {wall} | {r['images_per_s']} | {r['test_top1']:.4f} | {top5} | {r['within_budget']} |")
     missing = [c for c in summary["configs"] if c not in summary["finished"]]
     if missing:
         lines += ["", f"Not finished yet: {', '.join(missing)} (rerun the command to continue them)."]
@@ -237,10 +271,14 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS),
                         help="train only these (all finished ones are still tabulated); default: all four")
     parser.add_argument("--report-only", action="store_true", help="tabulate finished runs, train nothing")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="ranks of one run (Fleet collective, one core each; the global batch is the config's)")
     parser.add_argument("--output-dir", default=None,
                         help="where the runs live (default output/vision_results, or output/vision_results_quick)")
     args = parser.parse_args(argv)
     args.output_dir = args.output_dir or str(ROOT / "output" / ("vision_results_quick" if args.quick else "vision_results"))
+    if args.nproc < 1:
+        parser.error(f"--nproc must be at least 1, got {args.nproc}")
     unknown = sorted(set(args.configs) - set(CONFIGS))
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")

@@ -4,6 +4,7 @@ CIFAR-10 tests train on a few hundred real images (``DataLoader.train_subset``) 
 valid split; they skip when the CIFAR-10 archive is absent. ImageNet configs need no data: they are
 loaded and their model is built.
 """
+import types
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,40 @@ def test_results_script_carries_rows_finished_in_an_earlier_session(tmp_path):
     summary = bench.headline(bench.collect(args, train=(), earlier=earlier), quick=False)
     assert summary["finished"] == ["s2mlp_cifar10"] and summary["best_cifar10_top1"] == 0.8
     assert bench.committed_rows(tmp_path / "missing.json") == {}
+
+
+def test_results_script_splits_the_global_batch_over_ranks(tmp_path, monkeypatch):
+    import argparse
+    import json
+    import subprocess
+
+    bench = _bench_module()
+    args = argparse.Namespace(output_dir=str(tmp_path), quick=False, nproc=2)
+    assert bench.run_dir_of("s2mlpv2_cifar10", args).name == "s2mlpv2_cifar10_2ranks"
+    with pytest.raises(SystemExit, match="does not split evenly over 3 ranks"):
+        bench.rank_batch_size("s2mlpv2_cifar10", 3)
+
+    calls = []
+    result = {"step": 702, "best": 0.5, "train_seconds": 3600.0, "train_cpu_seconds": 3000.0,
+              "test": {"top1": 0.5, "top5": 0.9}}
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: calls.append(command) or types.SimpleNamespace(
+        returncode=0, stdout="LAUNCH INFO Exit code 0\n" + json.dumps(result) + "\n"))
+    assert bench.run_training("s2mlpv2_cifar10", args) == result
+    command = calls[0]
+    assert command[1:5] == ["-m", "paddle.distributed.launch", "--nproc_per_node", "2"]
+    assert "DataLoader.batch_size=64" in command and "Global.run_name=s2mlpv2_cifar10_2ranks" in command
+
+    # the launcher exits 0 when a rank crashed: no result line is a failure
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: types.SimpleNamespace(returncode=0, stdout="x\n"))
+    with pytest.raises(SystemExit, match="workerlog"):
+        bench.run_training("s2mlpv2_cifar10", args)
+
+    run_dir = tmp_path / "s2mlpv2_cifar10_2ranks"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(
+        "Arch: {name: s2mlpv2_cifar_lite}\nDataLoader: {batch_size: 64, valid_size: 0.1, train_subset: null}\n")
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "prefix": "train", "loss": 1.0, "samples_per_s": 200.0}) + "\n" for s in (10, 20)))
+    row = bench.summarise("s2mlpv2_cifar10", result, run_dir, quick=False, ranks=2)
+    assert row["batch_size"] == 128 and row["ranks"] == 2 and row["epochs"] == 2.0  # 45,000 // 128 = 351 a epoch
+    assert row["images_per_s"] == 400.0 and row["hours"] == round(3000 / 3600, 4)
