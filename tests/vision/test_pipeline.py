@@ -71,6 +71,39 @@ def test_cifar_configs_share_one_recipe():
         assert config["Arch"]["name"].endswith("_cifar_lite")
 
 
+def test_long_s2mlpv2_config_only_trains_longer():
+    base, long = (load_config(str(CONFIGS / f"{name}.yaml")) for name in ("s2mlpv2_cifar10", "s2mlpv2_cifar10_long"))
+    assert long["Global"]["epochs"] > base["Global"]["epochs"]
+    for section in ("Arch", "DataLoader", "Loss", "Optimizer", "Metric"):
+        assert long[section] == base[section], section
+    drop = {"epochs", "run_name"}
+    assert {k: v for k, v in long["Global"].items() if k not in drop} == \
+           {k: v for k, v in base["Global"].items() if k not in drop}
+
+
+def test_results_script_states_the_equal_terms_comparison():
+    bench = _bench_module()
+    rows = [{"config": c, "test_top1": t, "epochs": 50.0} for c, t in zip(bench.COMPARED, (0.85, 0.86, 0.83, 0.8))]
+    assert "s2mlpv2_cifar10 0.8500 does not beat s2mlp_cifar10 0.8600 (-0.0100)" in bench.comparison_lines(rows)[1]
+    rows[1]["test_top1"] = 0.84
+    assert " beats s2mlp_cifar10 0.8400 (+0.0100)" in bench.comparison_lines(rows)[1]
+    assert bench.comparison_lines(rows[:3]) == [] and bench.comparison_lines(rows[:3] + [dict(rows[3], epochs=30.0)]) == []
+
+
+def test_results_script_refuses_to_resume_a_run_of_another_epoch_count(tmp_path):
+    import argparse
+    import json
+
+    bench = _bench_module()
+    run_dir = tmp_path / "mixer_cifar10"
+    run_dir.mkdir()
+    (run_dir / bench.RESULT_FILE).write_text(json.dumps({"config": "mixer_cifar10", "epochs": 30.0, "quick": False}))
+    args = argparse.Namespace(output_dir=str(tmp_path), quick=False, nproc=1)
+    with pytest.raises(SystemExit, match="another epoch count"):
+        bench.collect(args, train=("mixer_cifar10",))
+    assert bench.collect(args, train=()) == []  # tabulating leaves it out
+
+
 def test_lite_variants_are_parameter_matched_and_train():
     counts = {}
     paddle.seed(0)
@@ -187,7 +220,7 @@ def test_results_script_skips_finished_runs_and_picks_the_best(tmp_path, monkeyp
         (tmp_path / config).mkdir()
         (tmp_path / config / bench.RESULT_FILE).write_text(__import__("json").dumps({
             "config": config, "arch": config, "quick": False, "test_top1": top1, "test_top5": 0.99,
-            "valid_top1": top1, "params": 1_600_000, "steps": 10530, "epochs": 30.0, "batch_size": 128,
+            "valid_top1": top1, "params": 1_600_000, "steps": 17550, "epochs": 50.0, "batch_size": 128,
             "hours": 2.5 if top1 > 0.85 else 2.0, "images_per_s": 150.0, "within_budget": True, "run_dir": "x"}))
     trained = []
     monkeypatch.setattr(bench, "run_training", lambda config, args: trained.append(config) or 1 / 0)
@@ -197,19 +230,21 @@ def test_results_script_skips_finished_runs_and_picks_the_best(tmp_path, monkeyp
     assert summary["best_config"] == "s2mlpv2_cifar10" and summary["best_cifar10_top1"] == 0.86
     assert summary["best_train_hours"] == 2.5 and summary["finished"] == list(rows)
     text = bench.markdown(summary)
-    assert "| s2mlpv2_cifar10 |" in text and "0.8600" in text and "Not finished yet: ccsmlp_cifar10, mixer_cifar10" in text
+    assert "| s2mlpv2_cifar10 |" in text and "0.8600" in text
+    assert "Not finished yet: s2mlpv2_cifar10_long, ccsmlp_cifar10, mixer_cifar10" in text
 
 
 def test_results_script_carries_rows_finished_in_an_earlier_session(tmp_path):
     bench = _bench_module()
     committed = tmp_path / "vision_results.json"
     row = {"config": "s2mlp_cifar10", "arch": "s2mlp_cifar_lite", "quick": False, "test_top1": 0.8, "test_top5": 0.99,
-           "valid_top1": 0.8, "params": 1_600_000, "steps": 10530, "epochs": 30.0, "batch_size": 128, "hours": 2.0,
+           "valid_top1": 0.8, "params": 1_600_000, "steps": 17550, "epochs": 50.0, "batch_size": 128, "hours": 2.0,
            "images_per_s": 150.0, "within_budget": True, "run_dir": "gone", "finished_at": "2026-12-05T07:00:00Z"}
     quick_row = dict(row, config="mixer_cifar10", quick=True)
-    committed.write_text(__import__("json").dumps({"table": [row, quick_row]}))
+    old_recipe_row = dict(row, config="ccsmlp_cifar10", epochs=30.0)
+    committed.write_text(__import__("json").dumps({"table": [row, quick_row, old_recipe_row]}))
     earlier = bench.committed_rows(committed)
-    assert list(earlier) == ["s2mlp_cifar10"]  # quick rows are never carried
+    assert list(earlier) == ["s2mlp_cifar10"]  # quick rows and rows of another epoch count are never carried
     args = __import__("argparse").Namespace(output_dir=str(tmp_path / "runs"), quick=False)
     summary = bench.headline(bench.collect(args, train=(), earlier=earlier), quick=False)
     assert summary["finished"] == ["s2mlp_cifar10"] and summary["best_cifar10_top1"] == 0.8
