@@ -147,8 +147,8 @@ def summarise(config, train_result, run_dir, quick, ranks=1):
         train_images = min(train_images, loader["train_subset"])
     batch = loader["batch_size"] * ranks  # the global batch; the saved config holds one rank's
     steps_per_epoch = train_images // batch
-    # rank 0 logs its own images/s; the ranks run in step, so the run's rate is that times the ranks
-    rates = sorted(r["samples_per_s"] * ranks for r in read_metrics(str(run_dir), "train") if "samples_per_s" in r)
+    # the engine logs the images of all ranks (rank 0 counts its batch times the world size)
+    rates = sorted(r["samples_per_s"] for r in read_metrics(str(run_dir), "train") if "samples_per_s" in r)
     # the budget is counted in CPU time of rank 0 and its loader worker: the run's wall time on an idle
     # machine with a core per rank, unchanged when the run shared the cores with other work or was paused
     seconds, wall = train_result.get("train_cpu_seconds"), train_result["train_seconds"]
