@@ -75,7 +75,7 @@ actions a sentence instead of 18.7), a step costs about 1.8 times as much, so it
 (about 24 epochs of its 1,960 training sentences; about 20 min a run at the rate above divided by 1.8)."""
 
 
-METRICS = ("precision", "recall", "f1", "exact_f1", "exact_match",
+METRICS = ("precision", "recall", "f1", "exact_f1", "exact_match", "repeated",
            "lexical/precision", "lexical/recall", "lexical/f1")
 
 
@@ -140,7 +140,7 @@ def train_one(dataset, variant, seed, args):
     test = trained["test"]
     result = {
         "precision": test["precision"], "recall": test["recall"], "f1": test["f1"],
-        "exact_f1": test["exact_f1"], "exact_match": test["exact_match"],
+        "exact_f1": test["exact_f1"], "exact_match": test["exact_match"], "repeated": test["repeated"],
         "predicted": test["predicted"], "gold": test["gold"], "matched": test["matched"],
         **{k: v for k, v in test.items() if k.startswith("lexical/")},
         "valid_f1": trained["best"], "steps": trained["step"],
@@ -183,7 +183,10 @@ def markdown(results, args):
              "by validation fact F1, and decodes the whole test split with it (beam 4, grammar-constrained). "
              "Scores: a predicted fact matches a gold fact when their SAOKE serialisations have similarity >= 0.85 "
              "(maximum one-to-one matching per sentence; `paddle_suite/oie/metrics.py`); exact F1 at similarity 1.0; "
-             "exact match = share of sentences whose facts equal the gold ones.", "",
+             "exact match = share of sentences whose facts equal the gold ones; repeated = share of predicted facts "
+             "similar to an earlier one of the same sentence (what coverage should prevent; blank for runs scored "
+             "before it was measured). A mechanism's contribution counts as visible when every seed of its "
+             "ablation scores a lower F1 than every seed of Logician.", "",
              "spansaoke: one example per sentence with all its facts (the release has one line per fact), "
              "trained on the 2,360 sentences of `dev_4373.txt` minus 400 held out for validation, tested on the "
              "2,384 of `test_4440.txt` (the span release has no training split). OIE2016: `train.oie` / `dev.oie` / `test.oie`; "
@@ -193,7 +196,8 @@ def markdown(results, args):
         budget = QUICK if args.quick else BUDGET[dataset]
         lines += [f"## {dataset} ({budget['max_steps']} steps per run)", ""]
         lexical = dataset == "oie2016"
-        header = "| variant | what | seeds | precision | recall | F1 | F1 per seed | F1 vs logician | exact F1 | exact match |"
+        header = ("| variant | what | seeds | precision | recall | F1 | F1 per seed | F1 vs logician | visible | "
+                  "exact F1 | exact match | repeated |")
         header += " lexical P | lexical R | lexical F1 |" if lexical else ""
         header += " steps | train h | steps/s |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -203,8 +207,10 @@ def markdown(results, args):
             cells = [f"`{os.path.basename(config_path(dataset, variant))}`", DESCRIPTION[variant],
                      ", ".join(r["seeds"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
                      " / ".join(f"{run['f1']:.3f}" for run in r["seeds"].values()),
-                     "" if variant == "logician" else f"{r['f1'] - base:+.3f}", f"{r['exact_f1']:.3f}",
-                     f"{r['exact_match']:.3f}"]
+                     "" if variant == "logician" else f"{r['f1'] - base:+.3f}",
+                     "" if variant == "logician" else ("yes" if r["f1_max"] < rows["logician"]["f1_min"] else "no"),
+                     f"{r['exact_f1']:.3f}", f"{r['exact_match']:.3f}",
+                     f"{r['repeated']:.3f}" if "repeated" in r else ""]
             if lexical:
                 cells += [f"{r['lexical/precision']:.3f}", f"{r['lexical/recall']:.3f}", f"{r['lexical/f1']:.3f}"]
             hours = r["train_hours"]

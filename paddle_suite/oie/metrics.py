@@ -15,6 +15,9 @@ similar enough to a gold fact, each gold fact credited at most once):
 - precision = matched / predicted, recall = matched / gold, summed over sentences (micro);
   ``exact_match`` = the share of sentences whose predicted facts equal the gold ones as
   multisets; ``exact_f1`` = F1 at threshold 1.0.
+- ``repeated`` = the share of predicted facts similar (>= ``threshold``) to an earlier predicted
+  fact of the same sentence: the repetition Logician's coverage mechanism is meant to prevent,
+  which the matching above forgives in recall and charges only to precision.
 
 OIE2016 lexical match (Stanovsky & Dagan 2016, the benchmark's ``lexicalMatch``): a tuple's
 words are the space-split words of ``predicate arg0 arg1 ...``; a predicted tuple matches a gold
@@ -77,6 +80,11 @@ def _matched_count(predicted, gold, threshold):
     return sum(1 for i in maximum_matching(len(predicted), len(gold), allowed) if i != -1)
 
 
+def _repeated_count(predicted, threshold):
+    return sum(any(fact_similarity(p, earlier) >= threshold for earlier in predicted[:i])
+               for i, p in enumerate(predicted))
+
+
 def fact_scores(predictions, references, threshold=DEFAULT_THRESHOLD):
     """P/R/F1 over sentences. ``predictions`` and ``references``: one list of Facts per sentence."""
     if len(predictions) != len(references):
@@ -89,6 +97,7 @@ def fact_scores(predictions, references, threshold=DEFAULT_THRESHOLD):
         totals["gold"] += len(gold)
         totals["matched"] += _matched_count(predicted, gold, threshold)
         totals["exact_matched"] += _matched_count(predicted, gold, 1.0)
+        totals["repeated"] += _repeated_count(predicted, threshold)
         totals["exact_sentences"] += collections.Counter(map(serialize_fact, predicted)) == collections.Counter(
             map(serialize_fact, gold))
     precision, recall, f1 = _prf(totals["matched"], totals["predicted"], totals["gold"])
@@ -96,6 +105,7 @@ def fact_scores(predictions, references, threshold=DEFAULT_THRESHOLD):
     return {
         "precision": precision, "recall": recall, "f1": f1, "exact_f1": exact_f1,
         "exact_match": totals["exact_sentences"] / len(references) if references else 0.0,
+        "repeated": totals["repeated"] / totals["predicted"] if totals["predicted"] else 0.0,
         "predicted": totals["predicted"], "gold": totals["gold"], "matched": totals["matched"],
     }
 

@@ -117,3 +117,22 @@ def test_a_run_trained_on_file_ordered_facts_is_not_resumed(tmp_path):
     (run / "bench_result.json").write_text(json.dumps({"f1": 0.2, "settings": old_settings}))
     with pytest.raises(RuntimeError, match="fact order"):
         bench.train_one("spansaoke", "logician", 42, args)
+
+
+def test_a_contribution_is_visible_only_when_every_ablation_seed_scores_below_every_logician_seed(tmp_path, monkeypatch):
+    bench = load_bench()
+    f1 = {("logician", 1): 0.30, ("logician", 2): 0.20, ("no_copy", 1): 0.0, ("no_copy", 2): 0.19,
+          ("no_gate", 1): 0.25, ("no_gate", 2): 0.19}
+
+    def stub(dataset, variant, seed, args):
+        result = stub_run(bench)(dataset, variant, seed, args)
+        result.update(f1=f1.get((variant, seed), 0.1), repeated=0.125 if variant == "no_coverage" else 0.0)
+        return result
+
+    monkeypatch.setattr(bench, "train_one", stub)
+    assert bench.main(["--jobs", "1", "--seeds", "1", "2", "--output", str(tmp_path / "runs"),
+                       "--results", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]) == 0
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in (tmp_path / "r.md").read_text().splitlines()
+            if line.startswith("| `logician_saoke")}
+    assert rows["logician_saoke_no_copy.yaml"][8] == "yes" and rows["logician_saoke_no_gate.yaml"][8] == "no"
+    assert rows["logician_saoke_no_coverage.yaml"][11] == "0.125"

@@ -30,6 +30,15 @@ def test_each_gold_fact_is_credited_once():
     assert fact_scores([parse_facts("(a, b, c) (a, b, c)")], gold)["precision"] == 0.5
 
 
+def test_repeated_counts_predictions_similar_to_an_earlier_one_of_the_same_sentence():
+    gold = [parse_facts("(中华人民共和国, 首都, 北京市)"), parse_facts("(a, b, c)")]
+    predicted = [parse_facts("(中华人民共和国, 首都, 北京市) (中华人民共和国, 首都, 北京) (x, y, z)"),
+                 parse_facts("(中华人民共和国, 首都, 北京市)")]  # same fact, another sentence: not a repeat
+    assert fact_scores(predicted, gold)["repeated"] == 1 / 4
+    assert fact_scores(predicted, gold, threshold=1.0)["repeated"] == 0.0
+    assert fact_scores([[], []], gold)["repeated"] == 0.0
+
+
 def test_maximum_matching_beats_greedy_choice():
     # Prediction 0 may take gold 0 or 1, prediction 1 only gold 0: greedy 0->0 would leave 1 unmatched.
     assert maximum_matching(2, 2, [[0, 1], [0]]) == [1, 0]
