@@ -34,6 +34,17 @@ def shared_data_dir():
     return None
 
 
+def cache_root(explicit=None):
+    """Where derived data is cached: ``explicit``, else ``$PADDLE_SUITE_CACHE``, else
+    ``$XDG_CACHE_HOME/paddle_suite`` or ``~/.cache/paddle_suite``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("PADDLE_SUITE_CACHE"):
+        return Path(os.environ["PADDLE_SUITE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "paddle_suite"
+
+
 def candidate_paths(relpath, explicit=None):
     paths = []
     if explicit:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from paddle_suite.data import DatasetNotFound, candidate_paths, find_dataset
+from paddle_suite.data import DatasetNotFound, cache_root, candidate_paths, find_dataset
 from paddle_suite.io import atomic_write
 
 log = logging.getLogger("paddle_suite")
@@ -160,15 +160,6 @@ def load_dataset(name, data_path=None, cache_dir=None, data_root=None):
                                   "train/ (and val/ or test/), each with one sub-folder per class")
         return load_image_folder(data_path)
     raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
-
-
-def cache_root(explicit=None):
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get("PADDLE_SUITE_CACHE"):
-        return Path(os.environ["PADDLE_SUITE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "paddle_suite"
 
 
 # ------------------------------------------------------------------------------ CIFAR-10 JPEG tree
