@@ -17,8 +17,11 @@ Architecture, with the readings we chose where the paper leaves details open:
   ``g_t = sigmoid(w . [s_t; ctx_{t-1}])``: ``a_t = g a_content + (1 - g) a_dep``. ``G`` comes from
   dependency arcs (``heads``, one head index per token, -1 for the root) when ``graph: dependency``
   or, under ``graph: auto``, when an example has arcs; otherwise from the **adjacency of the
-  sentence** (each token linked to its left and right neighbour), our documented fallback: no
-  parser ships offline. ``graph: none`` turns the dependency path and its gate off.
+  sentence** (each token linked to its left and right neighbour), our documented fallback where
+  there is no parser: no dependency parser's model installs offline. For English,
+  ``DataLoader.parser: link_grammar`` supplies arcs from CMU's link grammar parser
+  (:mod:`paddle_suite.oie.parsing`); Chinese has none. ``graph: none`` turns the dependency path
+  and its gate off.
 - **Restricted copy**: the output distribution is over the small keyword vocabulary (SAOKE
   symbols, fact punctuation) plus the source positions:
   ``P = [p_kw * softmax(W_o [s_t; ctx_t]) ; (1 - p_kw) * a_t]`` with

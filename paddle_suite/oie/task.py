@@ -42,6 +42,7 @@ grammar-constrained beam search and scores them by ``Metric.names`` (``METRICS``
 ``lexical/precision`` ...); ``loss`` is the teacher-forced NLL per target token on the same
 sentences. ``tools/eval.py`` decodes the whole split (``test_subset`` limits test for quick runs).
 """
+import dataclasses
 import functools
 import json
 import logging
@@ -57,6 +58,7 @@ from paddle_suite.data import find_dataset
 from paddle_suite.engine.run import Run, RunError
 from paddle_suite.oie.metrics import fact_scores, lexical_scores
 from paddle_suite.oie.model import make_batch
+from paddle_suite.oie.parsing import PARSERS, parse_heads
 from paddle_suite.oie.readers import OIE_LAYOUTS, read_oie_benchmark, read_saoke_jsonl, read_spansaoke
 from paddle_suite.oie.tokens import FACT_ORDERS, Vocab, encode_target, tokenize
 from paddle_suite.registry import LOSSES, METRICS, TASKS
@@ -138,6 +140,11 @@ class OIETask(DenseTask):
             "valid_subset": Field(200, int, help="decode this many fixed random valid sentences in training; 0 = all"),
             "test_subset": Field(0, int, help="decode this many fixed random test sentences (quick runs); 0 = all"),
             "vocab_min_freq": Field(1, int, help="words seen fewer times in training become <unk>"),
+            "parser": Field("none", str, choices=PARSERS,
+                            help="dependency arcs for the gated attention: none (the data's own heads, if any) or "
+                                 "link_grammar (English; paddle_suite/oie/parsing.py)"),
+            "parse_seconds": Field(2, int, help="link grammar time limit a sentence; past it, the adjacency"),
+            "parse_workers": Field(0, int, help="processes parsing sentences; 0 = one a core"),
             "fact_order": Field("sentence", str, choices=FACT_ORDERS,
                                 help="order of a sentence's facts in the target: sentence (as said) or as_read "
                                      "(the file's order, which the released data does not keep)"),
@@ -175,6 +182,13 @@ class OIETask(DenseTask):
             self.reader = functools.partial(read_oie_benchmark, layout=data_cfg["tsv_layout"])
         self.language = data_cfg["language"] or language
         self.folder = folder
+        # .get: the saved config of a run from before the parser keys existed lacks them
+        self.parser = data_cfg.get("parser", "none")
+        if self.parser == "link_grammar" and self.language != "en":
+            raise ConfigError(f"DataLoader.parser: link_grammar parses English; DataLoader.language is "
+                              f"{self.language!r}: set DataLoader.parser: none")
+        if data_cfg.get("parse_seconds", 2) < 1:
+            raise ConfigError(f"DataLoader.parse_seconds must be >= 1, got {data_cfg['parse_seconds']}")
         self.seed = int(config["Global"]["seed"])
         self.loss = LOSSES.get(config["Loss"]["name"])(config["Loss"])
         self._splits = None
@@ -220,10 +234,26 @@ class OIETask(DenseTask):
             if not splits[split]:
                 raise ConfigError(f"the {split} split is empty: give DataLoader.{split}_file or a "
                                  f"DataLoader.{split}_holdout > 0")
+        if self.parser != "none":
+            splits = {split: self.with_parsed_heads(examples, split) for split, examples in splits.items()}
         source = {s: paths[s] or f"held out of {paths['train']} (split_seed {data_cfg['split_seed']})" for s in SPLITS}
         log.info("oie data: %s", "; ".join(f"{s} {len(splits[s])} sentences from {source[s]}" for s in SPLITS))
         self._splits = splits
         return splits
+
+    def parse(self, sentences, description="link grammar"):
+        """Heads of each sentence by ``DataLoader.parser`` (None where it found no linkage in time)."""
+        data_cfg = self.config["DataLoader"]
+        return parse_heads([tokenize(s, self.language) for s in sentences], data_cfg["parse_seconds"],
+                           data_cfg["parse_workers"] or None, description=description)
+
+    def with_parsed_heads(self, examples, split):
+        heads = self.parse([e.sentence for e in examples], f"link grammar, {split}")
+        unparsed = sum(h is None for h in heads)
+        if unparsed:
+            log.info("oie data: the parser found no linkage of %d of %d %s sentences in %ds; they use the "
+                     "sentence adjacency", unparsed, len(heads), split, self.config["DataLoader"]["parse_seconds"])
+        return [dataclasses.replace(e, heads=h) for e, h in zip(examples, heads)]
 
     def train_examples(self):
         """Training examples within the length limits, and their target lengths (actions)."""
@@ -334,7 +364,10 @@ class OIETask(DenseTask):
         return total / tokens
 
     def predict(self, model, sentences, heads=None):
-        """SAOKE facts for each sentence, decoded in length-sorted batches of ``eval_batch_size``."""
+        """SAOKE facts for each sentence, decoded in length-sorted batches of ``eval_batch_size``; ``heads``
+        default to those of ``DataLoader.parser``."""
+        if heads is None and self.parser != "none" and self.graph_mode != "none":
+            heads = self.parse(sentences)
         metric_cfg, size = self.config["Metric"], self.config["DataLoader"]["eval_batch_size"]
         options = {"beam_size": metric_cfg["beam_size"], "max_steps": metric_cfg["max_decode_len"],
                    "length_penalty": metric_cfg["length_penalty"]}
