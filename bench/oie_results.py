@@ -79,7 +79,7 @@ actions a sentence instead of 18.7), a step costs about 1.8 times as much, so it
 (about 24 epochs of its 1,960 training sentences; about 20 min a run at the rate above divided by 1.8)."""
 
 
-METRICS = ("precision", "recall", "f1", "exact_f1", "exact_match", "repeated",
+METRICS = ("precision", "recall", "f1", "exact_f1", "exact_match", "repeated", "gate",
            "lexical/precision", "lexical/recall", "lexical/f1")
 
 
@@ -150,7 +150,7 @@ def train_one(dataset, variant, seed, args):
         "precision": test["precision"], "recall": test["recall"], "f1": test["f1"],
         "exact_f1": test["exact_f1"], "exact_match": test["exact_match"], "repeated": test["repeated"],
         "predicted": test["predicted"], "gold": test["gold"], "matched": test["matched"],
-        **{k: v for k, v in test.items() if k.startswith("lexical/")},
+        **{k: v for k, v in test.items() if k.startswith("lexical/") or k == "gate"},
         "valid_f1": trained["best"], "steps": trained["step"],
         "train_hours": None if trained["train_seconds"] is None else trained["train_seconds"] / 3600,
         "wall_hours_this_session": (time.perf_counter() - started) / 3600,
@@ -203,7 +203,9 @@ def markdown(results, args):
              "(maximum one-to-one matching per sentence; `paddle_suite/oie/metrics.py`); exact F1 at similarity 1.0; "
              "exact match = share of sentences whose facts equal the gold ones; repeated = share of predicted facts "
              "similar to an earlier one of the same sentence (what coverage should prevent; blank for runs scored "
-             "before it was measured). A mechanism's contribution counts as visible when every seed of its "
+             "before it was measured); gate = the dependency gate's mean weight on content attention over the "
+             "test targets, teacher-forced (1 = the dependency path unused; blank without a gate or for runs "
+             "scored before it was measured). A mechanism's contribution counts as visible when every seed of its "
              "ablation scores a lower F1 than every seed of Logician; for `link_grammar` (Logician whose gate "
              "follows the link grammar parser's arcs instead of the sentence adjacency, English only), when every "
              "seed of it scores a higher F1 than every seed of `no_gate`.", "",
@@ -217,7 +219,7 @@ def markdown(results, args):
         lines += [f"## {dataset} ({budget['max_steps']} steps per run)", ""]
         lexical = dataset == "oie2016"
         header = ("| variant | what | seeds | precision | recall | F1 | F1 per seed | F1 vs logician | visible | "
-                  "exact F1 | exact match | repeated |")
+                  "exact F1 | exact match | repeated | gate |")
         header += " lexical P | lexical R | lexical F1 |" if lexical else ""
         header += " steps | train h | steps/s |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -230,7 +232,7 @@ def markdown(results, args):
                      "" if variant == "logician" else f"{r['f1'] - base:+.3f}",
                      visible(rows, variant),
                      f"{r['exact_f1']:.3f}", f"{r['exact_match']:.3f}",
-                     f"{r['repeated']:.3f}" if "repeated" in r else ""]
+                     f"{r['repeated']:.3f}" if "repeated" in r else "", f"{r['gate']:.3f}" if "gate" in r else ""]
             if lexical:
                 cells += [f"{r['lexical/precision']:.3f}", f"{r['lexical/recall']:.3f}", f"{r['lexical/f1']:.3f}"]
             hours = r["train_hours"]

@@ -145,16 +145,19 @@ class Logician(nn.Layer):
 
     def step(self, input_emb, hidden, state, memory, memory_proj, src_mask, graph):
         """One decoder step -> (output distribution (B, K+L), or (B, K+V) without copy, new hidden,
-        new state, coverage loss (B,))."""
+        new state, {"coverage": coverage loss (B,), "gate": the gate's weight on content attention (B,),
+        with a dependency path only})."""
         hidden, _ = self.decoder(paddle.concat([input_emb, state["context"]], axis=-1), hidden)
         coverage = state["coverage"]
         score = self.attn_memory_score(memory_proj, hidden, coverage)
         score = score + (1.0 - src_mask) * NEG_INF
         attention = F.softmax(score, axis=-1)
+        terms = {}
         if graph is not None:
             moved = paddle.bmm(state["attention"].unsqueeze(1), graph).squeeze(1)
             gate = F.sigmoid(self.dep_gate(paddle.concat([hidden, state["context"]], axis=-1)))
             attention = gate * attention + (1.0 - gate) * moved
+            terms["gate"] = gate.squeeze(-1)
         context = paddle.bmm(attention.unsqueeze(1), memory).squeeze(1)
         features = paddle.concat([hidden, context], axis=-1)
         if self.use_copy:
@@ -163,10 +166,10 @@ class Logician(nn.Layer):
             distribution = paddle.concat([p_keyword * keyword_probs, (1.0 - p_keyword) * attention], axis=-1)
         else:
             distribution = F.softmax(self.generator(self.dropout(features)) + self.keyword_mask, axis=-1)
-        cov_loss = coverage_loss(attention, coverage)
+        terms["coverage"] = coverage_loss(attention, coverage)
         new_state = {"context": context, "attention": attention,
                      "coverage": coverage + attention if self.use_coverage else coverage}
-        return distribution, hidden, new_state, cov_loss
+        return distribution, hidden, new_state, terms
 
     def attn_memory_score(self, memory_proj, hidden, coverage):
         energy = memory_proj + self.attn_state(hidden).unsqueeze(1)
@@ -176,7 +179,9 @@ class Logician(nn.Layer):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch, coverage_weight=1.0):
-        """Teacher-forced loss; returns (loss, {"nll": ..., "coverage": ...})."""
+        """Teacher-forced loss; returns (loss, {"nll": ..., "coverage": ...}), plus ``"gate"``, the mean
+        weight the dependency gate gives content attention over the target steps (with a gate only:
+        near 1 means the model learnt to ignore the dependency path)."""
         if self.graph != "none" and batch["graph_mode"] != self.graph:
             raise ValueError(f"batch built with graph_mode={batch['graph_mode']!r} for a model with "
                              f"graph={self.graph!r}: pass make_batch(..., graph_mode=model.graph)")
@@ -186,22 +191,27 @@ class Logician(nn.Layer):
         state = self.init_state(memory, src_mask)
         inputs = self.embed_inputs(batch["tgt_in"])
         steps = batch["tgt_in"].shape[1]
-        nll, cov = [], []
+        nll, cov, gates = [], [], []
         for t in range(steps):
-            distribution, hidden, state, cov_loss = self.step(inputs[:, t], hidden, state, memory, memory_proj,
-                                                              src_mask, graph)
+            distribution, hidden, state, step_terms = self.step(inputs[:, t], hidden, state, memory, memory_proj,
+                                                                src_mask, graph)
             if self.use_copy:
                 gold = (distribution * batch["tgt_gold"][:, t]).sum(axis=-1)
             else:
                 gold = paddle.take_along_axis(distribution, batch["tgt_index"][:, t:t + 1], axis=1).squeeze(-1)
             nll.append(-paddle.log(paddle.clip(gold, min=1e-12)))
-            cov.append(cov_loss)
+            cov.append(step_terms["coverage"])
+            if "gate" in step_terms:
+                gates.append(step_terms["gate"])
         mask = batch["tgt_mask"]
         denominator = mask.sum()
         nll = (paddle.stack(nll, axis=1) * mask).sum() / denominator
         cov = (paddle.stack(cov, axis=1) * mask).sum() / denominator
         loss = nll + coverage_weight * cov if self.use_coverage else nll
-        return loss, {"nll": nll, "coverage": cov}
+        terms = {"nll": nll, "coverage": cov}
+        if gates:
+            terms["gate"] = ((paddle.stack(gates, axis=1) * mask).sum() / denominator).detach()
+        return loss, terms
 
     # ------------------------------------------------------------------ decoding
     @paddle.no_grad()

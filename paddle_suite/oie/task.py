@@ -40,7 +40,8 @@ grammar-constrained beam search and scores them by ``Metric.names`` (``METRICS``
 ``saoke_facts`` (fact precision / recall / F1 at ``similarity_threshold``, exact F1, exact match;
 ``f1`` selects the best model) and ``oie2016_lexical`` (the OIE2016 lexical match,
 ``lexical/precision`` ...); ``loss`` is the teacher-forced NLL per target token on the same
-sentences. ``tools/eval.py`` decodes the whole split (``test_subset`` limits test for quick runs).
+sentences, and ``gate`` (models with the dependency gate) the gate's mean weight on content attention
+there: near 1, the model has learnt to ignore the dependency path. ``tools/eval.py`` decodes the whole split (``test_subset`` limits test for quick runs).
 """
 import dataclasses
 import functools
@@ -352,16 +353,20 @@ class OIETask(DenseTask):
             examples = [examples[i] for i in keep]
         return examples
 
-    def teacher_forced_loss(self, model, examples):
-        """NLL per target token over ``examples`` (batches of ``eval_batch_size``)."""
+    def teacher_forced_terms(self, model, examples):
+        """Per target token over ``examples`` (batches of ``eval_batch_size``): ``loss`` (the NLL) and, for a
+        model with a dependency gate, ``gate`` (its mean weight on content attention)."""
         size = self.config["DataLoader"]["eval_batch_size"]
-        total = tokens = 0.0
+        totals, tokens = {}, 0.0
         for start in range(0, len(examples), size):
             batch, _ = self.make_batch(examples[start:start + size])
             count = float(batch["tgt_mask"].sum())
-            total += float(model(batch)[1]["nll"]) * count
+            terms = model(batch)[1]
+            for name in ("nll", "gate"):
+                if name in terms:
+                    totals[name] = totals.get(name, 0.0) + float(terms[name]) * count
             tokens += count
-        return total / tokens
+        return {"loss" if name == "nll" else name: total / tokens for name, total in totals.items()}
 
     def predict(self, model, sentences, heads=None):
         """SAOKE facts for each sentence, decoded in length-sorted batches of ``eval_batch_size``; ``heads``
@@ -384,11 +389,10 @@ class OIETask(DenseTask):
     def evaluate_model(self, model, split="valid"):
         core = getattr(model, "_layers", model)
         examples = self.eval_examples(split)
-        loss = self.teacher_forced_loss(core, examples)
+        metrics = self.teacher_forced_terms(core, examples)
         predictions = self.predict(core, [e.sentence for e in examples], [e.heads for e in examples]
                                    if any(e.heads is not None for e in examples) else None)
         references = [e.facts for e in examples]
-        metrics = {"loss": loss}
         for metric in self.metrics:
             metrics.update(metric(predictions, references, self.config["Metric"]))
         return EvalResult(metrics, {"predictions": predictions, "sentences": [e.sentence for e in examples]}, split)

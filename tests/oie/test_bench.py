@@ -128,6 +128,8 @@ def test_a_contribution_is_visible_only_when_every_ablation_seed_scores_below_ev
     def stub(dataset, variant, seed, args):
         result = stub_run(bench)(dataset, variant, seed, args)
         result.update(f1=f1.get((variant, seed), 0.1), repeated=0.125 if variant == "no_coverage" else 0.0)
+        if variant not in ("no_gate", "seq2seq"):
+            result["gate"] = 0.5 + seed / 4
         return result
 
     monkeypatch.setattr(bench, "train_one", stub)
@@ -137,6 +139,7 @@ def test_a_contribution_is_visible_only_when_every_ablation_seed_scores_below_ev
             if line.startswith("| `logician_saoke")}
     assert rows["logician_saoke_no_copy.yaml"][8] == "yes" and rows["logician_saoke_no_gate.yaml"][8] == "no"
     assert rows["logician_saoke_no_coverage.yaml"][11] == "0.125"
+    assert rows["logician_saoke.yaml"][12] == "0.875" and rows["logician_saoke_no_gate.yaml"][12] == ""  # seeds 1, 2
     oie2016 = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in (tmp_path / "r.md").read_text().splitlines()
                if line.startswith("| `logician_oie2016")}
     assert oie2016["logician_oie2016_link_grammar.yaml"][8] == "yes, over no_gate"  # 0.26, 0.27 vs 0.25, 0.19

@@ -26,18 +26,22 @@ def tiny_model(graph="auto", coverage=True, seed=0, rnn="gru", copy=True):
     return model, vocab
 
 
-def run_steps(model, batch, steps=5):
+def decoder_steps(model, batch, steps=5):
+    """(distribution, state, terms) of ``model.step`` over the teacher-forced inputs of ``batch``."""
     src_mask = batch["src_mask"]
     memory, memory_proj, hidden = model.encode(batch["src_ids"], src_mask)
     state = model.init_state(memory, src_mask)
     graph = batch["graph"] if model.graph != "none" else None
     inputs = model.embed_inputs(batch["tgt_in"])
-    outputs = []
     for t in range(steps):
-        distribution, hidden, state, cov = model.step(inputs[:, t], hidden, state, memory, memory_proj, src_mask,
-                                                      graph)
-        outputs.append((distribution.numpy(), state["attention"].numpy(), cov.numpy()))
-    return outputs
+        distribution, hidden, state, terms = model.step(inputs[:, t], hidden, state, memory, memory_proj, src_mask,
+                                                        graph)
+        yield distribution, state, terms
+
+
+def run_steps(model, batch, steps=5):
+    return [(distribution.numpy(), state["attention"].numpy(), terms["coverage"].numpy())
+            for distribution, state, terms in decoder_steps(model, batch, steps)]
 
 
 @pytest.mark.parametrize("graph, coverage, rnn, copy", [("auto", True, "gru", True), ("none", True, "gru", True),
@@ -124,6 +128,19 @@ def test_model_coverage_term_starts_at_zero_and_has_gradients():
     assert float(model.dep_gate.weight.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="graph_mode='adjacency' for a model with graph='auto'"):
         model(make_batch(SENTENCES, vocab, "zh", "adjacency")[0])
+
+
+def test_the_gate_term_is_its_mean_weight_on_content_attention_over_target_steps():
+    model, vocab = tiny_model()
+    batch, _ = make_batch(SENTENCES, vocab, "zh")
+    gates = np.stack([terms["gate"].numpy() for _, _, terms in decoder_steps(model, batch, batch["tgt_in"].shape[1])],
+                     axis=1)
+    mask = batch["tgt_mask"].numpy()
+    assert float(model(batch)[1]["gate"]) == pytest.approx((gates * mask).sum() / mask.sum(), rel=1e-5)
+    paddle.assign(paddle.full([1], 30.0), model.dep_gate.bias)  # a gate shut on the dependency path
+    assert float(model(batch)[1]["gate"]) == pytest.approx(1.0, abs=1e-6)
+    ungated, vocab = tiny_model(graph="none")
+    assert "gate" not in ungated(make_batch(SENTENCES, vocab, "zh", "none")[0])[1]
 
 
 def test_sentence_graphs():
