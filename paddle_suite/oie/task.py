@@ -41,7 +41,8 @@ grammar-constrained beam search and scores them by ``Metric.names`` (``METRICS``
 ``f1`` selects the best model) and ``oie2016_lexical`` (the OIE2016 lexical match,
 ``lexical/precision`` ...); ``loss`` is the teacher-forced NLL per target token on the same
 sentences, and ``gate`` (models with the dependency gate) the gate's mean weight on content attention
-there: near 1, the model has learnt to ignore the dependency path. ``tools/eval.py`` decodes the whole split (``test_subset`` limits test for quick runs).
+there: near 1, the model has learnt to ignore the dependency path. ``tools/eval.py`` decodes the
+whole split (``test_subset`` limits test for quick runs).
 """
 import dataclasses
 import functools
@@ -235,12 +236,17 @@ class OIETask(DenseTask):
             if not splits[split]:
                 raise ConfigError(f"the {split} split is empty: give DataLoader.{split}_file or a "
                                  f"DataLoader.{split}_holdout > 0")
-        if self.parser != "none":
+        if self.parses:
             splits = {split: self.with_parsed_heads(examples, split) for split, examples in splits.items()}
         source = {s: paths[s] or f"held out of {paths['train']} (split_seed {data_cfg['split_seed']})" for s in SPLITS}
         log.info("oie data: %s", "; ".join(f"{s} {len(splits[s])} sentences from {source[s]}" for s in SPLITS))
         self._splits = splits
         return splits
+
+    @property
+    def parses(self):
+        """Whether ``DataLoader.parser`` runs: set, and the model's graph uses arcs (auto or dependency)."""
+        return self.parser != "none" and self.graph_mode in ("auto", "dependency")
 
     def parse(self, sentences, description="link grammar"):
         """Heads of each sentence by ``DataLoader.parser`` (None where it found no linkage in time)."""
@@ -371,7 +377,7 @@ class OIETask(DenseTask):
     def predict(self, model, sentences, heads=None):
         """SAOKE facts for each sentence, decoded in length-sorted batches of ``eval_batch_size``; ``heads``
         default to those of ``DataLoader.parser``."""
-        if heads is None and self.parser != "none" and self.graph_mode != "none":
+        if heads is None and self.parses:
             heads = self.parse(sentences)
         metric_cfg, size = self.config["Metric"], self.config["DataLoader"]["eval_batch_size"]
         options = {"beam_size": metric_cfg["beam_size"], "max_steps": metric_cfg["max_decode_len"],

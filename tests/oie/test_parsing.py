@@ -99,6 +99,10 @@ def test_the_task_attaches_parsed_heads_and_the_graph_follows_them(link_grammar,
     np.testing.assert_allclose(batch["graph"].numpy()[0][:length, :length], sentence_graph(length, first.heads),
                                atol=1e-6)
     assert sentence_graph(length, first.heads).tolist() != sentence_graph(length).tolist()
+    (tmp_path / "cache").rename(tmp_path / "cache_parsed")
+    for graph in ("adjacency", "none"):  # graphs that ignore arcs: nothing to parse
+        task = OIETask(load_config(write_config(tmp_path, base="logician_oie2016.yaml"), overrides + [f"Arch.graph={graph}"]))
+        assert all(e.heads is None for e in task.splits()["train"]) and not (tmp_path / "cache").exists()
 
 
 def test_link_grammar_refuses_chinese(tmp_path):
