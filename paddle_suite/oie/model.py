@@ -12,9 +12,26 @@ Architecture, with the readings we chose where the paper leaves details open:
   attentions``; the coverage loss is ``sum_i min(a_t,i, c_t,i)`` per step, zero while attention
   keeps to fresh words and growing when it returns to covered ones.
 - **Gated dependency attention**: the attention moved along the sentence graph,
-  ``a_dep_t = a_{t-1} G`` (``G`` row-normalised adjacency with self loops, so attention on a word
-  flows to its dependency neighbours), mixed with the content attention by a learnt gate
-  ``g_t = sigmoid(w . [s_t; ctx_{t-1}])``: ``a_t = g a_content + (1 - g) a_dep``. ``G`` comes from
+  ``a_dep_t = a_{t-1} G``, mixed with the content attention by a learnt gate
+  ``g_t = sigmoid(w . [s_t; ctx_{t-1}])``: ``a_t = g a_content + (1 - g) a_dep``. The paper gives no
+  formula for ``G``; two readings (``path``):
+
+  - ``neighbours``: ``G`` is the row-normalised adjacency with self loops, so attention on a word
+    flows in equal parts to itself and its graph neighbours. It cannot say "the next word": it
+    keeps a third or more on the word just copied and sends as much back as forward.
+  - ``learned`` (the configs' choice): ``G[i, j] = softmax_j(w[d(i, j)])`` over the sentence, where
+    ``d(i, j)`` is the graph distance from ``i`` to ``j`` (arcs between i and j on the shortest
+    path), signed by word order (negative when ``j`` comes before ``i``), clipped to
+    ``+-PATH_RADIUS``, with ``2 PATH_RADIUS + 1`` learnt weights ``w``, initialised to the
+    ``neighbours`` reading (0 within one arc, ``-PATH_INIT_FAR`` beyond). Attention can then learn
+    to step to the following word of an argument, or to a word one arc away, and off the word it
+    just copied. On the adjacency graph ``d(i, j) = j - i``. The configs train the weights
+    (``path_weights``) at 20 times the learning rate (``Optimizer.param_groups``): an Adam step
+    moves a parameter by about the learning rate, so at 1e-3 these few shared scalars could move
+    about 1 from their start in a 1,000-step run (after 900 steps on OIE2016 the next word's
+    weight had risen by 0.44).
+
+  ``G`` comes from
   dependency arcs (``heads``, one head index per token, -1 for the root) when ``graph: dependency``
   or, under ``graph: auto``, when an example has arcs; otherwise from the **adjacency of the
   sentence** (each token linked to its left and right neighbour), our documented fallback where
@@ -50,12 +67,17 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import shortest_path
 
 from paddle_suite.oie.tokens import (BOS, FACT_ORDERS, KEYWORD_ID, NUM_KEYWORDS, PAD, FactGrammar, GrammarState,
                                      decode_actions, encode_target, sentence_order, tokenize)
 from paddle_suite.registry import ARCHS
 
 GRAPHS = ("auto", "dependency", "adjacency", "none")
+PATHS = ("learned", "neighbours")
+PATH_RADIUS = 4     # signed graph distances -4..4 get their own weight; farther ones share the end ones
+PATH_INIT_FAR = 5.0  # initial weight -5 beyond one arc: the learned path starts as the neighbours one
 NEG_INF = -1e9
 
 
@@ -77,6 +99,21 @@ def sentence_graph(length, heads=None):
     return graph / graph.sum(axis=1, keepdims=True)
 
 
+def sentence_distances(length, heads=None):
+    """Signed graph distances (length x length, int64) clipped to ``+-PATH_RADIUS``: the number of
+    arcs on the shortest path from token i to token j (dependency arcs, else adjacent tokens),
+    negative when j comes before i. Tokens the arcs do not connect are ``PATH_RADIUS`` apart."""
+    position = np.arange(length)
+    offset = position[None, :] - position[:, None]
+    if heads is None:
+        hops = np.abs(offset)
+    else:
+        graph = sentence_graph(length, heads) > 0  # validates the heads
+        hops = shortest_path(csr_matrix(graph), unweighted=True, directed=False)
+        hops = np.where(np.isfinite(hops), hops, PATH_RADIUS)
+    return (np.sign(offset) * np.minimum(hops, PATH_RADIUS)).astype("int64")
+
+
 def coverage_loss(attention, coverage):
     """Per-example ``sum_i min(a_i, c_i)`` (B,) for one step."""
     return paddle.minimum(attention, coverage).sum(axis=-1)
@@ -85,17 +122,20 @@ def coverage_loss(attention, coverage):
 @ARCHS.register("Logician")
 class Logician(nn.Layer):
     """Arch keys: ``vocab_size`` (from the data), ``embedding_dim``, ``hidden_size``, ``rnn`` (gru|lstm),
-    ``graph`` (auto|dependency|adjacency|none), ``coverage``, ``copy`` (restricted copy, else
-    generation from the vocabulary), ``dropout``."""
+    ``graph`` (auto|dependency|adjacency|none), ``path`` (learned|neighbours: how attention moves
+    along the graph), ``coverage``, ``copy`` (restricted copy, else generation from the vocabulary),
+    ``dropout``."""
 
     def __init__(self, vocab_size, embedding_dim=128, hidden_size=256, rnn="gru", graph="auto",
-                 coverage=True, copy=True, dropout=0.1):
+                 path="neighbours", coverage=True, copy=True, dropout=0.1):
         super().__init__()
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         if rnn not in ("gru", "lstm"):
             raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
-        self.graph, self.use_coverage, self.use_copy = graph, coverage, copy
+        self.graph, self.path, self.use_coverage, self.use_copy = graph, path, coverage, copy
         self.vocab_size = vocab_size
         self.word_embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.keyword_embedding = nn.Embedding(NUM_KEYWORDS, embedding_dim)
@@ -109,6 +149,10 @@ class Logician(nn.Layer):
         self.attn_coverage = nn.Linear(1, hidden_size, bias_attr=False)
         self.attn_v = nn.Linear(hidden_size, 1, bias_attr=False)
         self.dep_gate = nn.Linear(hidden_size + memory, 1)
+        if path == "learned":
+            init = np.where(np.abs(np.arange(-PATH_RADIUS, PATH_RADIUS + 1)) <= 1, 0.0, -PATH_INIT_FAR)
+            self.path_weights = self.create_parameter(
+                [2 * PATH_RADIUS + 1], default_initializer=nn.initializer.Assign(init.astype("float32")))
         if copy:
             self.keyword_out = nn.Linear(hidden_size + memory, NUM_KEYWORDS)
             self.copy_gate = nn.Linear(hidden_size + memory + embedding_dim, 1)
@@ -142,6 +186,18 @@ class Logician(nn.Layer):
             "attention": uniform,
             "coverage": paddle.zeros([batch, length]),
         }
+
+    def path_transition(self, structure, src_mask):
+        """``G`` (B, L, L) from the batch's sentence structure: the neighbours graph itself, or for the
+        learned path the softmax of the weights of the signed distances over each sentence's tokens."""
+        if self.path == "neighbours":
+            return structure
+        scores = F.embedding(structure.astype("int64") + PATH_RADIUS, self.path_weights.unsqueeze(-1)).squeeze(-1)
+        return F.softmax(scores + (1.0 - src_mask.unsqueeze(1)) * NEG_INF, axis=-1)
+
+    def structure_key(self):
+        """The batch key holding what :meth:`path_transition` reads."""
+        return "graph" if self.path == "neighbours" else "distance"
 
     def step(self, input_emb, hidden, state, memory, memory_proj, src_mask, graph):
         """One decoder step -> (output distribution (B, K+L), or (B, K+V) without copy, new hidden,
@@ -187,7 +243,7 @@ class Logician(nn.Layer):
                              f"graph={self.graph!r}: pass make_batch(..., graph_mode=model.graph)")
         src_mask = batch["src_mask"]
         memory, memory_proj, hidden = self.encode(batch["src_ids"], src_mask)
-        graph = batch["graph"] if self.graph != "none" else None
+        graph = self.path_transition(batch[self.structure_key()], src_mask) if self.graph != "none" else None
         state = self.init_state(memory, src_mask)
         inputs = self.embed_inputs(batch["tgt_in"])
         steps = batch["tgt_in"].shape[1]
@@ -223,7 +279,7 @@ class Logician(nn.Layer):
     @paddle.no_grad()
     def beam_search_batch(self, sources, beam_size=4, max_steps=60, length_penalty=1.0):
         """Best grammatical action sequence per sentence; ``sources`` is a list of ``(src_ids, graph,
-        tokens)``. Actions are ``("kw", keyword id)`` and ``("copy", source position)``; without
+        tokens)``, ``graph`` the sentence structure of :meth:`graph_for`. Actions are ``("kw", keyword id)`` and ``("copy", source position)``; without
         copy, ``("copy", word id)`` names the vocabulary word generated."""
         count, width = len(sources), max(len(ids) for ids, _, _ in sources)
         ids = np.zeros([count, width], dtype="int64")
@@ -245,7 +301,7 @@ class Logician(nn.Layer):
             word_ok = np.broadcast_to(np.arange(self.vocab_size) > 0, (count, self.vocab_size))
         src_mask = paddle.to_tensor(mask)
         memory, memory_proj, hidden = self.encode(paddle.to_tensor(ids), src_mask)
-        graph_t = paddle.to_tensor(graphs) if self.graph != "none" else None
+        graph_t = self.path_transition(paddle.to_tensor(graphs), src_mask) if self.graph != "none" else None
         state = self.init_state(memory, src_mask)
         grammar, masks = FactGrammar(), {}
 
@@ -368,12 +424,15 @@ class Logician(nn.Layer):
         return facts
 
     def graph_for(self, length, heads):
+        """The sentence structure :meth:`beam_search_batch` takes: the neighbours graph, or the signed
+        distances for the learned path."""
         if self.graph == "dependency" and heads is None:
             raise ValueError("graph: dependency needs dependency heads for every sentence "
                              "(use graph: auto to fall back to the sentence adjacency)")
+        structure = sentence_graph if self.path == "neighbours" else sentence_distances
         if self.graph in ("adjacency", "none") or heads is None:
-            return sentence_graph(length)
-        return sentence_graph(length, heads)
+            return structure(length)
+        return structure(length, heads)
 
 
 def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fact_order="sentence"):
@@ -384,13 +443,14 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
     without copy (the keyword, or ``len(KEYWORDS) + word id``). ``graph_mode`` must be the model's
     ``graph``. ``fact_order``: ``sentence`` spells a sentence's facts in the order they are said
     (:func:`paddle_suite.oie.tokens.sentence_order`), ``as_read`` in the order of the data file.
-    Returns (batch dict, unreachable token count).
+    The batch holds both sentence structures, ``graph`` (the neighbours path) and ``distance`` (the
+    learned path's signed distances). Returns (batch dict, unreachable token count).
     """
     if graph_mode not in GRAPHS:
         raise ValueError(f"graph_mode must be one of {GRAPHS}, got {graph_mode!r}")
     if fact_order not in FACT_ORDERS:
         raise ValueError(f"fact_order must be one of {FACT_ORDERS}, got {fact_order!r}")
-    sources, targets, graphs, unreachable = [], [], [], 0
+    sources, targets, graphs, distances, unreachable = [], [], [], [], 0
     for example in examples:
         tokens = tokenize(example.sentence, language)[:max_source]
         if not tokens:
@@ -404,21 +464,25 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
         use_heads = heads if graph_mode in ("auto", "dependency") else None
         sources.append(tokens)
         targets.append(encoded.actions)
-        graphs.append(sentence_graph(len(tokens), None if use_heads is None else use_heads[:len(tokens)]))
+        arcs = None if use_heads is None else use_heads[:len(tokens)]
+        graphs.append(sentence_graph(len(tokens), arcs))
+        distances.append(sentence_distances(len(tokens), arcs))
     batch, max_len, max_tgt = len(examples), max(map(len, sources)), max(map(len, targets))
     src_ids = np.zeros([batch, max_len], dtype="int64")
     src_mask = np.zeros([batch, max_len], dtype="float32")
     graph = np.zeros([batch, max_len, max_len], dtype="float32")
+    distance = np.zeros([batch, max_len, max_len], dtype="int64")
     tgt_in = np.full([batch, max_tgt], KEYWORD_ID[PAD], dtype="int64")
     tgt_gold = np.zeros([batch, max_tgt, NUM_KEYWORDS + max_len], dtype="float32")
     tgt_mask = np.zeros([batch, max_tgt], dtype="float32")
     tgt_index = np.full([batch, max_tgt], KEYWORD_ID[PAD], dtype="int64")
-    for b, (tokens, actions, g) in enumerate(zip(sources, targets, graphs)):
+    for b, (tokens, actions, g, d) in enumerate(zip(sources, targets, graphs, distances)):
         word_ids = np.asarray(vocab.ids(tokens))
         length = len(tokens)
         src_ids[b, :length] = word_ids
         src_mask[b, :length] = 1.0
         graph[b, :length, :length] = g
+        distance[b, :length, :length] = d
         token_array = np.asarray(tokens, dtype=object)
         previous = KEYWORD_ID[BOS]
         for t, (kind, value) in enumerate(actions):
@@ -431,7 +495,7 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
                 tgt_gold[b, t, NUM_KEYWORDS:NUM_KEYWORDS + length] = token_array == tokens[value]
                 previous = NUM_KEYWORDS + int(word_ids[value])
             tgt_index[b, t] = previous
-    tensors = {"src_ids": src_ids, "src_mask": src_mask, "graph": graph, "tgt_in": tgt_in,
+    tensors = {"src_ids": src_ids, "src_mask": src_mask, "graph": graph, "distance": distance, "tgt_in": tgt_in,
                "tgt_gold": tgt_gold, "tgt_mask": tgt_mask, "tgt_index": tgt_index}
     tensors = {k: paddle.to_tensor(v) for k, v in tensors.items()}
     tensors["graph_mode"] = graph_mode

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paddle_suite.oie.model import Logician, coverage_loss, make_batch, sentence_graph
+from paddle_suite.oie.model import (PATH_RADIUS, Logician, coverage_loss, make_batch, sentence_distances,
+                                   sentence_graph)
 from paddle_suite.oie.readers import Example
 from paddle_suite.oie.saoke import Fact, parse_facts, serialize_facts
 from paddle_suite.oie.tokens import (KEYWORD_ID, KEYWORDS, NUM_KEYWORDS, FactGrammar, GrammarState, Vocab,
@@ -18,11 +19,11 @@ SENTENCES = [
 ]
 
 
-def tiny_model(graph="auto", coverage=True, seed=0, rnn="gru", copy=True):
+def tiny_model(graph="auto", coverage=True, seed=0, rnn="gru", copy=True, path="neighbours"):
     paddle.seed(seed)
     vocab = Vocab.build([tokenize(e.sentence, "zh") for e in SENTENCES])
-    model = Logician(len(vocab), embedding_dim=16, hidden_size=24, rnn=rnn, graph=graph, coverage=coverage,
-                     copy=copy, dropout=0.0)
+    model = Logician(len(vocab), embedding_dim=16, hidden_size=24, rnn=rnn, graph=graph, path=path,
+                     coverage=coverage, copy=copy, dropout=0.0)
     return model, vocab
 
 
@@ -31,7 +32,7 @@ def decoder_steps(model, batch, steps=5):
     src_mask = batch["src_mask"]
     memory, memory_proj, hidden = model.encode(batch["src_ids"], src_mask)
     state = model.init_state(memory, src_mask)
-    graph = batch["graph"] if model.graph != "none" else None
+    graph = model.path_transition(batch[model.structure_key()], src_mask) if model.graph != "none" else None
     inputs = model.embed_inputs(batch["tgt_in"])
     for t in range(steps):
         distribution, hidden, state, terms = model.step(inputs[:, t], hidden, state, memory, memory_proj, src_mask,
@@ -44,11 +45,13 @@ def run_steps(model, batch, steps=5):
             for distribution, state, terms in decoder_steps(model, batch, steps)]
 
 
-@pytest.mark.parametrize("graph, coverage, rnn, copy", [("auto", True, "gru", True), ("none", True, "gru", True),
-                                                        ("adjacency", False, "lstm", True),
-                                                        ("none", False, "gru", False)])
-def test_output_distribution_sums_to_one(graph, coverage, rnn, copy):
-    model, vocab = tiny_model(graph, coverage, rnn=rnn, copy=copy)
+@pytest.mark.parametrize("graph, coverage, rnn, copy, path", [("auto", True, "gru", True, "neighbours"),
+                                                              ("auto", True, "gru", True, "learned"),
+                                                              ("none", True, "gru", True, "neighbours"),
+                                                              ("adjacency", False, "lstm", True, "learned"),
+                                                              ("none", False, "gru", False, "neighbours")])
+def test_output_distribution_sums_to_one(graph, coverage, rnn, copy, path):
+    model, vocab = tiny_model(graph, coverage, rnn=rnn, copy=copy, path=path)
     batch, _ = make_batch(SENTENCES, vocab, "zh", graph)
     lengths = batch["src_mask"].numpy().sum(axis=1).astype(int)
     for distribution, attention, _ in run_steps(model, batch):
@@ -80,10 +83,10 @@ def test_without_copy_the_loss_scores_the_generated_word():
     assert parse_facts(serialize_facts(facts)) == facts
 
 
-@pytest.mark.parametrize("copy", [True, False])
-def test_batched_beam_search_equals_one_sentence_at_a_time(copy):
+@pytest.mark.parametrize("copy, path", [(True, "neighbours"), (True, "learned"), (False, "neighbours")])
+def test_batched_beam_search_equals_one_sentence_at_a_time(copy, path):
     graph = "auto" if copy else "none"
-    model, vocab = tiny_model(copy=copy, graph=graph)
+    model, vocab = tiny_model(copy=copy, graph=graph, path=path)
     # a few steps on the three sentences, so decoding goes past an immediate <eos>
     optimizer = paddle.optimizer.Adam(learning_rate=0.02, parameters=model.parameters())
     batch, _ = make_batch(SENTENCES, vocab, "zh", graph)
@@ -98,7 +101,7 @@ def test_batched_beam_search_equals_one_sentence_at_a_time(copy):
     assert sum(map(len, together)) >= 2
     with paddle.no_grad():
         model.eval()
-        sources = [(vocab.ids(list(s)), sentence_graph(len(s)), list(s)) for s in sentences if s]
+        sources = [(vocab.ids(list(s)), model.graph_for(len(s), None), list(s)) for s in sentences if s]
         actions = model.beam_search_batch(sources, beam_size=3, max_steps=25)
     assert actions == [model.beam_search(*source, beam_size=3, max_steps=25) for source in sources]
 
@@ -153,6 +156,35 @@ def test_sentence_graphs():
     assert (star[0] > 0).all() and star[1, 2] == 0
     with pytest.raises(ValueError, match="outside the sentence"):
         sentence_graph(3, heads=[-1, 0, 5])
+
+
+def test_sentence_distances_are_signed_graph_hops_clipped_to_the_radius():
+    chain = sentence_distances(7)
+    assert chain[0].tolist() == [0, 1, 2, 3, 4, 4, 4] and chain[3].tolist() == [-3, -2, -1, 0, 1, 2, 3]
+    np.testing.assert_array_equal(chain, -chain.T)
+    star = sentence_distances(4, heads=[-1, 0, 0, 0])  # siblings are two arcs apart, in word order
+    assert star[0].tolist() == [0, 1, 1, 1] and star[2].tolist() == [-1, -2, 0, 2]
+    np.testing.assert_array_equal(sentence_distances(4, heads=[1, -1, 1, 2]), sentence_distances(4))
+    assert sentence_distances(3, heads=[-1, -1, 1])[0].tolist() == [0, PATH_RADIUS, PATH_RADIUS]  # not connected
+    with pytest.raises(ValueError, match="outside the sentence"):
+        sentence_distances(3, heads=[-1, 0, 5])
+
+
+def test_learned_path_starts_as_the_neighbours_path_and_learns():
+    model, vocab = tiny_model(path="learned")
+    batch, _ = make_batch(SENTENCES, vocab, "zh", "auto")
+    learned = model.path_transition(batch["distance"], batch["src_mask"]).numpy()
+    neighbours = batch["graph"].numpy()
+    lengths = batch["src_mask"].numpy().sum(axis=1).astype(int)
+    for b, length in enumerate(lengths):
+        np.testing.assert_allclose(learned[b, :length].sum(axis=1), 1.0, rtol=1e-5)
+        assert np.abs(learned[b, :, length:]).sum() < 1e-8  # nothing moves onto padding
+        np.testing.assert_allclose(learned[b, :length, :length], neighbours[b, :length, :length], atol=0.03)
+    model(batch)[0].backward()
+    grad = model.path_weights.grad.numpy()
+    assert grad.shape == (2 * PATH_RADIUS + 1,) and np.abs(grad).max() > 0
+    with pytest.raises(ValueError, match="path must be one of"):
+        Logician(len(vocab), path="shortest")
 
 
 def test_dependency_arcs_change_attention_only_when_the_graph_is_on():
