@@ -57,6 +57,11 @@ def test_configs_load_and_each_ablation_changes_only_its_switches(dataset):
         assert changed == switches, name
         assert variant["DataLoader"] == base["DataLoader"] and variant["Optimizer"] == base["Optimizer"]
         assert variant["Global"]["max_steps"] == base["Global"]["max_steps"]
+    learned = load_config(CONFIGS / f"logician_{dataset}_learned_path.yaml")
+    assert base["Arch"]["path"] == "neighbours"
+    assert {k: v for k, v in learned["Arch"].items() if base["Arch"][k] != v} == {"path": "learned"}
+    assert {k: v for k, v in learned["Optimizer"].items() if base["Optimizer"][k] != v} == {
+        "param_groups": [{"match": "path_weights", "lr_mult": 20.0}]}
 
 
 def test_config_errors_name_the_key(tmp_path):
