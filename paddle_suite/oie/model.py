@@ -81,35 +81,33 @@ PATH_INIT_FAR = 5.0  # initial weight -5 beyond one arc: the learned path starts
 NEG_INF = -1e9
 
 
-def sentence_graph(length, heads=None):
-    """Row-normalised (length x length) graph with self loops: dependency arcs or adjacent tokens."""
-    graph = np.eye(length, dtype=np.float32)
-    if heads is None:
-        index = np.arange(length - 1)
-        graph[index, index + 1] = 1.0
-        graph[index + 1, index] = 1.0
-    else:
-        if len(heads) != length:
-            raise ValueError(f"{len(heads)} dependency heads for {length} tokens")
-        for child, head in enumerate(heads):
-            if head >= length or head < -1:
-                raise ValueError(f"head {head} of token {child} is outside the sentence (0..{length - 1}, -1 = root)")
-            if head >= 0:
-                graph[child, head] = graph[head, child] = 1.0
-    return graph / graph.sum(axis=1, keepdims=True)
+def dependency_arcs(length, heads):
+    """Symmetric 0/1 (length x length) matrix of the dependency arcs, ``heads`` one head index per
+    token (-1 for the root); raises on a head outside the sentence."""
+    if len(heads) != length:
+        raise ValueError(f"{len(heads)} dependency heads for {length} tokens")
+    heads = np.asarray(heads, dtype="int64")
+    outside = np.flatnonzero((heads >= length) | (heads < -1))
+    if outside.size:
+        child = int(outside[0])
+        raise ValueError(f"head {heads[child]} of token {child} is outside the sentence (0..{length - 1}, -1 = root)")
+    child = np.flatnonzero(heads >= 0)
+    arcs = np.zeros([length, length], dtype="int8")
+    arcs[child, heads[child]] = arcs[heads[child], child] = 1
+    return arcs
 
 
 def sentence_distances(length, heads=None):
     """Signed graph distances (length x length, int64) clipped to ``+-PATH_RADIUS``: the number of
     arcs on the shortest path from token i to token j (dependency arcs, else adjacent tokens),
-    negative when j comes before i. Tokens the arcs do not connect are ``PATH_RADIUS`` apart."""
+    negative when j comes before i. Tokens the arcs do not connect are ``PATH_RADIUS`` apart.
+    Both path readings read this one structure (``neighbours``: distance at most 1)."""
     position = np.arange(length)
     offset = position[None, :] - position[:, None]
     if heads is None:
         hops = np.abs(offset)
     else:
-        graph = sentence_graph(length, heads) > 0  # validates the heads
-        hops = shortest_path(csr_matrix(graph), unweighted=True, directed=False)
+        hops = shortest_path(csr_matrix(dependency_arcs(length, heads)), unweighted=True, directed=False)
         hops = np.where(np.isfinite(hops), hops, PATH_RADIUS)
     return (np.sign(offset) * np.minimum(hops, PATH_RADIUS)).astype("int64")
 
@@ -187,19 +185,17 @@ class Logician(nn.Layer):
             "coverage": paddle.zeros([batch, length]),
         }
 
-    def path_transition(self, structure, src_mask):
-        """``G`` (B, L, L) from the batch's sentence structure: the neighbours graph itself, or for the
-        learned path the softmax of the weights of the signed distances over each sentence's tokens."""
+    def path_transition(self, distance, src_mask):
+        """``G`` (B, L, L) from the batch's signed graph distances (B, L, L), over each sentence's
+        tokens: equal parts to the tokens at most one arc away (``neighbours``), or the softmax of
+        the learnt weights of the distances (``learned``)."""
         if self.path == "neighbours":
-            return structure
-        scores = F.embedding(structure.astype("int64") + PATH_RADIUS, self.path_weights.unsqueeze(-1)).squeeze(-1)
+            near = (paddle.abs(distance) <= 1).astype("float32") * src_mask.unsqueeze(1)
+            return near / near.sum(axis=-1, keepdim=True)
+        scores = F.embedding(distance.astype("int64") + PATH_RADIUS, self.path_weights.unsqueeze(-1)).squeeze(-1)
         return F.softmax(scores + (1.0 - src_mask.unsqueeze(1)) * NEG_INF, axis=-1)
 
-    def structure_key(self):
-        """The batch key holding what :meth:`path_transition` reads."""
-        return "graph" if self.path == "neighbours" else "distance"
-
-    def step(self, input_emb, hidden, state, memory, memory_proj, src_mask, graph):
+    def step(self, input_emb, hidden, state, memory, memory_proj, src_mask, transition):
         """One decoder step -> (output distribution (B, K+L), or (B, K+V) without copy, new hidden,
         new state, {"coverage": coverage loss (B,), "gate": the gate's weight on content attention (B,),
         with a dependency path only})."""
@@ -209,8 +205,8 @@ class Logician(nn.Layer):
         score = score + (1.0 - src_mask) * NEG_INF
         attention = F.softmax(score, axis=-1)
         terms = {}
-        if graph is not None:
-            moved = paddle.bmm(state["attention"].unsqueeze(1), graph).squeeze(1)
+        if transition is not None:
+            moved = paddle.bmm(state["attention"].unsqueeze(1), transition).squeeze(1)
             gate = F.sigmoid(self.dep_gate(paddle.concat([hidden, state["context"]], axis=-1)))
             attention = gate * attention + (1.0 - gate) * moved
             terms["gate"] = gate.squeeze(-1)
@@ -243,14 +239,14 @@ class Logician(nn.Layer):
                              f"graph={self.graph!r}: pass make_batch(..., graph_mode=model.graph)")
         src_mask = batch["src_mask"]
         memory, memory_proj, hidden = self.encode(batch["src_ids"], src_mask)
-        graph = self.path_transition(batch[self.structure_key()], src_mask) if self.graph != "none" else None
+        transition = self.path_transition(batch["distance"], src_mask) if self.graph != "none" else None
         state = self.init_state(memory, src_mask)
         inputs = self.embed_inputs(batch["tgt_in"])
         steps = batch["tgt_in"].shape[1]
         nll, cov, gates = [], [], []
         for t in range(steps):
             distribution, hidden, state, step_terms = self.step(inputs[:, t], hidden, state, memory, memory_proj,
-                                                                src_mask, graph)
+                                                                src_mask, transition)
             if self.use_copy:
                 gold = (distribution * batch["tgt_gold"][:, t]).sum(axis=-1)
             else:
@@ -271,23 +267,24 @@ class Logician(nn.Layer):
 
     # ------------------------------------------------------------------ decoding
     @paddle.no_grad()
-    def beam_search(self, src_ids, graph, tokens=None, beam_size=4, max_steps=60, length_penalty=1.0):
-        """Best grammatical action sequence for one sentence (``src_ids``: its word ids; ``tokens``:
-        its tokens, so repeated words are merged; without them equal ids are merged)."""
-        return self.beam_search_batch([(src_ids, graph, tokens)], beam_size, max_steps, length_penalty)[0]
+    def beam_search(self, src_ids, distances, tokens=None, beam_size=4, max_steps=60, length_penalty=1.0):
+        """Best grammatical action sequence for one sentence (``src_ids``: its word ids; ``distances``:
+        :meth:`distances_for` it; ``tokens``: its tokens, so repeated words are merged; without them
+        equal ids are merged)."""
+        return self.beam_search_batch([(src_ids, distances, tokens)], beam_size, max_steps, length_penalty)[0]
 
     @paddle.no_grad()
     def beam_search_batch(self, sources, beam_size=4, max_steps=60, length_penalty=1.0):
-        """Best grammatical action sequence per sentence; ``sources`` is a list of ``(src_ids, graph,
-        tokens)``, ``graph`` the sentence structure of :meth:`graph_for`. Actions are
+        """Best grammatical action sequence per sentence; ``sources`` is a list of ``(src_ids, distances,
+        tokens)``, ``distances`` the signed graph distances of :meth:`distances_for`. Actions are
         ``("kw", keyword id)`` and ``("copy", source position)``; without copy, ``("copy", word id)``
         names the vocabulary word generated."""
         count, width = len(sources), max(len(ids) for ids, _, _ in sources)
         ids = np.zeros([count, width], dtype="int64")
         mask = np.zeros([count, width], dtype="float32")
-        graphs = np.zeros([count, width, width], dtype="float32")
+        distances = np.zeros([count, width, width], dtype="int64")
         first_position = np.tile(np.arange(width), (count, 1))  # padding maps to itself (probability 0)
-        for s, (src_ids, graph, tokens) in enumerate(sources):
+        for s, (src_ids, sentence_distance, tokens) in enumerate(sources):
             length = len(src_ids)
             keys = tokens if tokens is not None else src_ids
             if len(keys) != length:
@@ -295,14 +292,14 @@ class Logician(nn.Layer):
             first_of = {}
             first_position[s, :length] = [first_of.setdefault(key, i) for i, key in enumerate(keys)]
             ids[s, :length], mask[s, :length] = src_ids, 1.0
-            graphs[s, :length, :length] = graph
+            distances[s, :length, :length] = sentence_distance
         if self.use_copy:  # one action per distinct word: its first position
             word_ok = (first_position == np.arange(width)) & (mask > 0)
         else:  # any vocabulary word but padding
             word_ok = np.broadcast_to(np.arange(self.vocab_size) > 0, (count, self.vocab_size))
         src_mask = paddle.to_tensor(mask)
         memory, memory_proj, hidden = self.encode(paddle.to_tensor(ids), src_mask)
-        graph_t = self.path_transition(paddle.to_tensor(graphs), src_mask) if self.graph != "none" else None
+        transition = self.path_transition(paddle.to_tensor(distances), src_mask) if self.graph != "none" else None
         state = self.init_state(memory, src_mask)
         grammar, masks = FactGrammar(), {}
 
@@ -325,7 +322,7 @@ class Logician(nn.Layer):
             distribution, hidden, state, _ = self.step(
                 self.embed_inputs(paddle.to_tensor(np.asarray(last_input, dtype="int64"))), hidden, state,
                 paddle.gather(memory, index), paddle.gather(memory_proj, index), paddle.gather(src_mask, index),
-                None if graph_t is None else paddle.gather(graph_t, index))
+                None if transition is None else paddle.gather(transition, index))
             probs = distribution.numpy()
             if self.use_copy:
                 # A word's probability is the sum over every position holding it (as in the loss);
@@ -415,7 +412,7 @@ class Logician(nn.Layer):
         self.eval()
         try:
             actions = self.beam_search_batch(
-                [(vocab.ids(tokens[i]), self.graph_for(len(tokens[i]), heads[i]), tokens[i]) for i in todo],
+                [(vocab.ids(tokens[i]), self.distances_for(len(tokens[i]), heads[i]), tokens[i]) for i in todo],
                 **beam_options)
         finally:
             if was_training:
@@ -424,16 +421,15 @@ class Logician(nn.Layer):
             facts[i] = decode_actions(sequence, tokens[i] if self.use_copy else vocab.itos, language)
         return facts
 
-    def graph_for(self, length, heads):
-        """The sentence structure :meth:`beam_search_batch` takes: the neighbours graph, or the signed
-        distances for the learned path."""
+    def distances_for(self, length, heads):
+        """The signed graph distances :meth:`beam_search_batch` takes for one sentence: over its
+        dependency arcs or its word order, as ``graph`` says."""
         if self.graph == "dependency" and heads is None:
             raise ValueError("graph: dependency needs dependency heads for every sentence "
                              "(use graph: auto to fall back to the sentence adjacency)")
-        structure = sentence_graph if self.path == "neighbours" else sentence_distances
         if self.graph in ("adjacency", "none") or heads is None:
-            return structure(length)
-        return structure(length, heads)
+            return sentence_distances(length)
+        return sentence_distances(length, heads)
 
 
 def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fact_order="sentence"):
@@ -444,14 +440,14 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
     without copy (the keyword, or ``len(KEYWORDS) + word id``). ``graph_mode`` must be the model's
     ``graph``. ``fact_order``: ``sentence`` spells a sentence's facts in the order they are said
     (:func:`paddle_suite.oie.tokens.sentence_order`), ``as_read`` in the order of the data file.
-    The batch holds both sentence structures, ``graph`` (the neighbours path) and ``distance`` (the
-    learned path's signed distances). Returns (batch dict, unreachable token count).
+    ``distance`` holds each sentence's signed graph distances (:func:`sentence_distances`), which
+    both path readings read. Returns (batch dict, unreachable token count).
     """
     if graph_mode not in GRAPHS:
         raise ValueError(f"graph_mode must be one of {GRAPHS}, got {graph_mode!r}")
     if fact_order not in FACT_ORDERS:
         raise ValueError(f"fact_order must be one of {FACT_ORDERS}, got {fact_order!r}")
-    sources, targets, graphs, distances, unreachable = [], [], [], [], 0
+    sources, targets, distances, unreachable = [], [], [], 0
     for example in examples:
         tokens = tokenize(example.sentence, language)[:max_source]
         if not tokens:
@@ -466,23 +462,20 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
         sources.append(tokens)
         targets.append(encoded.actions)
         arcs = None if use_heads is None else use_heads[:len(tokens)]
-        graphs.append(sentence_graph(len(tokens), arcs))
         distances.append(sentence_distances(len(tokens), arcs))
     batch, max_len, max_tgt = len(examples), max(map(len, sources)), max(map(len, targets))
     src_ids = np.zeros([batch, max_len], dtype="int64")
     src_mask = np.zeros([batch, max_len], dtype="float32")
-    graph = np.zeros([batch, max_len, max_len], dtype="float32")
     distance = np.zeros([batch, max_len, max_len], dtype="int64")
     tgt_in = np.full([batch, max_tgt], KEYWORD_ID[PAD], dtype="int64")
     tgt_gold = np.zeros([batch, max_tgt, NUM_KEYWORDS + max_len], dtype="float32")
     tgt_mask = np.zeros([batch, max_tgt], dtype="float32")
     tgt_index = np.full([batch, max_tgt], KEYWORD_ID[PAD], dtype="int64")
-    for b, (tokens, actions, g, d) in enumerate(zip(sources, targets, graphs, distances)):
+    for b, (tokens, actions, d) in enumerate(zip(sources, targets, distances)):
         word_ids = np.asarray(vocab.ids(tokens))
         length = len(tokens)
         src_ids[b, :length] = word_ids
         src_mask[b, :length] = 1.0
-        graph[b, :length, :length] = g
         distance[b, :length, :length] = d
         token_array = np.asarray(tokens, dtype=object)
         previous = KEYWORD_ID[BOS]
@@ -496,7 +489,7 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
                 tgt_gold[b, t, NUM_KEYWORDS:NUM_KEYWORDS + length] = token_array == tokens[value]
                 previous = NUM_KEYWORDS + int(word_ids[value])
             tgt_index[b, t] = previous
-    tensors = {"src_ids": src_ids, "src_mask": src_mask, "graph": graph, "distance": distance, "tgt_in": tgt_in,
+    tensors = {"src_ids": src_ids, "src_mask": src_mask, "distance": distance, "tgt_in": tgt_in,
                "tgt_gold": tgt_gold, "tgt_mask": tgt_mask, "tgt_index": tgt_index}
     tensors = {k: paddle.to_tensor(v) for k, v in tensors.items()}
     tensors["graph_mode"] = graph_mode

@@ -6,7 +6,7 @@ Debian (``apt-get install python3-link-grammar link-grammar-dictionaries-en``), 
 ``DataLoader.parser: link_grammar`` runs. Its linkage is a set of labelled, undirected links between
 words (subject-verb, verb-object, determiner-noun, preposition-object ...); they are not a
 dependency tree, but they link the same head-dependent pairs in most cases, and the gate only needs
-which words are syntactically related: ``model.sentence_graph`` makes every arc symmetric anyway.
+which words are syntactically related: ``model.dependency_arcs`` makes every arc symmetric anyway.
 
 Reading of a linkage as Logician's ``heads`` (one head index per whitespace token, -1 for none):
 

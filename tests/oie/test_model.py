@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paddle_suite.oie.model import (PATH_RADIUS, Logician, coverage_loss, make_batch, sentence_distances,
-                                   sentence_graph)
+from paddle_suite.oie.model import (PATH_RADIUS, Logician, coverage_loss, dependency_arcs, make_batch,
+                                   sentence_distances)
 from paddle_suite.oie.readers import Example
 from paddle_suite.oie.saoke import Fact, parse_facts, serialize_facts
 from paddle_suite.oie.tokens import (KEYWORD_ID, KEYWORDS, NUM_KEYWORDS, FactGrammar, GrammarState, Vocab,
@@ -32,11 +32,11 @@ def decoder_steps(model, batch, steps=5):
     src_mask = batch["src_mask"]
     memory, memory_proj, hidden = model.encode(batch["src_ids"], src_mask)
     state = model.init_state(memory, src_mask)
-    graph = model.path_transition(batch[model.structure_key()], src_mask) if model.graph != "none" else None
+    transition = model.path_transition(batch["distance"], src_mask) if model.graph != "none" else None
     inputs = model.embed_inputs(batch["tgt_in"])
     for t in range(steps):
         distribution, hidden, state, terms = model.step(inputs[:, t], hidden, state, memory, memory_proj, src_mask,
-                                                        graph)
+                                                        transition)
         yield distribution, state, terms
 
 
@@ -101,7 +101,7 @@ def test_batched_beam_search_equals_one_sentence_at_a_time(copy, path):
     assert sum(map(len, together)) >= 2
     with paddle.no_grad():
         model.eval()
-        sources = [(vocab.ids(list(s)), model.graph_for(len(s), None), list(s)) for s in sentences if s]
+        sources = [(vocab.ids(list(s)), model.distances_for(len(s), None), list(s)) for s in sentences if s]
         actions = model.beam_search_batch(sources, beam_size=3, max_steps=25)
     assert actions == [model.beam_search(*source, beam_size=3, max_steps=25) for source in sources]
 
@@ -146,16 +146,26 @@ def test_the_gate_term_is_its_mean_weight_on_content_attention_over_target_steps
     assert "gate" not in ungated(make_batch(SENTENCES, vocab, "zh", "none")[0])[1]
 
 
-def test_sentence_graphs():
-    chain = sentence_graph(4)
-    np.testing.assert_allclose(chain.sum(axis=1), 1.0)
-    assert (chain > 0).astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]
-    arcs = sentence_graph(4, heads=[1, -1, 1, 2])
-    assert (arcs > 0).astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]
-    star = sentence_graph(4, heads=[-1, 0, 0, 0])
-    assert (star[0] > 0).all() and star[1, 2] == 0
-    with pytest.raises(ValueError, match="outside the sentence"):
-        sentence_graph(3, heads=[-1, 0, 5])
+def neighbours_path(distances):
+    """The neighbours transition of one unpadded sentence, as the model computes it."""
+    model, _ = tiny_model()
+    length = len(distances)
+    return model.path_transition(paddle.to_tensor(distances[None]), paddle.ones([1, length])).numpy()[0]
+
+
+def test_neighbours_path_splits_attention_evenly_over_a_token_and_its_arcs():
+    chain = neighbours_path(sentence_distances(4))
+    np.testing.assert_allclose(chain, [[1 / 2, 1 / 2, 0, 0], [1 / 3, 1 / 3, 1 / 3, 0], [0, 1 / 3, 1 / 3, 1 / 3],
+                                       [0, 0, 1 / 2, 1 / 2]], rtol=1e-6)
+    np.testing.assert_allclose(neighbours_path(sentence_distances(4, heads=[1, -1, 1, 2])), chain, rtol=1e-6)
+    star = neighbours_path(sentence_distances(4, heads=[-1, 0, 0, 0]))
+    np.testing.assert_allclose(star[0], 0.25, rtol=1e-6)
+    np.testing.assert_allclose(star[1], [0.5, 0.5, 0, 0], rtol=1e-6)  # siblings are two arcs apart
+    assert dependency_arcs(4, [-1, 0, 0, 0]).tolist() == [[0, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
+    with pytest.raises(ValueError, match="head 5 of token 2 is outside the sentence"):
+        dependency_arcs(3, [-1, 0, 5])
+    with pytest.raises(ValueError, match="2 dependency heads for 3 tokens"):
+        dependency_arcs(3, [-1, 0])
 
 
 def test_sentence_distances_are_signed_graph_hops_clipped_to_the_radius():
@@ -174,7 +184,7 @@ def test_learned_path_starts_as_the_neighbours_path_and_learns():
     model, vocab = tiny_model(path="learned")
     batch, _ = make_batch(SENTENCES, vocab, "zh", "auto")
     learned = model.path_transition(batch["distance"], batch["src_mask"]).numpy()
-    neighbours = batch["graph"].numpy()
+    neighbours = tiny_model()[0].path_transition(batch["distance"], batch["src_mask"]).numpy()
     lengths = batch["src_mask"].numpy().sum(axis=1).astype(int)
     for b, length in enumerate(lengths):
         np.testing.assert_allclose(learned[b, :length].sum(axis=1), 1.0, rtol=1e-5)
@@ -237,7 +247,7 @@ def test_beam_search_copies_each_repeated_word_from_its_first_position():
     model, _ = tiny_model()
     vocab = Vocab.build([list("甲乙")])
     tokens = list("甲乙甲乙甲乙")
-    actions = model.beam_search(vocab.ids(tokens), sentence_graph(len(tokens)), tokens, beam_size=3, max_steps=30)
+    actions = model.beam_search(vocab.ids(tokens), sentence_distances(len(tokens)), tokens, beam_size=3, max_steps=30)
     copied = [position for kind, position in actions if kind == "copy"]
     assert set(copied) <= {0, 1}
 

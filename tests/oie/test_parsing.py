@@ -83,7 +83,7 @@ def write_oie_files(folder, sentences):
 
 
 def test_the_task_attaches_parsed_heads_and_the_graph_follows_them(link_grammar, tmp_path, monkeypatch):
-    from paddle_suite.oie.model import sentence_graph
+    from paddle_suite.oie.model import sentence_distances
 
     monkeypatch.setenv("PADDLE_SUITE_CACHE", str(tmp_path / "cache"))
     sentences = ["The old man sat on the bench .", "Big dogs chased the red ball .", "My sister reads long books ."]
@@ -96,9 +96,9 @@ def test_the_task_attaches_parsed_heads_and_the_graph_follows_them(link_grammar,
     batch = next(task.train_batches(0))
     first = task.train_examples()[0][task.epoch_batches(0)[0][0]]
     length = len(first.sentence.split())
-    np.testing.assert_allclose(batch["graph"].numpy()[0][:length, :length], sentence_graph(length, first.heads),
-                               atol=1e-6)
-    assert sentence_graph(length, first.heads).tolist() != sentence_graph(length).tolist()
+    parsed = sentence_distances(length, first.heads)
+    np.testing.assert_array_equal(batch["distance"].numpy()[0][:length, :length], parsed)
+    assert parsed.tolist() != sentence_distances(length).tolist()
     (tmp_path / "cache").rename(tmp_path / "cache_parsed")
     for graph in ("adjacency", "none"):  # graphs that ignore arcs: nothing to parse
         task = OIETask(load_config(write_config(tmp_path, base="logician_oie2016.yaml"), overrides + [f"Arch.graph={graph}"]))

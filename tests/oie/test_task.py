@@ -312,8 +312,8 @@ def test_oie_tsv_reads_carb_layout_files(tmp_path, shared_data):
 
 
 def test_dependency_heads_from_saoke_json_reach_the_model_graph(tmp_path):
-    """With arcs in the data (graph: auto) the batch graph follows them; without, the sentence adjacency."""
-    from paddle_suite.oie.model import sentence_graph
+    """With arcs in the data (graph: auto) the batch's distances follow them; without, the word order."""
+    from paddle_suite.oie.model import sentence_distances
     from paddle_suite.oie.readers import Example, write_saoke_jsonl
 
     heads = [-1, 0, 0, 0]  # a star: every character hangs on the first
@@ -322,11 +322,11 @@ def test_dependency_heads_from_saoke_json_reach_the_model_graph(tmp_path):
     overrides = ["DataLoader.dataset=saoke_json", f"DataLoader.data_path={tmp_path}", "DataLoader.train_file=null",
                  "DataLoader.test_file=null", "DataLoader.valid_holdout=2", "DataLoader.test_holdout=2",
                  "DataLoader.train_subset=0"]
-    for graph, expected in (("auto", sentence_graph(4, heads)), ("adjacency", sentence_graph(4))):
+    for graph, expected in (("auto", sentence_distances(4, heads)), ("adjacency", sentence_distances(4))):
         task = OIETask(load_config(write_config(tmp_path), overrides + [f"Arch.graph={graph}"]))
         assert task.splits()["train"][0].heads == heads
         batch = next(task.train_batches(0))
-        np.testing.assert_allclose(batch["graph"].numpy()[0], expected)
+        np.testing.assert_array_equal(batch["distance"].numpy()[0], expected)
 
 
 def test_kge_predict_tool_points_an_oie_run_to_oie_predict(trained_run):
