@@ -1,7 +1,7 @@
 """Plain vs LSBA victims for BadNets and Blend on CIFAR-10 and Fashion-MNIST: the results contract.
 
     python bench/backdoor_results.py --datasets fashion_mnist --output-dir /work/runs/backdoor_bench
-    python bench/backdoor_results.py --datasets cifar10 --output-dir /work/runs/backdoor_bench   # ~7 CPU h
+    python bench/backdoor_results.py --datasets cifar10 --output-dir /work/runs/backdoor_bench   # ~5.5 CPU h
     python bench/backdoor_results.py --quick         # Fashion-MNIST only, 300 steps per victim
     python bench/backdoor_results.py --datasets fashion_mnist --seeds 42 1 2 --output-dir /work/runs/backdoor_bench
                                                      # 3 victims per arm (42 = the configs' Global.seed, reused)
