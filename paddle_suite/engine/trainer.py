@@ -242,10 +242,11 @@ class Trainer:
     def train(self):
         loop = self._start()
         # SIGTERM is noted and acted on between steps: raised inside a paddle kernel or PyLayer it
-        # would surface as an OSError and the run would end without its checkpoint
+        # would surface as an OSError and the run would end without its checkpoint. Every rank notes
+        # it (fleetrun forwards it to all), and the ranks stop at the same step (_signalled), or a rank
+        # that left early would break the main rank's next all-reduce before it could save.
         terminated = []
-        previous_sigterm = (signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-                            if loop.is_main else None)
+        previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
         try:
             loop.emit("on_train_start")
             while loop.step < loop.total and not loop.should_stop:
@@ -253,8 +254,8 @@ class Trainer:
                 for batch in self.task.train_batches(loop.epoch, start, self.rank, self.world):
                     self._step(loop, batch)
                     loop.emit("on_step_end")
-                    if terminated:
-                        raise _Stop(f"signal {terminated[0]}")
+                    if self._signalled(terminated):
+                        raise _Stop(f"signal {terminated[0] if terminated else 'on another rank'}")
                     if loop.step >= loop.total or loop.should_stop:
                         break
             loop.emit("on_train_end")
@@ -263,8 +264,7 @@ class Trainer:
             raise
         finally:
             loop.emit("on_exit")
-            if previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, previous_sigterm)
+            signal.signal(signal.SIGTERM, previous_sigterm)
         loop.record_time()
         state = loop.state
         result = {"step": loop.step, "best": state["best"], "best_metrics": state["best_metrics"],
@@ -276,6 +276,14 @@ class Trainer:
             if self.g["test_split"]:
                 result["test"] = self._test_best(self.g["test_split"]).metrics
         return result
+
+    def _signalled(self, terminated):
+        """Whether any rank has received SIGTERM (one all-reduce of a flag per step when world > 1)."""
+        if self.world == 1:
+            return bool(terminated)
+        flag = paddle.to_tensor([1 if terminated else 0], dtype="int32")
+        paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _step(self, loop, batch):
         """One optimizer step on ``batch``, reseeding paddle's RNG from (seed, step) first (exact resume)."""

@@ -39,3 +39,23 @@ def test_two_ranks_match_single_process_with_double_batch(tmp_path):
     for key, value in single.model.state_dict().items():
         np.testing.assert_array_equal(r0[key], r1[key])  # ranks stay identical
         np.testing.assert_allclose(r0[key], value.numpy(), atol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_rank_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+    """fleetrun forwards Ctrl-C to every rank, a few steps apart at worst: the ranks must agree on the
+    step to stop at, or the main rank's next all-reduce fails before it can save."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(CONFIG.replace("epochs: 2", "epochs: 50"))
+    out = tmp_path / "dist"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PADDLE_", "FLAGS_selected"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node=2", "--log_dir", str(out / "log"),
+         os.path.join(HERE, "run_toy_collective.py"), str(path), str(out), "3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    logs = proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert all((out / f"rank{r}.interrupted").is_file() for r in (0, 1)), logs
+    checkpoints = sorted(p.name for p in out.glob("*/checkpoints/step_*"))
+    assert checkpoints == ["step_00000003"], (checkpoints, logs)
