@@ -112,6 +112,16 @@ def sentence_distances(length, heads=None):
     return (np.sign(offset) * np.minimum(hops, PATH_RADIUS)).astype("int64")
 
 
+def graph_distances(length, heads, graph_mode, where="sentence"):
+    """:func:`sentence_distances` over the arcs ``graph_mode`` reads: the dependency arcs under
+    ``auto`` (when the sentence has heads) and ``dependency``, else the word order. ``where`` names
+    the sentence in the error raised when ``dependency`` finds no heads."""
+    if graph_mode == "dependency" and heads is None:
+        raise ValueError(f"{where}: graph: dependency needs dependency heads for every sentence "
+                         "(use graph: auto to fall back to the sentence adjacency)")
+    return sentence_distances(length, heads if graph_mode in ("auto", "dependency") else None)
+
+
 def coverage_loss(attention, coverage):
     """Per-example ``sum_i min(a_i, c_i)`` (B,) for one step."""
     return paddle.minimum(attention, coverage).sum(axis=-1)
@@ -269,14 +279,14 @@ class Logician(nn.Layer):
     @paddle.no_grad()
     def beam_search(self, src_ids, distances, tokens=None, beam_size=4, max_steps=60, length_penalty=1.0):
         """Best grammatical action sequence for one sentence (``src_ids``: its word ids; ``distances``:
-        :meth:`distances_for` it; ``tokens``: its tokens, so repeated words are merged; without them
+        :func:`graph_distances` it; ``tokens``: its tokens, so repeated words are merged; without them
         equal ids are merged)."""
         return self.beam_search_batch([(src_ids, distances, tokens)], beam_size, max_steps, length_penalty)[0]
 
     @paddle.no_grad()
     def beam_search_batch(self, sources, beam_size=4, max_steps=60, length_penalty=1.0):
         """Best grammatical action sequence per sentence; ``sources`` is a list of ``(src_ids, distances,
-        tokens)``, ``distances`` the signed graph distances of :meth:`distances_for`. Actions are
+        tokens)``, ``distances`` the signed graph distances of :func:`graph_distances`. Actions are
         ``("kw", keyword id)`` and ``("copy", source position)``; without copy, ``("copy", word id)``
         names the vocabulary word generated."""
         count, width = len(sources), max(len(ids) for ids, _, _ in sources)
@@ -412,7 +422,7 @@ class Logician(nn.Layer):
         self.eval()
         try:
             actions = self.beam_search_batch(
-                [(vocab.ids(tokens[i]), self.distances_for(len(tokens[i]), heads[i]), tokens[i]) for i in todo],
+                [(vocab.ids(tokens[i]), graph_distances(len(tokens[i]), heads[i], self.graph), tokens[i]) for i in todo],
                 **beam_options)
         finally:
             if was_training:
@@ -421,18 +431,7 @@ class Logician(nn.Layer):
             facts[i] = decode_actions(sequence, tokens[i] if self.use_copy else vocab.itos, language)
         return facts
 
-    def distances_for(self, length, heads):
-        """The signed graph distances :meth:`beam_search_batch` takes for one sentence: over its
-        dependency arcs or its word order, as ``graph`` says."""
-        if self.graph == "dependency" and heads is None:
-            raise ValueError("graph: dependency needs dependency heads for every sentence "
-                             "(use graph: auto to fall back to the sentence adjacency)")
-        if self.graph in ("adjacency", "none") or heads is None:
-            return sentence_distances(length)
-        return sentence_distances(length, heads)
-
-
-def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fact_order="sentence"):
+def make_batch(examples, vocab, language, graph_mode="auto", fact_order="sentence"):
     """Padded tensors for teacher forcing from :class:`paddle_suite.oie.readers.Example` objects.
 
     ``tgt_gold[b, t]`` marks every action spelling the gold token at step t: its keyword, or
@@ -440,7 +439,7 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
     without copy (the keyword, or ``len(KEYWORDS) + word id``). ``graph_mode`` must be the model's
     ``graph``. ``fact_order``: ``sentence`` spells a sentence's facts in the order they are said
     (:func:`paddle_suite.oie.tokens.sentence_order`), ``as_read`` in the order of the data file.
-    ``distance`` holds each sentence's signed graph distances (:func:`sentence_distances`), which
+    ``distance`` holds each sentence's signed graph distances (:func:`graph_distances`), which
     both path readings read. Returns (batch dict, unreachable token count).
     """
     if graph_mode not in GRAPHS:
@@ -449,20 +448,16 @@ def make_batch(examples, vocab, language, graph_mode="auto", max_source=None, fa
         raise ValueError(f"fact_order must be one of {FACT_ORDERS}, got {fact_order!r}")
     sources, targets, distances, unreachable = [], [], [], 0
     for example in examples:
-        tokens = tokenize(example.sentence, language)[:max_source]
+        tokens = tokenize(example.sentence, language)
         if not tokens:
             raise ValueError(f"{example.source or 'example'}: empty sentence")
         facts = sentence_order(example.facts, tokens, language) if fact_order == "sentence" else example.facts
         encoded = encode_target(facts, tokens, language)
         unreachable += encoded.unreachable
-        heads = getattr(example, "heads", None)
-        if graph_mode == "dependency" and heads is None:
-            raise ValueError(f"{example.source or 'example'}: graph: dependency needs dependency heads")
-        use_heads = heads if graph_mode in ("auto", "dependency") else None
         sources.append(tokens)
         targets.append(encoded.actions)
-        arcs = None if use_heads is None else use_heads[:len(tokens)]
-        distances.append(sentence_distances(len(tokens), arcs))
+        distances.append(graph_distances(len(tokens), getattr(example, "heads", None), graph_mode,
+                                         example.source or "example"))
     batch, max_len, max_tgt = len(examples), max(map(len, sources)), max(map(len, targets))
     src_ids = np.zeros([batch, max_len], dtype="int64")
     src_mask = np.zeros([batch, max_len], dtype="float32")

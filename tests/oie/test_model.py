@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paddle_suite.oie.model import (PATH_RADIUS, Logician, coverage_loss, dependency_arcs, make_batch,
-                                   sentence_distances)
+from paddle_suite.oie.model import (PATH_RADIUS, Logician, coverage_loss, dependency_arcs, graph_distances,
+                                   make_batch, sentence_distances)
 from paddle_suite.oie.readers import Example
 from paddle_suite.oie.saoke import Fact, parse_facts, serialize_facts
 from paddle_suite.oie.tokens import (KEYWORD_ID, KEYWORDS, NUM_KEYWORDS, FactGrammar, GrammarState, Vocab,
@@ -101,7 +101,7 @@ def test_batched_beam_search_equals_one_sentence_at_a_time(copy, path):
     assert sum(map(len, together)) >= 2
     with paddle.no_grad():
         model.eval()
-        sources = [(vocab.ids(list(s)), model.distances_for(len(s), None), list(s)) for s in sentences if s]
+        sources = [(vocab.ids(list(s)), graph_distances(len(s), None, model.graph), list(s)) for s in sentences if s]
         actions = model.beam_search_batch(sources, beam_size=3, max_steps=25)
     assert actions == [model.beam_search(*source, beam_size=3, max_steps=25) for source in sources]
 
@@ -208,6 +208,8 @@ def test_dependency_arcs_change_attention_only_when_the_graph_is_on():
         assert (np.abs(a - b).max() > 1e-6) == differs
     with pytest.raises(ValueError, match="needs dependency heads"):
         make_batch(examples, vocab, "zh", "dependency")
+    with pytest.raises(ValueError, match="sentence 3: graph: dependency needs dependency heads"):
+        graph_distances(4, None, "dependency", "sentence 3")
 
 
 def test_gold_marks_every_position_of_a_repeated_word():
