@@ -29,7 +29,7 @@ Architecture, with the readings we chose where the paper leaves details open:
     (``path_weights``) at 20 times the learning rate (``Optimizer.param_groups``): an Adam step
     moves a parameter by about the learning rate, so at 1e-3 these few shared scalars could move
     only about 1 from their start in a 1,000-step run. Measured against ``neighbours`` and no gate:
-    bench/oie_results.md.
+    bench/oie_results.md; what the weights learn: bench/oie_results_notes.md.
 
   ``G`` comes from
   dependency arcs (``heads``, one head index per token, -1 for the root) when ``graph: dependency``
