@@ -84,10 +84,19 @@ def test_long_s2mlpv2_config_only_trains_longer():
 def test_results_script_states_the_equal_terms_comparison():
     bench = _bench_module()
     rows = [{"config": c, "test_top1": t, "epochs": 50.0} for c, t in zip(bench.COMPARED, (0.85, 0.86, 0.83, 0.8))]
-    assert "s2mlpv2_cifar10 0.8500 does not beat s2mlp_cifar10 0.8600 (-0.0100)" in bench.comparison_lines(rows)[1]
-    rows[1]["test_top1"] = 0.84
-    assert " beats s2mlp_cifar10 0.8400 (+0.0100)" in bench.comparison_lines(rows)[1]
+    assert "s2mlpv2_cifar10 0.8500 does not clearly beat s2mlp_cifar10 0.8600 (-0.0100, -2.0 SE)" in \
+        bench.comparison_lines(rows)[1]
+    rows[1]["test_top1"] = 0.835  # ahead by 1.5 points: 3 standard errors
+    assert " beats s2mlp_cifar10 0.8350 (+0.0150, +2.9 SE)" in bench.comparison_lines(rows)[1]
+    rows[1]["test_top1"] = 0.8494  # ahead, but by far less than the test set's sampling noise
+    assert "does not clearly beat s2mlp_cifar10 0.8494 (+0.0006, +0.1 SE)" in bench.comparison_lines(rows)[1]
     assert bench.comparison_lines(rows[:3]) == [] and bench.comparison_lines(rows[:3] + [dict(rows[3], epochs=30.0)]) == []
+
+
+def test_gap_noise_is_the_binomial_standard_error_of_a_difference():
+    bench = _bench_module()
+    assert abs(bench.gap_noise(0.5, 0.5, images=100) - (0.5 / 100 ** 0.5) * 2 ** 0.5) < 1e-12
+    assert bench.gap_noise(1.0, 1.0) == 0.0
 
 
 def test_results_script_refuses_to_resume_a_run_of_another_epoch_count(tmp_path):
