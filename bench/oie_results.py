@@ -186,6 +186,17 @@ def row_of(runs):
     return row
 
 
+def seed_mean_cell(row, metric):
+    """The row's mean of ``metric``; when only some of its seeds measured it (runs scored before the
+    metric existed), their values and seeds; blank when none did."""
+    if metric in row:
+        return f"{row[metric]:.3f}"
+    measured = {seed: run[metric] for seed, run in row["seeds"].items() if metric in run}
+    if not measured:
+        return ""
+    return " / ".join(f"{v:.3f}" for v in measured.values()) + f" (seed {', '.join(measured)} only)"
+
+
 def visible(rows, variant):
     """An ablation: every seed below every Logician seed. Another reading of the gate (link_grammar,
     learned_path): every seed above every no_gate seed (the gate's contribution under that reading)."""
@@ -206,10 +217,10 @@ def markdown(results, args):
              "Scores: a predicted fact matches a gold fact when their SAOKE serialisations have similarity >= 0.85 "
              "(maximum one-to-one matching per sentence; `paddle_suite/oie/metrics.py`); exact F1 at similarity 1.0; "
              "exact match = share of sentences whose facts equal the gold ones; repeated = share of predicted facts "
-             "similar to an earlier one of the same sentence (what coverage should prevent; blank for runs scored "
-             "before it was measured); gate = the dependency gate's mean weight on content attention over the "
-             "test targets, teacher-forced (1 = the dependency path unused; blank without a gate or for runs "
-             "scored before it was measured). A mechanism's contribution counts as visible when every seed of its "
+             "similar to an earlier one of the same sentence (what coverage should prevent); gate = the dependency "
+             "gate's mean weight on content attention over the test targets, teacher-forced (1 = the dependency "
+             "path unused; blank without a gate). Both were measured from 2026-12-06 on: a row whose older runs "
+             "lack them shows the seeds that have them, or nothing. A mechanism's contribution counts as visible when every seed of its "
              "ablation scores a lower F1 than every seed of Logician; for the other readings of the gate, "
              "`link_grammar` (Logician whose gate follows the link grammar parser's arcs instead of the sentence "
              "adjacency, English only) and `learned_path` (the path moves attention by learnt weights of the signed "
@@ -238,7 +249,7 @@ def markdown(results, args):
                      "" if variant == "logician" else f"{r['f1'] - base:+.3f}",
                      visible(rows, variant),
                      f"{r['exact_f1']:.3f}", f"{r['exact_match']:.3f}",
-                     f"{r['repeated']:.3f}" if "repeated" in r else "", f"{r['gate']:.3f}" if "gate" in r else ""]
+                     seed_mean_cell(r, "repeated"), seed_mean_cell(r, "gate")]
             if lexical:
                 cells += [f"{r['lexical/precision']:.3f}", f"{r['lexical/recall']:.3f}", f"{r['lexical/f1']:.3f}"]
             hours = r["train_hours"]

@@ -144,3 +144,16 @@ def test_a_contribution_is_visible_only_when_every_ablation_seed_scores_below_ev
     oie2016 = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in (tmp_path / "r.md").read_text().splitlines()
                if line.startswith("| `logician_oie2016")}
     assert oie2016["logician_oie2016_link_grammar.yaml"][8] == "yes, over no_gate"  # 0.26, 0.27 vs 0.25, 0.19
+
+
+def test_a_metric_some_seeds_lack_shows_the_seeds_that_have_it():
+    bench = load_bench()
+    runs = {1: {"f1": 0.2, "steps": 5, "train_hours": 0.1, "repeated": 0.03},
+            42: {"f1": 0.3, "steps": 5, "train_hours": 0.1, "repeated": 0.01, "gate": 0.9}}
+    assert bench.seed_mean_cell(bench.row_of(runs), "repeated") == "0.020"
+    del runs[1]["repeated"]
+    row = bench.row_of(runs)
+    assert "repeated" not in row  # no mean over a subset of the seeds
+    assert bench.seed_mean_cell(row, "repeated") == "0.010 (seed 42 only)"
+    del runs[42]["gate"]
+    assert bench.seed_mean_cell(bench.row_of(runs), "gate") == ""
