@@ -1,5 +1,6 @@
 """Hierarchical store: tiers, eviction/write-back key by key, prefetch ordering, crash consistency."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -281,7 +282,10 @@ CHILD = PASSES_SRC + textwrap.dedent('''
             print("MIDPASS", p, flush=True)
             sys.stdin.read()  # wait for SIGKILL
         store.commit_pass(ws, p)
-        print("COMMITTED", p, flush=True)
+        # one write call, so a kill cannot cut the line (print makes one write per piece when
+        # stdout is unbuffered, as under PYTHONUNBUFFERED=1)
+        sys.stdout.write(f"COMMITTED {{p}}\\n")
+        sys.stdout.flush()
         p += 1
 ''').format(dim=DIM, state=STATE)
 
@@ -304,10 +308,12 @@ def run_child(path, mode, stop_after, kill_after_s=None):
                 break
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    for line in out.splitlines():
-        if line.startswith("COMMITTED"):
-            committed = int(line.split()[1])
+        proc.wait(timeout=60)
+    # read the rest through the same stream: communicate() would skip what it has buffered already
+    rest, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.close(), proc.stderr.close()
+    for done in re.findall(r"^COMMITTED (\d+)\n", rest, flags=re.MULTILINE):
+        committed = int(done)
     assert "Traceback" not in err, err
     return committed
 
