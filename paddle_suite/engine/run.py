@@ -229,6 +229,7 @@ class MetricsSink:
             from visualdl import LogWriter
 
             os.makedirs(run_directory, exist_ok=True)
+            _drop_cut_off_record(os.path.join(run_directory, METRICS_FILE))
             self.writer = LogWriter(logdir=os.path.join(run_directory, "vdl"))
 
     def log(self, prefix, values, step):
@@ -251,11 +252,44 @@ class MetricsSink:
             self.writer = None
 
 
+def _drop_cut_off_record(path):
+    """Truncate a last line without its newline: a record the previous process was killed while
+    writing. Appending after it would glue the next record onto the fragment."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        tail_start = end
+        while tail_start > 0:  # back to the last newline, a block at a time
+            block_start = max(0, tail_start - 65536)
+            handle.seek(block_start)
+            newline = handle.read(tail_start - block_start).rfind(b"\n")
+            if newline >= 0:
+                tail_start = block_start + newline + 1
+                break
+            tail_start = block_start
+        if tail_start < end:
+            log.warning("%s: dropping its last %d bytes, a record cut off when the run that wrote it was killed",
+                        path, end - tail_start)
+            handle.truncate(tail_start)
+
+
 def read_metrics(run_directory, prefix=None):
-    """The records of a run's ``metrics.jsonl`` (optionally one prefix), oldest first."""
+    """The records of a run's ``metrics.jsonl`` (optionally one prefix), oldest first.
+
+    A last line without its newline is a record still being written (or cut off by a kill): not
+    read. Any other line that is not a JSON object is an error naming the file and line."""
     path = os.path.join(run_directory, METRICS_FILE)
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, 1):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not a JSON record ({error}); the file is written "
+                                 "only by the run, so it was edited or damaged: repair or delete that line") from None
     return [r for r in records if prefix is None or r.get("prefix") == prefix]
