@@ -108,6 +108,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from paddle_suite.engine.run import read_metrics  # noqa: E402
+
 RESULTS_JSON = REPO / "bench" / "results" / "ctr_results.json"
 RESULTS_MD = REPO / "bench" / "ctr_results.md"
 HIER_CONFIG = REPO / "configs" / "ctr_hierarchical.yaml"
@@ -326,14 +328,6 @@ def _o(overrides):
     return [x for o in overrides for x in ("-o", o)]
 
 
-def _read_metrics(run_path):
-    path = os.path.join(run_path, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def _train_speed(metrics):
     examples = sum(m["examples"] for m in metrics)
     seconds = sum(m["examples"] / m["examples_per_s"] for m in metrics if m["examples_per_s"] > 0)
@@ -373,7 +367,7 @@ def run_hierarchical(args, desc, run_dir, pass_size, mem_cap_mb):
     if code != 0:
         _fail(name, code, log_path)
     run_path = os.path.join(run_dir, name)
-    metrics = _read_metrics(run_path)
+    metrics = read_metrics(run_path)
     examples, train_speed = _train_speed(metrics)
     evaluation = _evaluate(HIER_CONFIG, overrides)
     from paddle_suite.config import load_config
@@ -409,7 +403,7 @@ def run_single(args, desc, run_dir, pass_size, n_passes):
     code, wall, peaks, ru_max = run_measured(command, log_path, args.sample_s)
     if code != 0:
         _fail(name, code, log_path)
-    metrics = _read_metrics(os.path.join(run_dir, name))
+    metrics = read_metrics(os.path.join(run_dir, name))
     examples, train_speed = _train_speed(metrics)
     evaluation = _evaluate(PS_CONFIG, overrides)
     trainer = peaks.get("trainer", {})
@@ -465,7 +459,7 @@ def run_fleet(args, desc, run_dir, pass_size, n_passes):
     code, wall, peaks, ru_max = run_measured(command, log_path, args.sample_s)
     if code != 0:
         _fail(name, code, log_path)
-    metrics = _read_metrics(run_path)
+    metrics = read_metrics(run_path)
     examples, train_speed = _train_speed(metrics)
     started = time.time()
     evaluation = fleet_test_auc(overrides, run_path, desc["test_file"])
