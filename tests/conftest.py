@@ -31,3 +31,15 @@ def dygraph_mode_after_each_test():
 
     if not paddle.in_dynamic_mode():
         paddle.disable_static()
+
+
+@pytest.fixture(autouse=True)
+def paddle_suite_logger_after_each_test():
+    """A test that runs a CLI entry point in-process installs the CLI's handler on the stderr pytest
+    captured for it (closed afterwards) and stops propagation; undo both, so later tests log normally."""
+    import logging
+
+    logger = logging.getLogger("paddle_suite")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

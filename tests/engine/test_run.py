@@ -1,9 +1,12 @@
+import logging
+
 import pytest
 
 from paddle_suite.engine.run import METRICS_FILE, MetricsSink, read_metrics
 
 
 def test_a_record_cut_off_by_a_kill_is_dropped_before_the_next_one(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="paddle_suite")
     sink = MetricsSink(str(tmp_path))
     sink.log("train", {"loss": 1.5}, step=10)
     sink.close()
