@@ -311,7 +311,8 @@ def run_child(path, mode, stop_after, kill_after_s=None):
         proc.wait(timeout=60)
     # read the rest through the same stream: communicate() would skip what it has buffered already
     rest, err = proc.stdout.read(), proc.stderr.read()
-    proc.stdout.close(), proc.stderr.close()
+    proc.stdout.close()
+    proc.stderr.close()
     for done in re.findall(r"^COMMITTED (\d+)\n", rest, flags=re.MULTILINE):
         committed = int(done)
     assert "Traceback" not in err, err
