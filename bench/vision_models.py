@@ -43,15 +43,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     paddle.seed(0)
     result, table = {}, {}
-    for name in models.IMAGENET_VARIANTS + models.CIFAR_VARIANTS:
+    for name in models.VARIANTS:
         model = ARCHS.get(name)()
-        size = 32 if name in models.CIFAR_VARIANTS else 224
+        size = 224 if name in models.IMAGENET_VARIANTS else 32
         params = sum(int(np.prod(p.shape)) for p in model.parameters())
         gflops = count_macs(model, size) / 1e9
         del model
         result[name] = {"params": params, "gflops": round(gflops, 4)}
         row = dict(result[name], image_size=size)
-        line = f"{name:16s} {params / 1e6:7.2f}M params {gflops:7.3f} GFLOPs @ {size}"
+        line = f"{name:18s} {params / 1e6:7.2f}M params {gflops:7.3f} GFLOPs @ {size}"
         if name in PAPER:
             paper_params, paper_gflops = PAPER[name]
             row.update(

@@ -488,3 +488,5 @@ def mixer_cifar_lite(num_classes=10, image_size=32, in_channels=3, drop_path_rat
 
 
 CIFAR_LITE_VARIANTS = ("s2mlpv2_cifar_lite", "s2mlp_cifar_lite", "ccsmlp_cifar_lite", "mixer_cifar_lite")
+#: every variant this module registers (ImageNet ones at 224x224, the others at 32x32)
+VARIANTS = IMAGENET_VARIANTS + CIFAR_VARIANTS + CIFAR_LITE_VARIANTS

@@ -55,6 +55,12 @@ def test_ccs_variant_sizes_as_documented():
     assert abs(count_macs(ARCHS.get("ccsmlp_small")(), 224) / 1e9 / 5.65 - 1) < 0.01
 
 
+def test_variants_list_every_registered_vision_arch():
+    # bench/vision_models.py reports models.VARIANTS; the results contract asks for every registered variant
+    registered = {name for name in ARCHS.names() if ARCHS.get(name).__module__ == models.__name__}
+    assert registered == set(models.VARIANTS) and len(models.VARIANTS) == len(set(models.VARIANTS))
+
+
 def test_cifar_variants_are_parameter_matched():
     counts = {name: n_params(lazy(name)) for name in models.CIFAR_VARIANTS}
     assert 1.0e6 < min(counts.values()) and max(counts.values()) / min(counts.values()) < 1.10, counts
