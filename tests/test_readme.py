@@ -36,8 +36,7 @@ def readme_commands():
                 continue
             text = re.sub(r"\s#\s.*$", "", line)
             text = re.sub(r"\[([^]]*)\]", lambda m: m.group(1).replace("|", " "), text)  # [a | b]: a or b
-            text = text.replace("|", " | ")
-            for part in re.split(r"\s(?:\|\s?)+\s|\s&&\s", text):
+            for part in re.split(r"\||&&", text):
                 if part.strip():
                     commands.append((number, part.strip()))
     return commands
