@@ -68,8 +68,10 @@ def segments(tokens):
 
 @functools.lru_cache(maxsize=None)
 def help_text(kind, name, subcommand=None):
-    target = ["-m", name] if kind == "module" else [os.path.join(ROOT, name)]
-    result = subprocess.run([sys.executable, *target, *([subcommand] if subcommand else []), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    command = [sys.executable, *(["-m", name] if kind == "module" else [os.path.join(ROOT, name)])]
+    if subcommand:
+        command.append(subcommand)
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, f"{name} --help failed:\n{result.stderr[-2000:]}"
     return result.stdout
 
@@ -102,7 +104,8 @@ def test_readme_command_names_real_things(number, command):
         for arg in args:
             flag = FLAG.match(arg)
             if flag:
-                assert re.search(re.escape(flag.group()) + r"\b", usage), f"{where}: {name} has no option {flag.group()}"
+                option = flag.group()
+                assert re.search(re.escape(option) + r"\b", usage), f"{where}: {name} has no option {option}"
         config = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-c"]
         overrides = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-o"]
         if config:
